@@ -1,0 +1,116 @@
+"""``privfed run | sweep | table``: the command-line face of privfed.
+
+Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
+and is detected before any result file is written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from privfed.errors import ConfigError, MissingAssetError, PrivfedError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privfed", description="Federated DP-SGD training of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one experiment (default: the 2-minute MiniLM/LoRA/DP demo)")
+    run.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set privacy.epsilon=3 (repeatable)")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<name>)")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+    run.add_argument("--help-config", action="store_true", help="list every config key with default and meaning")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep = sub.add_parser("sweep", help="one run per ε target, then the ε/quality table and plot")
+    sweep.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
+    sweep.add_argument("--epsilons", required=True, help="comma-separated targets, inf = no DP (e.g. 1,3,8,inf)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--out", type=Path, help="output directory (default: runs/<name>-sweep)")
+    sweep.add_argument("--no-progress", action="store_true")
+    table = sub.add_parser("table", help="rebuild the ε/quality table from saved run directories")
+    table.add_argument("dirs", nargs="+", type=Path, help="run directories (or sweep directories)")
+    table.add_argument("--rounds", action="store_true", help="also print each run's per-round table")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from privfed import config as cfgmod
+    from privfed.federation.simulation import run
+    from privfed.report.tables import markdown_table, round_rows, summary_rows
+    from privfed.results import RunDirectory
+
+    if args.help_config:
+        print("\n".join(cfgmod.help_lines()))
+        return 0
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume", "takes the config saved in DIR; drop --config/--set")
+        run_dir = RunDirectory(args.resume)
+        if run_dir.load_checkpoint() is None:
+            raise ConfigError("--resume", f"{args.resume} holds no checkpoint to resume")
+        cfg, out = run_dir.config(), args.resume
+    else:
+        cfg = cfgmod.load_config(args.config, args.overrides)
+        out = args.out or Path("runs") / cfg.name
+    results = run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"\n## {cfg.name}: per round\n")
+    print(markdown_table(round_rows(results)))
+    print("\n## Summary\n")
+    print(markdown_table(summary_rows([results])))
+    for note in results["notes"]:
+        print(f"note: {note}")
+    print(f"\nwrote {out}/ (config.yaml, metrics.csv, ledger.jsonl, results.json)")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from privfed.config import load_config
+    from privfed.sweep import parse_epsilons, sweep
+
+    epsilons = parse_epsilons(args.epsilons)
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or Path("runs") / f"{cfg.name}-sweep"
+    sweep(cfg, epsilons, out, progress=not args.no_progress)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/table.md, table.csv, privacy_utility.png")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from privfed.report.tables import markdown_table, round_rows, summary_rows
+    from privfed.results import RESULTS, read_results
+
+    runs = []
+    for d in args.dirs:
+        found = [d] if (d / RESULTS).is_file() else sorted(p.parent for p in d.glob(f"*/{RESULTS}"))
+        if not found:
+            raise ConfigError(str(d), "holds no results.json (nor do its sub-directories)")
+        runs += [read_results(p) for p in found]
+    print(markdown_table(summary_rows(runs)))
+    if args.rounds:
+        for res in runs:
+            print(f"\n## {res['config']['name']}\n\n{markdown_table(round_rows(res))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"run": _run, "sweep": _sweep, "table": _table}[args.command](args)
+    except (ConfigError, MissingAssetError) as err:
+        kind = "config error" if isinstance(err, ConfigError) else "missing asset"
+        print(f"privfed: {kind}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except PrivfedError as err:
+        print(f"privfed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

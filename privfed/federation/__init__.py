@@ -1,0 +1,1 @@
+"""Clients, server strategies, aggregation and the in-process round loop."""

@@ -1,0 +1,143 @@
+"""The in-process round loop: sample clients, train them under DP-SGD, aggregate, update, evaluate, checkpoint.
+
+Every random choice of round r derives from (seed, r, client), so a run resumed from its last checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from privfed.config import DpMode, ExperimentConfig
+from privfed.errors import PrivacyViolationError
+from privfed.evaluation import evaluate
+from privfed.federation.aggregation import make_aggregator
+from privfed.federation.setup import Federation, build_federation
+from privfed.federation.strategies import make_strategy
+from privfed.federation.vectors import derive_seed, flatten, load_into
+from privfed.privacy.accounting import epsilon_of_events, epsilon_of_history, history_of
+from privfed.privacy.ledger import Ledger, SkippedEvent
+from privfed.results import RunDirectory, build_results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds: enough to continue after the last completed round."""
+
+    completed_rounds: int
+    global_vector: np.ndarray
+    strategy_state: dict
+    ledger: Ledger
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    initial: dict = field(default_factory=dict)
+
+
+def sample_clients(cfg: ExperimentConfig, round_idx: int, num_clients: int) -> list[int]:
+    k = max(1, int(round(cfg.federation.client_fraction * num_clients)))
+    rng = np.random.default_rng(derive_seed(cfg.seed, round_idx, 0x5A3B1E))
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def budget_of(cfg: ExperimentConfig) -> float:
+    pr = cfg.privacy
+    return pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else pr.max_epsilon
+
+
+def client_epsilons(fed: Federation, ledger: Ledger) -> dict[int, float]:
+    pr = fed.config.privacy
+    if pr.mode is DpMode.OFF:
+        return {c.id: math.inf for c in fed.clients}
+    return {c.id: epsilon_of_events(ledger.dp_sgd(c.id), pr.delta, pr.accountant) for c in fed.clients}
+
+
+def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) an experiment, writing every artefact to ``out_dir``; returns the results dict."""
+    run_dir = RunDirectory(out_dir)
+    started = time.perf_counter()
+    fed = build_federation(cfg)
+    strategy = make_strategy(cfg.federation)
+    aggregator = make_aggregator(cfg.federation.aggregation)
+    state = run_dir.load_checkpoint() if resume else None
+    if state is None:
+        run_dir.start(cfg)
+        state = RunState(0, flatten(fed.server_params), {}, Ledger())
+        state.initial = evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions)
+    else:
+        strategy.load_state_dict(state.strategy_state)
+        for client in fed.clients:
+            client.training.restore_history(history_of(state.ledger.dp_sgd(client.id)))
+        log.warning("resuming %s after round %d of %d", out_dir, state.completed_rounds, cfg.training.rounds)
+    log.info("%d clients, %d trainable tensors (%d values, %.2f MB a transfer)", len(fed.clients),
+             len(fed.server_params), fed.num_trainable, fed.num_trainable * 4 / 1e6)
+
+    budget = budget_of(cfg)
+    per_round = len(sample_clients(cfg, 1, len(fed.clients)))
+    bar = tqdm(total=cfg.training.rounds * per_round, initial=state.completed_rounds * per_round,
+               disable=not progress, desc="client rounds", unit="client", dynamic_ncols=True)
+    for r in range(state.completed_rounds + 1, cfg.training.rounds + 1):
+        round_start = time.perf_counter()
+        contributions: dict[int, np.ndarray] = {}
+        losses, weights, skipped = [], [], []
+        for cid in sample_clients(cfg, r, len(fed.clients)):
+            client = fed.clients[cid]
+            bar.set_postfix_str(f"round {r}, client {cid}")
+            if client.noise_multiplier is not None and math.isfinite(budget):
+                history = history_of(state.ledger.dp_sgd(cid))
+                planned = (client.noise_multiplier, client.sample_rate, cfg.training.local_steps)
+                eps_if = epsilon_of_history(history + [planned], cfg.privacy.delta, cfg.privacy.accountant)
+                if eps_if > budget * (1 + 1e-9):
+                    state.ledger.append(SkippedEvent(cid, r, eps_if, budget))
+                    skipped.append(cid)
+                    state.notes.append(f"round {r}: client {cid} did not train: epsilon would reach "
+                                       f"{eps_if:.3f} > budget {budget:g}")
+                    bar.update(1)
+                    continue
+            update, event = client.train_round(r, state.global_vector)
+            if event is not None:
+                state.ledger.append(event)
+                if client.training.accountant_history() != history_of(state.ledger.dp_sgd(cid)):
+                    raise PrivacyViolationError(f"client {cid}: Opacus' accountant and the ledger disagree")
+            contributions[cid] = np.append(update.delta * update.num_examples, update.num_examples)
+            losses.append(update.train_loss)
+            weights.append(update.num_examples)
+            bar.update(1)
+
+        row: dict = {"round": r, "clients_trained": len(contributions), "clients_skipped": len(skipped)}
+        bytes_up = 0
+        if contributions:
+            outcome = aggregator.aggregate(r, contributions)
+            bytes_up = outcome.bytes_up_per_client * len(outcome.contributors)
+            if outcome.total is None:
+                state.notes.append(f"round {r}: aggregation aborted; the global model is unchanged")
+            else:
+                mean_update = (outcome.total[:-1] / outcome.total[-1]).astype(np.float32)
+                state.global_vector = strategy.apply(state.global_vector, mean_update).astype(np.float32)
+        else:
+            state.notes.append(f"round {r}: no client trained; the global model is unchanged")
+        load_into(fed.server_params, state.global_vector)
+        row["train_loss"] = float(np.average(losses, weights=weights)) if losses else math.nan
+        row.update(evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions))
+        row["epsilon"] = max(client_epsilons(fed, state.ledger).values(), default=0.0)
+        row["bytes_up"] = bytes_up
+        row["bytes_down"] = (len(contributions) + len(skipped)) * fed.num_trainable * 4
+        row["seconds"] = time.perf_counter() - round_start
+        state.rows.append(row)
+        state.completed_rounds = r
+        state.strategy_state = strategy.state_dict()
+        run_dir.save_checkpoint(state)
+        metric = "eval_accuracy" if "eval_accuracy" in row else "eval_perplexity"
+        bar.write(f"round {r}: {metric}={row[metric]:.4f} eval_loss={row['eval_loss']:.4f} "
+                  f"epsilon={row['epsilon']:.3f}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    bar.close()
+    results = build_results(fed, state, client_epsilons(fed, state.ledger), time.perf_counter() - started)
+    run_dir.finish(results)
+    return results

@@ -1,0 +1,1 @@
+"""Offline model sources and the four training regimes."""

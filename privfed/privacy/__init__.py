@@ -1,0 +1,1 @@
+"""Record-level DP-SGD: the privacy ledger, accounting from it, noise calibration and the Opacus-backed trainer."""

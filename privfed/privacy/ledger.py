@@ -1,0 +1,73 @@
+"""An append-only ledger of privacy-relevant events: "what happened" as data, counted later by an accountant.
+
+Compatibility contract (as in Google's dp_accounting): event types are never removed and new fields are optional,
+so every ledger.jsonl written by an earlier privfed can be re-counted by a later one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True, slots=True)
+class DpSgdEvent:
+    """``steps`` Poisson-sampled Gaussian DP-SGD steps one client took in one round."""
+
+    client: int
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    kind: str = "dp_sgd"
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEvent:
+    """A sampled client that did not train because the round would have exceeded its budget."""
+
+    client: int
+    round: int
+    epsilon_if_trained: float
+    budget: float
+    kind: str = "skipped_budget"
+
+
+Event = DpSgdEvent | SkippedEvent
+_KINDS = {"dp_sgd": DpSgdEvent, "skipped_budget": SkippedEvent}
+
+
+class Ledger:
+    """Ordered events of a run. Only appended to; serialised as one JSON object a line."""
+
+    def __init__(self, events: Iterable[Event] = ()):
+        self._events: list[Event] = list(events)
+
+    def append(self, event: Event) -> None:
+        self._events.append(event)
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return tuple(self._events)
+
+    def dp_sgd(self, client: int | None = None) -> list[DpSgdEvent]:
+        return [e for e in self._events if isinstance(e, DpSgdEvent) and (client is None or e.client == client)]
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps(asdict(e)) + "\n" for e in self._events)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_jsonl())
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> "Ledger":
+        events = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                raw = json.loads(line)
+                events.append(_KINDS[raw["kind"]](**raw))
+        return cls(events)

@@ -1,0 +1,87 @@
+"""Tables of privacy budget against model quality, rebuilt from results.json alone."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+
+def _num(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    return float(value)  # float("inf") parses the "inf" that results.json stores
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    x = _num(value)
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "∞"
+    if 0 < abs(x) < 1e-3:
+        return f"{x:.0e}"
+    if abs(x) >= 1000 or float(x).is_integer():
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def quality_key(results: dict) -> str:
+    return "eval_accuracy" if "eval_accuracy" in results["final"] else "eval_perplexity"
+
+
+def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
+    """One row per run: what was trained, the ε spent (and targeted) and the final quality."""
+    rows = []
+    for res in runs:
+        cfg, final, privacy = res["config"], res["final"], res["privacy"]
+        key = quality_key(res)
+        rows.append({
+            "run": cfg["name"],
+            "model": f"{cfg['model']['source']}/{cfg['model']['regime']}",
+            "clients": len(res["partition"]),
+            "rounds": len(res["rounds"]),
+            "target ε": privacy["target_epsilon"] if privacy["target_epsilon"] is not None else
+            ("inf" if privacy["mode"] == "off" else None),
+            "ε spent": final["epsilon"],
+            "δ": final["delta"],
+            "accuracy" if key == "eval_accuracy" else "perplexity": final[key],
+            "initial": res["initial"].get(key),
+            "seconds": res["seconds"],
+        })
+    return rows
+
+
+def round_rows(results: dict) -> list[dict[str, Any]]:
+    key = quality_key(results)
+    label = "accuracy" if key == "eval_accuracy" else "perplexity"
+    return [{"round": r["round"], "train loss": r["train_loss"], "eval loss": r["eval_loss"], label: r[key],
+             "ε": r["epsilon"], "MB up": _num(r["bytes_up"]) / 1e6, "MB down": _num(r["bytes_down"]) / 1e6,
+             "seconds": r["seconds"]} for r in results["rounds"]]
+
+
+def _cell(header: str, value: Any) -> str:
+    if isinstance(value, str) and value != "inf":
+        return value
+    return fmt(value, 4 if header == "accuracy" else 3)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        cells = [_cell(h, row.get(h)) for h in headers]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

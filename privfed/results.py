@@ -1,0 +1,135 @@
+"""The run directory: resolved config, per-round metrics, the ledger, checkpoints and results.json.
+
+Every file is written to a temporary name and renamed, so a run killed at any moment leaves the previous complete
+version of each file and ``privfed run --resume DIR`` continues from the last finished round.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from privfed.config import DpMode, ExperimentConfig, dump_yaml, load_config, to_dict
+from privfed.privacy.accounting import ACCOUNTANT_NAMES
+
+if TYPE_CHECKING:
+    from privfed.federation.setup import Federation
+    from privfed.federation.simulation import RunState
+
+CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
+    "checkpoint.pkl"
+METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "train_loss", "eval_loss", "eval_accuracy",
+                  "eval_perplexity", "epsilon", "bytes_up", "bytes_down", "seconds"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("privfed", "torch", "opacus", "transformers", "peft"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """inf/nan become strings so results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+class RunDirectory:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def start(self, cfg: ExperimentConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINT, RESULTS, METRICS, LEDGER):
+            (self.path / name).unlink(missing_ok=True)
+        _atomic_write(self.path / CONFIG, dump_yaml(cfg).encode())
+
+    def config(self) -> ExperimentConfig:
+        return load_config(self.path / CONFIG)
+
+    def save_checkpoint(self, state: "RunState") -> None:
+        _atomic_write(self.path / CHECKPOINT, pickle.dumps(state))
+        _atomic_write(self.path / LEDGER, state.ledger.to_jsonl().encode())
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in state.rows:
+            writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        _atomic_write(self.path / METRICS, buf.getvalue().encode())
+
+    def load_checkpoint(self) -> "RunState | None":
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            return None
+        return pickle.loads(path.read_bytes())
+
+    def finish(self, results: dict) -> None:
+        _atomic_write(self.path / RESULTS, (json.dumps(jsonable(results), indent=2) + "\n").encode())
+
+
+def build_results(fed: "Federation", state: "RunState", epsilons: dict[int, float], seconds: float) -> dict:
+    cfg = fed.config
+    pr = cfg.privacy
+    clients = []
+    for client in fed.clients:
+        events = state.ledger.dp_sgd(client.id)
+        clients.append({
+            "client": client.id,
+            "examples": client.num_examples,
+            "noise_multiplier": client.noise_multiplier if client.noise_multiplier is not None else 0.0,
+            "max_grad_norm": pr.max_grad_norm,
+            "sample_rate": client.sample_rate,
+            "steps": sum(e.steps for e in events),
+            "rounds_trained": len(events),
+            "epsilon": epsilons[client.id],
+        })
+    last = state.rows[-1] if state.rows else {}
+    metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
+    return {
+        "config": to_dict(cfg),
+        "versions": versions(),
+        "model": {"source": cfg.model.source.value, "regime": cfg.model.regime.value,
+                  "trainable_tensors": len(fed.server_params), "trainable_parameters": fed.num_trainable,
+                  "bytes_per_transfer": fed.num_trainable * 4, "trainable_names": fed.trainable_names},
+        "partition": fed.partition_summary,
+        "initial": state.initial,
+        "rounds": state.rows,
+        "final": {metric: last.get(metric), "eval_loss": last.get("eval_loss"),
+                  "epsilon": max(epsilons.values(), default=0.0), "delta": pr.delta,
+                  "dp": pr.mode is not DpMode.OFF},
+        "privacy": {"mode": pr.mode.value, "accountant": ACCOUNTANT_NAMES[pr.accountant], "delta": pr.delta,
+                    "target_epsilon": pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else None,
+                    "clients": clients},
+        "notes": state.notes,
+        "seconds": seconds,
+        "ledger_events": len(state.ledger.events),
+    }
+
+
+def read_results(path: Path) -> dict:
+    path = Path(path)
+    file = path / RESULTS if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found (is {path} a finished privfed run?)")
+    return json.loads(file.read_text())
+

@@ -1,0 +1,64 @@
+"""One run per ε target, then the ε/quality table (Markdown, CSV) and the plot."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from privfed.config import DpMode, ExperimentConfig
+from privfed.errors import ConfigError
+from privfed.report.plots import plot_privacy_utility
+from privfed.report.tables import csv_table, markdown_table, summary_rows
+from privfed.results import read_results
+
+
+def parse_epsilons(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            value = math.inf if part in ("inf", "infinity", "∞") else float(part)
+        except ValueError:
+            raise ConfigError("--epsilons", f"{part!r} is not a number; give e.g. 1,3,8,inf") from None
+        if not value > 0:
+            raise ConfigError("--epsilons", f"every ε must be > 0 (inf = no DP), got {part}")
+        values.append(value)
+    if not values:
+        raise ConfigError("--epsilons", "give at least one value, e.g. 1,3,8,inf")
+    return values
+
+
+def config_for_epsilon(base: ExperimentConfig, epsilon: float) -> ExperimentConfig:
+    tag = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+    privacy = (dataclasses.replace(base.privacy, mode=DpMode.OFF) if math.isinf(epsilon) else
+               dataclasses.replace(base.privacy, mode=DpMode.TARGET_EPSILON, epsilon=epsilon))
+    return dataclasses.replace(base, name=f"{base.name}-eps{tag}", privacy=privacy)
+
+
+def write_report(runs: list[dict], out_dir: Path) -> str:
+    """table.md, table.csv and privacy_utility.png in ``out_dir``; returns the Markdown table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(runs)
+    table = markdown_table(rows)
+    (out_dir / "table.md").write_text(table + "\n")
+    (out_dir / "table.csv").write_text(csv_table(rows))
+    plot_privacy_utility(runs, out_dir / "privacy_utility.png")
+    return table
+
+
+def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progress: bool = True) -> list[dict]:
+    """Run each ε (a finished run is reused, an interrupted one resumed) and write the report."""
+    from privfed.federation.simulation import run
+    from privfed.results import RESULTS, RunDirectory
+
+    runs = []
+    for epsilon in epsilons:
+        cfg = config_for_epsilon(base, epsilon)
+        run_dir = out_dir / cfg.name
+        if (run_dir / RESULTS).is_file() and RunDirectory(run_dir).config() == cfg:
+            runs.append(read_results(run_dir))
+            continue
+        resumable = RunDirectory(run_dir).load_checkpoint() is not None and RunDirectory(run_dir).config() == cfg
+        runs.append(run(cfg, run_dir, resume=resumable, progress=progress))
+    write_report(runs, out_dir)
+    return runs

@@ -1,0 +1,122 @@
+"""DP-SGD really clips and adds noise, fails loudly when it cannot, and respects every client's budget."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import privfed
+from privfed.config import Accountant, ClientOptimizer
+from privfed.errors import PrivacyViolationError
+from privfed.federation.setup import build_federation
+from privfed.federation.vectors import flatten
+from privfed.privacy.accounting import epsilon_of_history
+from privfed.privacy.dpsgd import DpSettings, PrivateTraining
+
+
+def _one_step_update(cfg, sigma):
+    """Update of client 0 after one SGD step (lr 1) from the initial global state, with noise multiplier sigma."""
+    import dataclasses
+
+    fed = build_federation(cfg)
+    client = fed.clients[0]
+    client.training.dp = dataclasses.replace(client.training.dp, noise_multiplier=sigma)
+    client.training.optimizer.noise_multiplier = sigma
+    update, _ = client.train_round(1, flatten(fed.server_params))
+    expected_batch = int(client.num_examples * client.sample_rate)
+    return update.delta, expected_batch
+
+
+def test_noise_std_matches_sigma_c_over_b(tiny_classifier):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
+                          "privacy.max_grad_norm=0.5", "training.local_steps=1", "training.optimizer=sgd",
+                          "training.lr=1.0", "data.max_examples=0")
+    clean, batch = _one_step_update(cfg, 0.0)
+    noisy, _ = _one_step_update(cfg, 3.0)
+    noise = noisy - clean  # same seed: same Poisson batch, same clipped gradient; only the noise differs
+    expected = 3.0 * 0.5 / batch
+    assert noise.size > 2000
+    assert np.std(noise) == pytest.approx(expected, rel=0.05)
+    assert abs(np.mean(noise)) < 4 * expected / math.sqrt(noise.size)
+
+
+def test_clipping_bounds_the_clean_update(tiny_classifier):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "privacy.max_grad_norm=0.01",
+                          "training.local_steps=1", "training.optimizer=sgd", "training.lr=1.0")
+    clean, batch = _one_step_update(cfg, 0.0)
+    fed = build_federation(cfg)
+    actual_batch_bound = 0.01 * fed.clients[0].num_examples / batch  # every sampled example adds at most C
+    assert 0 < np.linalg.norm(clean) <= actual_batch_bound
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(4, 2)
+        self.unused = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def _toy_training(model, sigma):
+    data = TensorDataset(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    return PrivateTraining(model, params, data, 8, opt, DpSettings(sigma, 1.0, Accountant.RDP))
+
+
+def test_tensor_without_per_sample_gradient_raises():
+    training = _toy_training(_TwoHeads(), 1.0)
+    x, _ = next(iter(training.loader))
+    with pytest.raises(PrivacyViolationError, match="no per-sample gradient"):
+        training.step(training.module(x).sum())
+
+
+def test_step_that_adds_no_noise_raises():
+    model = nn.Linear(4, 2)
+    training = _toy_training(model, 1.0)
+    training.optimizer.step = lambda *a, **k: None  # a step that silently does nothing
+    x, _ = next(iter(training.loader))
+    with pytest.raises(PrivacyViolationError, match="did not change"):
+        training.step(training.module(x).sum())
+
+
+def test_results_epsilon_is_reproducible_and_within_target(tiny_classifier, tmp_path):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=target_epsilon", "privacy.epsilon=2.0")
+    res = privfed.run(cfg, tmp_path, progress=False)
+    for c in res["privacy"]["clients"]:
+        eps = epsilon_of_history([(c["noise_multiplier"], c["sample_rate"], c["steps"])], res["final"]["delta"],
+                                 Accountant.RDP)
+        assert eps == pytest.approx(c["epsilon"], rel=1e-9)
+        assert 1.9 <= c["epsilon"] <= 2.0  # calibrated to spend the target over the planned rounds
+        assert c["steps"] == cfg.training.rounds * cfg.training.local_steps
+    assert res["privacy"]["accountant"] == "opacus.RDPAccountant"
+
+
+def test_budget_stops_a_client_and_says_so(tiny_classifier, tmp_path):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
+                          "training.rounds=4")
+    probe = privfed.run(cfg, tmp_path / "free", progress=False)
+    eps_after = [r["epsilon"] for r in probe["rounds"]]
+    cap = (eps_after[1] + eps_after[2]) / 2  # enough for two rounds, not three
+    capped = privfed.run(tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise",
+                                         "privacy.noise_multiplier=1.0", "training.rounds=4",
+                                         f"privacy.max_epsilon={cap}"), tmp_path / "capped", progress=False)
+    assert max(c["epsilon"] for c in capped["privacy"]["clients"]) <= cap
+    assert any("did not train" in n for n in capped["notes"])
+    assert capped["rounds"][-1]["clients_trained"] < len(capped["partition"])
+    assert capped["rounds"][0]["clients_trained"] == len(capped["partition"])
+
+
+def test_dp_off_reports_infinite_epsilon(tiny_classifier, tmp_path):
+    res = privfed.run(tiny_classifier("training.rounds=1"), tmp_path, progress=False)
+    assert math.isinf(float(res["final"]["epsilon"]))
+
+
+def test_client_optimizer_enum_is_respected(tiny_classifier):
+    fed = build_federation(tiny_classifier("training.optimizer=sgd"))
+    assert fed.config.training.optimizer is ClientOptimizer.SGD
+    assert isinstance(fed.clients[0].training.inner_optimizer, torch.optim.SGD)
