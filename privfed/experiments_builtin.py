@@ -20,6 +20,7 @@ model:
   regime: lora
   lora_rank: 8
   lora_alpha: 16
+  lora_layers: [2, 3, 4, 5]  # top 4 of 6 layers: backward stops at layer 2
 privacy:
   mode: target_epsilon
   epsilon: 8.0
@@ -27,8 +28,8 @@ privacy:
   max_grad_norm: 1.0
 training:
   rounds: 3
-  local_steps: 3
-  batch_size: 64
+  local_steps: 8
+  batch_size: 32
   optimizer: adam
   lr: 0.02
 federation:

@@ -4,20 +4,19 @@ import pytest
 import privfed
 
 
-@pytest.mark.parametrize("fixture, regime", [
-    ("tiny_causal", "pretrain"),
-    ("tiny_causal", "full"),
-    ("tiny_causal", "lora"),
-    ("tiny_causal", "prompt"),
-    ("tiny_classifier", "full"),
-    ("tiny_classifier", "lora"),
-    ("tiny_classifier", "prompt"),
+@pytest.mark.parametrize("fixture, source, regime, lr", [
+    ("tiny_causal", "tiny_llama", "pretrain", 0.01),
+    ("tiny_causal", "tiny_llama", "full", 0.01),
+    ("tiny_causal", "tiny_llama", "lora", 0.05),
+    ("tiny_causal", "tiny_llama", "prompt", 0.05),
+    ("tiny_classifier", "tiny_bert", "full", 0.01),
+    ("tiny_classifier", "tiny_bert", "lora", 0.05),
+    # a soft prompt steers a pretrained encoder; a frozen random one has nothing to steer
+    ("tiny_classifier", "minilm", "prompt", 0.05),
 ])
-def test_regime_trains(request, tmp_path, fixture, regime):
-    source = "tiny_llama" if fixture == "tiny_causal" else "tiny_bert"
-    lr = "0.05" if regime in ("lora", "prompt") else "0.01"
+def test_regime_trains(request, tmp_path, fixture, source, regime, lr):
     cfg = request.getfixturevalue(fixture)(f"model.regime={regime}", f"model.source={source}", f"training.lr={lr}",
-                                           "training.rounds=3")
+                                           "training.rounds=3", "partition.scheme=iid")
     res = privfed.run(cfg, tmp_path / regime, progress=False)
     assert res["rounds"][-1]["eval_loss"] < res["initial"]["eval_loss"] - 1e-3
     names = res["model"]["trainable_names"]

