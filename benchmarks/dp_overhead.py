@@ -18,31 +18,26 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from privfed.config import ModelConfig, ModelSource, Regime
+from privfed.config import Accountant, ModelConfig, ModelSource, Regime
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.dpsgd import DpSettings, PrivateTraining
-from privfed.config import Accountant
 
 CASES = [(ModelSource.MINILM, Regime.LORA), (ModelSource.MINILM, Regime.PROMPT), (ModelSource.MINILM, Regime.FULL),
          (ModelSource.TINY_LLAMA, Regime.LORA), (ModelSource.TINY_LLAMA, Regime.PROMPT),
          (ModelSource.TINY_LLAMA, Regime.FULL)]
 
 
-def _timed_steps(training: PrivateTraining, batch: dict, task, steps: int) -> float:
-    times = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        loss = per_example_loss(training.module, batch, task).mean()
-        training.step(loss)
-        if i:  # the first step warms up allocators and hooks
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _time_step(training: PrivateTraining, batch: dict, task) -> float:
+    start = time.perf_counter()
+    training.step(per_example_loss(training.module, batch, task).mean())
+    return time.perf_counter() - start
 
 
 def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, steps: int) -> dict:
+    """Plain and DP steps alternate (A/B/A/B...) so drifting background load hits both equally."""
     loaded = load_model(source, num_labels=5, random_init=False, seed=0)
     model = apply_regime(loaded.model, ModelConfig(source=source, regime=regime), loaded.task)
     g = torch.Generator().manual_seed(0)
@@ -50,14 +45,21 @@ def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, 
     data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g))
     explicit = regime is Regime.FULL and loaded.task.value == "classification"
     batch = as_batch(next(iter(DataLoader(data, batch_size=batch_size))), explicit)
-    result = {"model": source.value, "regime": regime.value}
+    trainings = {}
     for label, sigma in (("plain_s", None), ("dp_s", 1.0)):
         m = copy.deepcopy(model)
         params = [p for _, p in trainable_parameters(m)]
-        training = PrivateTraining(m, params, data, batch_size, torch.optim.Adam(params, lr=1e-4),
-                                   DpSettings(sigma, 1.0, Accountant.RDP))
-        result[label] = _timed_steps(training, batch, loaded.task, steps)
-    result["trainable"] = sum(p.numel() for _, p in trainable_parameters(model))
+        trainings[label] = PrivateTraining(m, params, data, batch_size, torch.optim.Adam(params, lr=1e-4),
+                                           DpSettings(sigma, 1.0, Accountant.RDP))
+    times: dict[str, list[float]] = {label: [] for label in trainings}
+    for i in range(steps + 1):
+        for label, training in trainings.items():
+            t = _time_step(training, batch, loaded.task)
+            if i:  # the first step of each warms up allocators and hooks
+                times[label].append(t)
+    result = {"model": source.value, "regime": regime.value,
+              "trainable": sum(p.numel() for _, p in trainable_parameters(model))}
+    result.update({label: statistics.median(ts) for label, ts in times.items()})
     result["ratio"] = result["dp_s"] / result["plain_s"]
     return result
 
@@ -66,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rows = [measure(s, r, args.seq_len, args.batch, args.steps) for s, r in CASES]

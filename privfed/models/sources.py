@@ -12,6 +12,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from transformers.utils import logging as hf_logging
+
 from privfed import assets
 from privfed.config import ModelSource
 from privfed.models.pooling import use_mean_pooling
@@ -94,7 +96,19 @@ def load_model(source: ModelSource, num_labels: int, random_init: bool, seed: in
     """The network in train mode (Opacus records no activations in eval mode), float32, on the CPU.
 
     ``random_init`` builds the architecture from its config with fresh weights (the pre-training regime).
+    transformers' load report (a fresh classifier head is "MISSING", as intended) is kept out of the output.
     """
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load_model(source, num_labels, random_init, seed)
+    finally:
+        hf_logging.set_verbosity(previous)
+        hf_logging.enable_progress_bar()
+
+
+def _load_model(source: ModelSource, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     tok = load_tokenizer(source)
     task = TASK_OF_SOURCE[source]
