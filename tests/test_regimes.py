@@ -10,8 +10,8 @@ import privfed
     ("tiny_causal", "tiny_llama", "lora", 0.05),
     ("tiny_causal", "tiny_llama", "prompt", 0.05),
     ("tiny_classifier", "tiny_bert", "full", 0.01),
-    ("tiny_classifier", "tiny_bert", "lora", 0.05),
-    # a soft prompt steers a pretrained encoder; a frozen random one has nothing to steer
+    ("tiny_classifier", "minilm", "lora", 0.005),
+    # adapters and soft prompts steer a pretrained encoder; a frozen random one has nothing to steer
     ("tiny_classifier", "minilm", "prompt", 0.05),
 ])
 def test_regime_trains(request, tmp_path, fixture, source, regime, lr):
