@@ -176,6 +176,8 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
         if isinstance(value, annotation):
             return value
         allowed = [m.value for m in annotation]
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on as a boolean
+            value = "on" if value else "off"
         if isinstance(value, str) and value in allowed:
             return annotation(value)
         raise ConfigError(key, f"got {value!r}; allowed: {', '.join(allowed)}")

@@ -39,6 +39,10 @@ def test_bad_values_name_the_key_and_allowed_values(override, key, fragment):
     assert fragment in str(err.value)
 
 
+def test_bare_off_in_yaml_means_dp_off():
+    assert load_config(overrides=["privacy.mode=off"]).privacy.mode is DpMode.OFF
+
+
 def test_target_epsilon_must_be_finite():
     with pytest.raises(ConfigError, match="mode off"):
         load_config(overrides=["privacy.epsilon=inf"])
