@@ -1,8 +1,9 @@
 """DP-SGD step time / non-private step time on the same model and batch, in one run.
 
-For each (model, regime): the same batch goes through (a) plain PyTorch forward/backward/Adam step and (b) the
-same through Opacus' GradSampleModule + DPOptimizer (per-sample gradients, clipping, noise). Reports the median of
-several timed steps after warm-up, the ratio, and last one JSON line.
+For each (model, regime): the same batch goes through (a) a plain PyTorch forward/backward/Adam step, (b) DP-SGD
+with materialised per-sample gradients (Opacus hooks) and (c) DP-SGD with ghost clipping (per-sample norms without
+per-sample gradients, two backward passes). Reports the median of several timed steps after warm-up, the ratios
+DP / plain, and last one JSON line.
 
     python benchmarks/dp_overhead.py [--seq-len 128] [--batch 8] [--steps 5]
 """
@@ -18,7 +19,7 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from privfed.config import Accountant, ModelConfig, ModelSource, Regime
+from privfed.config import Accountant, Clipping, ModelConfig, ModelSource, Regime
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import apply_regime, trainable_parameters
@@ -32,12 +33,12 @@ CASES = [(ModelSource.MINILM, Regime.LORA), (ModelSource.MINILM, Regime.PROMPT),
 
 def _time_step(training: PrivateTraining, batch: dict, task) -> float:
     start = time.perf_counter()
-    training.step(per_example_loss(training.module, batch, task).mean())
+    training.step(per_example_loss(training.module, batch, task))
     return time.perf_counter() - start
 
 
 def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, steps: int) -> dict:
-    """Plain and DP steps alternate (A/B/A/B...) so drifting background load hits both equally."""
+    """Plain and DP steps alternate (A/B/C/A/B/C...) so drifting background load hits all equally."""
     loaded = load_model(source, num_labels=5, random_init=False, seed=0)
     model = apply_regime(loaded.model, ModelConfig(source=source, regime=regime), loaded.task)
     g = torch.Generator().manual_seed(0)
@@ -46,11 +47,12 @@ def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, 
     explicit = regime is Regime.FULL and loaded.task.value == "classification"
     batch = as_batch(next(iter(DataLoader(data, batch_size=batch_size))), explicit)
     trainings = {}
-    for label, sigma in (("plain_s", None), ("dp_s", 1.0)):
+    for label, sigma, clipping in (("plain_s", None, Clipping.PER_SAMPLE), ("per_sample_s", 1.0, Clipping.PER_SAMPLE),
+                                   ("ghost_s", 1.0, Clipping.GHOST)):
         m = copy.deepcopy(model)
         params = [p for _, p in trainable_parameters(m)]
         trainings[label] = PrivateTraining(m, params, data, batch_size, torch.optim.Adam(params, lr=1e-4),
-                                           DpSettings(sigma, 1.0, Accountant.RDP))
+                                           DpSettings(sigma, 1.0, Accountant.RDP, clipping))
     times: dict[str, list[float]] = {label: [] for label in trainings}
     for i in range(steps + 1):
         for label, training in trainings.items():
@@ -60,7 +62,8 @@ def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, 
     result = {"model": source.value, "regime": regime.value,
               "trainable": sum(p.numel() for _, p in trainable_parameters(model))}
     result.update({label: statistics.median(ts) for label, ts in times.items()})
-    result["ratio"] = result["dp_s"] / result["plain_s"]
+    result["per_sample_ratio"] = result["per_sample_s"] / result["plain_s"]
+    result["ghost_ratio"] = result["ghost_s"] / result["plain_s"]
     return result
 
 
@@ -74,11 +77,12 @@ def main() -> None:
     rows = [measure(s, r, args.seq_len, args.batch, args.steps) for s, r in CASES]
     print(f"DP-SGD overhead, batch {args.batch} x {args.seq_len} tokens, median of {args.steps} steps, "
           f"{torch.get_num_threads()} threads\n")
-    print("| model | regime | trainable | plain s/step | DP s/step | DP / plain |")
-    print("|---|---|---|---|---|---|")
+    print("| model | regime | trainable | plain s/step | DP per-sample s/step | DP ghost s/step | per-sample / plain "
+          "| ghost / plain |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['regime']} | {r['trainable']:,} | {r['plain_s']:.3f} | {r['dp_s']:.3f} | "
-              f"{r['ratio']:.2f}x |")
+        print(f"| {r['model']} | {r['regime']} | {r['trainable']:,} | {r['plain_s']:.3f} | {r['per_sample_s']:.3f} | "
+              f"{r['ghost_s']:.3f} | {r['per_sample_ratio']:.2f}x | {r['ghost_ratio']:.2f}x |")
     print(json.dumps({"benchmark": "dp_overhead", "seq_len": args.seq_len, "batch": args.batch, "results": rows}))
 
 

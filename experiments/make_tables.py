@@ -1,10 +1,14 @@
 """Regenerate the README's experiment tables: one sweep per config, tables and plots under experiments/results/.
 
+Finished runs are reused (delete experiments/results/<name>/ to measure again); the tables (table_<x>.md) and one
+plot per sweep (<name>.png) are the files kept in git.
+
     python experiments/make_tables.py            # both tables (~25 min on 2 CPU cores)
     python experiments/make_tables.py bbc        # only table (a)
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +30,7 @@ def main(which: list[str]) -> None:
         for config_name, epsilons in TABLES[table]:
             cfg = load_config(HERE / config_name)
             runs += sweep(cfg, epsilons, HERE / "results" / cfg.name, progress=True)
+            shutil.copyfile(HERE / "results" / cfg.name / "privacy_utility.png", HERE / "results" / f"{cfg.name}.png")
         text = markdown_table(summary_rows(runs))
         (HERE / "results" / f"table_{table}.md").write_text(text + "\n")
         print(f"\n## table {table}\n\n{text}\n")

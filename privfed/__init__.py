@@ -11,18 +11,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from privfed.config import (Accountant, Aggregation, ClientOptimizer, Dataset, DpMode, ExperimentConfig, ModelSource,
-                            Partition, Regime, Strategy, from_dict, load_config, to_dict)
-from privfed.errors import ConfigError, MissingAssetError, PrivacyViolationError, PrivfedError
+from privfed.config import (
+    Accountant,
+    Aggregation,
+    ClientOptimizer,
+    Clipping,
+    Dataset,
+    DpMode,
+    ExperimentConfig,
+    ModelSource,
+    Partition,
+    Regime,
+    Strategy,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from privfed.errors import (
+    ConfigError,
+    MissingAssetError,
+    PrivacyViolationError,
+    PrivfedError,
+)
 
 __version__ = "0.1.0"
 
 
-def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Run one federated experiment and write its artefacts to ``out_dir``; returns results.json as a dict."""
+def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True) -> dict:
+    """Run one federated experiment and write its artefacts to ``out_dir``; returns results.json as a dict.
+
+    ``out_dir`` must not hold an earlier run unless ``resume`` (continue it) or ``overwrite`` (start over) is set.
+    """
     from privfed.federation.simulation import run as _run
 
-    return _run(config, Path(out_dir), resume=resume, progress=progress)
+    return _run(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress)
 
 
 def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
@@ -38,6 +61,27 @@ def summary_table(results: list[dict]) -> str:
     return markdown_table(summary_rows(results))
 
 
-__all__ = ["Accountant", "Aggregation", "ClientOptimizer", "ConfigError", "Dataset", "DpMode", "ExperimentConfig",
-           "MissingAssetError", "ModelSource", "Partition", "PrivacyViolationError", "PrivfedError", "Regime",
-           "Strategy", "from_dict", "load_config", "resume", "run", "summary_table", "to_dict", "__version__"]
+__all__ = [
+    "Accountant",
+    "Aggregation",
+    "ClientOptimizer",
+    "Clipping",
+    "ConfigError",
+    "Dataset",
+    "DpMode",
+    "ExperimentConfig",
+    "MissingAssetError",
+    "ModelSource",
+    "Partition",
+    "PrivacyViolationError",
+    "PrivfedError",
+    "Regime",
+    "Strategy",
+    "__version__",
+    "from_dict",
+    "load_config",
+    "resume",
+    "run",
+    "summary_table",
+    "to_dict",
+]

@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set privacy.epsilon=3 (repeatable)")
-    run.add_argument("--out", type=Path, help="output directory (default: runs/<name>)")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<name>, or runs/<name>-2, -3... "
+                                              "when taken)")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
     run.add_argument("--help-config", action="store_true", help="list every config key with default and meaning")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("dirs", nargs="+", type=Path, help="run directories (or sweep directories)")
     table.add_argument("--rounds", action="store_true", help="also print each run's per-round table")
     return parser
+
+
+def _unused_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : a default output directory never replaces an earlier run."""
+    from privfed.results import RunDirectory
+
+    candidate, n = base, 1
+    while RunDirectory(candidate).holds_run():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -56,8 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg, out = run_dir.config(), args.resume
     else:
         cfg = cfgmod.load_config(args.config, args.overrides)
-        out = args.out or Path("runs") / cfg.name
-    results = run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+        out = args.out or _unused_run_dir(Path("runs") / cfg.name)
+    results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
     print(f"\n## {cfg.name}: per round\n")
     print(markdown_table(round_rows(results)))
     print("\n## Summary\n")

@@ -10,9 +10,10 @@ import dataclasses
 import enum
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -66,6 +67,17 @@ class Accountant(enum.Enum):
 
     RDP = "rdp"
     PRV = "prv"
+
+
+class Clipping(enum.Enum):
+    """How Opacus finds each example's gradient norm before clipping it to privacy.max_grad_norm.
+
+    Both give the same clipped, noised gradient and the same epsilon; they differ only in cost.
+    """
+
+    PER_SAMPLE = "per_sample"  # materialise every per-sample gradient (B x params): cheap for small adapters
+    GHOST = "ghost"  # ghost clipping: norms from activations and output gradients, a second backward pass;
+    # memory and time no longer scale with B x params (the full and pretrain regimes). Refuses tied weights.
 
 
 class ClientOptimizer(enum.Enum):
@@ -129,6 +141,8 @@ class PrivacyConfig:
     max_epsilon: float = _help("fixed_noise only: a client stops training before exceeding this (inf = never)",
                                default=math.inf)
     accountant: Accountant = _help("rdp | prv", default=Accountant.RDP)
+    clipping: Clipping = _help("per_sample | ghost (same privacy; ghost is faster for full/pretrain of large models)",
+                               default=Clipping.PER_SAMPLE)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ class RunDirectory:
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def holds_run(self) -> bool:
+        """True once a run has started here (its resolved config is the first file written)."""
+        return (self.path / CONFIG).is_file()
+
     def start(self, cfg: ExperimentConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (CHECKPOINT, RESULTS, METRICS, LEDGER):
@@ -67,7 +71,7 @@ class RunDirectory:
     def config(self) -> ExperimentConfig:
         return load_config(self.path / CONFIG)
 
-    def save_checkpoint(self, state: "RunState") -> None:
+    def save_checkpoint(self, state: RunState) -> None:
         _atomic_write(self.path / CHECKPOINT, pickle.dumps(state))
         _atomic_write(self.path / LEDGER, state.ledger.to_jsonl().encode())
         buf = io.StringIO()
@@ -77,7 +81,7 @@ class RunDirectory:
             writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
         _atomic_write(self.path / METRICS, buf.getvalue().encode())
 
-    def load_checkpoint(self) -> "RunState | None":
+    def load_checkpoint(self) -> RunState | None:
         path = self.path / CHECKPOINT
         if not path.is_file():
             return None
@@ -87,7 +91,7 @@ class RunDirectory:
         _atomic_write(self.path / RESULTS, (json.dumps(jsonable(results), indent=2) + "\n").encode())
 
 
-def build_results(fed: "Federation", state: "RunState", epsilons: dict[int, float], seconds: float) -> dict:
+def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], seconds: float) -> dict:
     cfg = fed.config
     pr = cfg.privacy
     clients = []

@@ -47,7 +47,8 @@ def write_report(runs: list[dict], out_dir: Path) -> str:
 
 
 def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progress: bool = True) -> list[dict]:
-    """Run each ε (a finished run is reused, an interrupted one resumed) and write the report."""
+    """Run each ε and write the report. A finished run of the same config is reused, an interrupted one resumed,
+    and one of a different config (the sweep's base changed) is run again in its place."""
     from privfed.federation.simulation import run
     from privfed.results import RESULTS, RunDirectory
 
@@ -59,6 +60,6 @@ def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progr
             runs.append(read_results(run_dir))
             continue
         resumable = RunDirectory(run_dir).load_checkpoint() is not None and RunDirectory(run_dir).config() == cfg
-        runs.append(run(cfg, run_dir, resume=resumable, progress=progress))
+        runs.append(run(cfg, run_dir, resume=resumable, overwrite=True, progress=progress))
     write_report(runs, out_dir)
     return runs

@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from privfed.config import ExperimentConfig, apply_overrides, from_dict  # noqa: E402
+from privfed.config import ExperimentConfig, apply_overrides, from_dict
 
 TINY_CLASSIFIER = {
     "name": "tiny-bert",

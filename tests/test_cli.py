@@ -1,16 +1,21 @@
 """The ``privfed`` command end to end on tiny configs, as a user would call it."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
-
 from conftest import TINY_CLASSIFIER
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _privfed(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "privfed.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    """The CLI of this checkout (not whichever privfed happens to be installed), run from ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "privfed.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
 
 
 def _tiny_config(tmp_path, **privacy):
@@ -42,6 +47,22 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
 
     table = _privfed("table", str(out), cwd=tmp_path)
     assert table.returncode == 0 and "tiny-bert" in table.stdout
+
+    before = (out / "results.json").read_bytes()
+    again = _privfed("run", "--config", str(cfg), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a privfed run" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "results.json").read_bytes() == before  # the earlier run is untouched
+
+
+def test_default_output_directory_never_replaces_an_earlier_run(tmp_path):
+    from privfed.cli import _unused_run_dir
+
+    base = tmp_path / "runs" / "demo"
+    assert _unused_run_dir(base) == base
+    for taken in (base, base.with_name("demo-2")):
+        taken.mkdir(parents=True)
+        (taken / "config.yaml").write_text("name: demo\n")
+    assert _unused_run_dir(base) == base.with_name("demo-3")
 
 
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):

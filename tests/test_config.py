@@ -2,8 +2,16 @@ import math
 
 import pytest
 
-from privfed.config import (DpMode, ExperimentConfig, ModelSource, Regime, apply_overrides, from_dict, load_config,
-                            to_dict)
+from privfed.config import (
+    DpMode,
+    ExperimentConfig,
+    ModelSource,
+    Regime,
+    apply_overrides,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from privfed.errors import ConfigError
 
 
@@ -27,7 +35,7 @@ def test_overrides_are_parsed_as_yaml():
     ("model.regime=adapter", "model.regime", "pretrain, full, lora, prompt"),
     ("training.rounds=two", "training.rounds", "integer"),
     ("training.rounds=0", "training.rounds", ">= 1"),
-    ("privacy.colour=red", "privacy.colour", "allowed: accountant, delta"),
+    ("privacy.colour=red", "privacy.colour", "allowed: accountant, clipping, delta"),
     ("federation.client_fraction=1.5", "federation.client_fraction", "(0, 1]"),
     ("model.source=smollm2", "model.source", "causal LMs"),
     ("model.regime=pretrain", "model.regime", "causal LM source"),

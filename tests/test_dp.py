@@ -1,4 +1,5 @@
 """DP-SGD really clips and adds noise, fails loudly when it cannot, and respects every client's budget."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,8 +9,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import privfed
-from privfed.config import Accountant, ClientOptimizer
-from privfed.errors import PrivacyViolationError
+from privfed.config import Accountant, ClientOptimizer, Clipping
+from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.federation.setup import build_federation
 from privfed.federation.vectors import flatten
 from privfed.privacy.accounting import epsilon_of_history
@@ -17,9 +18,7 @@ from privfed.privacy.dpsgd import DpSettings, PrivateTraining
 
 
 def _one_step_update(cfg, sigma):
-    """Update of client 0 after one SGD step (lr 1) from the initial global state, with noise multiplier sigma."""
-    import dataclasses
-
+    """Update of client 0 after its first round from the initial global state, with noise multiplier sigma."""
     fed = build_federation(cfg)
     client = fed.clients[0]
     client.training.dp = dataclasses.replace(client.training.dp, noise_multiplier=sigma)
@@ -61,27 +60,58 @@ class _TwoHeads(nn.Module):
         return self.used(x)
 
 
-def _toy_training(model, sigma):
+def _toy_training(model, sigma, clipping=Clipping.PER_SAMPLE):
     data = TensorDataset(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
-    return PrivateTraining(model, params, data, 8, opt, DpSettings(sigma, 1.0, Accountant.RDP))
+    return PrivateTraining(model, params, data, 8, opt, DpSettings(sigma, 1.0, Accountant.RDP, clipping))
 
 
-def test_tensor_without_per_sample_gradient_raises():
-    training = _toy_training(_TwoHeads(), 1.0)
+@pytest.mark.parametrize("clipping", list(Clipping))
+def test_tensor_without_per_sample_gradient_raises(clipping):
+    training = _toy_training(_TwoHeads(), 1.0, clipping)
     x, _ = next(iter(training.loader))
     with pytest.raises(PrivacyViolationError, match="no per-sample gradient"):
-        training.step(training.module(x).sum())
+        training.step(training.module(x).sum(dim=1))
 
 
-def test_step_that_adds_no_noise_raises():
+@pytest.mark.parametrize("regime", ["full", "lora", "prompt"])
+def test_ghost_clipping_gives_the_per_sample_update(tiny_classifier, tiny_causal, regime):
+    """Same seed, same batch, same noise: ghost clipping (norms without per-sample gradients) and materialised
+    per-sample clipping must produce the same private update, in every regime and for both model families."""
+    for make, regime_name in ((tiny_classifier, regime), (tiny_causal, "pretrain" if regime == "full" else regime)):
+        common = (f"model.regime={regime_name}", "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
+                  "privacy.max_grad_norm=0.05", "training.local_steps=2", "training.optimizer=sgd",
+                  "training.lr=1.0")
+        per_sample, _ = _one_step_update(make(*common, "privacy.clipping=per_sample"), 1.0)
+        ghost, _ = _one_step_update(make(*common, "privacy.clipping=ghost"), 1.0)
+        clean, _ = _one_step_update(make(*common, "privacy.clipping=ghost"), 0.0)
+        assert np.linalg.norm(ghost - clean) > 10 * np.abs(ghost - per_sample).max()  # the noise is really there
+        np.testing.assert_allclose(ghost, per_sample, atol=1e-6)
+
+
+def test_ghost_clipping_refuses_tied_weights_before_training():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    with pytest.raises(ConfigError, match="privacy.clipping.*tied"):
+        _toy_training(Tied(), 1.0, Clipping.GHOST)
+
+
+@pytest.mark.parametrize("clipping", list(Clipping))
+def test_step_that_adds_no_noise_raises(clipping):
     model = nn.Linear(4, 2)
-    training = _toy_training(model, 1.0)
+    training = _toy_training(model, 1.0, clipping)
     training.optimizer.step = lambda *a, **k: None  # a step that silently does nothing
     x, _ = next(iter(training.loader))
     with pytest.raises(PrivacyViolationError, match="did not change"):
-        training.step(training.module(x).sum())
+        training.step(training.module(x).sum(dim=1))
 
 
 def test_results_epsilon_is_reproducible_and_within_target(tiny_classifier, tmp_path):

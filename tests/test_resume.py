@@ -37,8 +37,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_p
     assert (tmp_path / "killed" / "ledger.jsonl").read_text() == (tmp_path / "reference" / "ledger.jsonl").read_text()
 
 
-def test_same_seed_same_result(tiny_classifier, tmp_path):
+def test_same_seed_same_result_and_no_accidental_overwrite(tiny_classifier, tmp_path):
     cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "training.rounds=1")
     a = privfed.run(cfg, tmp_path / "a", progress=False)
-    b = privfed.run(cfg, tmp_path / "b", progress=False)
+    with pytest.raises(privfed.ConfigError, match="already holds a privfed run"):
+        privfed.run(cfg, tmp_path / "a", progress=False)
+    b = privfed.run(cfg, tmp_path / "a", overwrite=True, progress=False)
     assert a["rounds"][0]["eval_loss"] == b["rounds"][0]["eval_loss"]

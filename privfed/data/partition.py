@@ -76,7 +76,7 @@ def describe(pool: TextDataset, shards: list[np.ndarray]) -> list[dict]:
     """Per-client size, label histogram (classification) and natural groups, for results.json."""
     out = []
     for cid, idx in enumerate(shards):
-        entry: dict = {"client": cid, "examples": int(len(idx))}
+        entry: dict = {"client": cid, "examples": len(idx)}
         if pool.labels is not None:
             hist = np.bincount(np.asarray(pool.labels)[idx], minlength=len(pool.label_names))
             entry["label_histogram"] = {name: int(c) for name, c in zip(pool.label_names, hist)}

@@ -23,7 +23,7 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: np.ndarray) -> "TextDataset":
+    def subset(self, indices: np.ndarray) -> TextDataset:
         idx = [int(i) for i in indices]
         return TextDataset(
             texts=tuple(self.texts[i] for i in idx),

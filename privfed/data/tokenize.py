@@ -31,8 +31,9 @@ def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False
     if mask.shape[0] > 0:
         used = int(mask.sum(dim=1).max().item())
         keep = max(used, 2)
-        batch["input_ids"] = batch["input_ids"][:, :keep]
-        batch["attention_mask"] = mask[:, :keep]
+        # contiguous: Opacus' embedding norm sampler (ghost clipping) views the ids as one column
+        batch["input_ids"] = batch["input_ids"][:, :keep].contiguous()
+        batch["attention_mask"] = mask[:, :keep].contiguous()
     if explicit_positions:
         ids = batch["input_ids"]
         batch["position_ids"] = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids).contiguous()

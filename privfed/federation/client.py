@@ -75,10 +75,10 @@ class Client:
                 batches = iter(self.training.loader)
                 tensors = next(batches)
             batch = as_batch(tuple(tensors), self.explicit_positions)
-            loss = per_example_loss(self.training.module, batch, self.task).mean()
-            if batch["input_ids"].shape[0] > 0:
-                losses.append(float(loss.detach()))
-            self.training.step(loss)
+            per_example = per_example_loss(self.training.module, batch, self.task)
+            if per_example.numel() > 0:
+                losses.append(float(per_example.detach().mean()))
+            self.training.step(per_example)
             if anchor is not None:
                 self._proximal_step(anchor)
         update = ClientUpdate(

@@ -42,7 +42,7 @@ class Federation:
 
 def split_train_test(n: int, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     order = rng.permutation(n)
-    n_test = max(1, int(round(n * test_fraction)))
+    n_test = max(1, round(n * test_fraction))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
@@ -59,7 +59,8 @@ def dp_settings_for(cfg: ExperimentConfig, sample_rate: float) -> DpSettings:
         sigma = pr.noise_multiplier
     else:
         sigma = calibrate_noise(pr.epsilon, pr.delta, sample_rate, planned_steps(cfg), pr.accountant)
-    return DpSettings(noise_multiplier=sigma, max_grad_norm=pr.max_grad_norm, accountant=pr.accountant)
+    return DpSettings(noise_multiplier=sigma, max_grad_norm=pr.max_grad_norm, accountant=pr.accountant,
+                      clipping=pr.clipping)
 
 
 def build_federation(cfg: ExperimentConfig) -> Federation:

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from privfed.config import DpMode, ExperimentConfig
-from privfed.errors import PrivacyViolationError
+from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.evaluation import evaluate
 from privfed.federation.aggregation import make_aggregator
 from privfed.federation.setup import Federation, build_federation
@@ -42,7 +42,7 @@ class RunState:
 
 
 def sample_clients(cfg: ExperimentConfig, round_idx: int, num_clients: int) -> list[int]:
-    k = max(1, int(round(cfg.federation.client_fraction * num_clients)))
+    k = max(1, round(cfg.federation.client_fraction * num_clients))
     rng = np.random.default_rng(derive_seed(cfg.seed, round_idx, 0x5A3B1E))
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
 
@@ -59,9 +59,17 @@ def client_epsilons(fed: Federation, ledger: Ledger) -> dict[int, float]:
     return {c.id: epsilon_of_events(ledger.dp_sgd(c.id), pr.delta, pr.accountant) for c in fed.clients}
 
 
-def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) an experiment, writing every artefact to ``out_dir``; returns the results dict."""
+def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True) -> dict:
+    """Run (or resume) an experiment, writing every artefact to ``out_dir``; returns the results dict.
+
+    A directory that already holds a run is never replaced by accident: pass ``resume`` to continue it or
+    ``overwrite`` to start over.
+    """
     run_dir = RunDirectory(out_dir)
+    if run_dir.holds_run() and not (resume or overwrite):
+        raise ConfigError("--out", f"{out_dir} already holds a privfed run; resume it (--resume), write elsewhere, "
+                                   "or start it over (--overwrite)")
     started = time.perf_counter()
     fed = build_federation(cfg)
     strategy = make_strategy(cfg.federation)

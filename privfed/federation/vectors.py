@@ -1,7 +1,7 @@
 """Trainable tensors <-> one flat float32 vector: the unit that travels between clients and the server."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -22,7 +22,7 @@ def _per_example_prompt(self, batch_size: int, task_ids=None, max_cache_len=None
     ``batch_size`` rows gives Opacus' embedding grad sampler the per-example structure it needs.
     """
     encoder = self.prompt_encoder[self.active_adapter]
-    tokens = self.prompt_tokens[self.active_adapter].unsqueeze(0).expand(batch_size, -1)
+    tokens = self.prompt_tokens[self.active_adapter].unsqueeze(0).expand(batch_size, -1).contiguous()
     return encoder(tokens.to(encoder.embedding.weight.device))
 
 

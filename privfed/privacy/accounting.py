@@ -6,7 +6,8 @@ cross-check the result against Google's dp_accounting.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+import warnings
+from collections.abc import Iterable
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
@@ -51,5 +52,7 @@ def epsilon_of_events(events: Iterable[DpSgdEvent], delta: float, kind: Accounta
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, kind: Accountant) -> float:
     """Smallest noise multiplier (to Opacus' tolerance) that keeps ``steps`` DP-SGD steps within the target."""
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=kind.value))
+    with warnings.catch_warnings():  # the bisection probes tiny sigmas whose optimal RDP order is out of range
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps, accountant=kind.value))

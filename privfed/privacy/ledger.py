@@ -6,9 +6,9 @@ so every ledger.jsonl written by an earlier privfed can be re-counted by a later
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class Ledger:
         tmp.replace(path)
 
     @classmethod
-    def read(cls, path: Path) -> "Ledger":
+    def read(cls, path: Path) -> Ledger:
         events = []
         for line in path.read_text().splitlines():
             if line.strip():

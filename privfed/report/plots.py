@@ -5,19 +5,20 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: CLI, CI and notebooks alike
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from privfed.report.tables import quality_key  # noqa: E402
+from privfed.report.tables import quality_key
 
 
 def _label(key: str) -> str:
-    return "accuracy" if key == "eval_accuracy" else "perplexity"
+    return "accuracy (higher is better)" if key == "eval_accuracy" else "perplexity (lower is better)"
 
 
 def plot_privacy_utility(runs: list[dict], path: Path | None = None, ax=None):
-    """Final quality against ε spent; the non-private run(s) as a dashed horizontal line."""
+    """Final quality against ε spent; the non-private run(s) dashed, the untrained model dotted."""
     key = quality_key(runs[0])
     private = sorted((float(r["final"]["epsilon"]), float(r["final"][key])) for r in runs
                      if math.isfinite(float(r["final"]["epsilon"])))
@@ -31,8 +32,14 @@ def plot_privacy_utility(runs: list[dict], path: Path | None = None, ax=None):
             ax.annotate(f"{q:.3f}", (e, q), textcoords="offset points", xytext=(4, 6), fontsize=8)
     for q in public:
         ax.axhline(q, linestyle="--", color="grey", label=f"no DP ({q:.3f})")
+    initial = runs[0].get("initial", {}).get(key)
+    if initial is not None:
+        ax.axhline(float(initial), linestyle=":", color="C3", label=f"before training ({float(initial):.3f})")
     ax.set_xscale("log")
-    ax.set_xlabel("ε spent (per client, δ = %g)" % float(runs[0]["final"]["delta"]))
+    if private:  # ticks at the measured ε, written plainly (not 3×10⁰)
+        ax.set_xticks([e for e, _ in private], [f"{e:.3g}" for e, _ in private])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"ε spent (per client, δ = {float(runs[0]['final']['delta']):g})")
     ax.set_ylabel(_label(key))
     ax.set_title(runs[0]["config"]["name"].split("-eps")[0])
     ax.grid(True, alpha=0.3)
