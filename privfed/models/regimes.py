@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 
 import torch
 from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -39,6 +40,12 @@ def _make_head_trainable(model: nn.Module) -> None:
                 p.requires_grad_(True)
 
 
+def _peft(model: nn.Module, config) -> nn.Module:
+    with warnings.catch_warnings():  # peft asks transformers a question transformers has renamed: not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
 def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set on exactly the tensors of the regime.
 
@@ -56,11 +63,11 @@ def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
             raise ValueError(f"no LoRA target modules known for architecture {arch!r}")
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
                           layers_to_transform=list(cfg.lora_layers) or None, bias="none")
-        peft_model = get_peft_model(model, lora)
+        peft_model = _peft(model, lora)
     else:
         task_type = TaskType.SEQ_CLS if task is Task.CLASSIFICATION else TaskType.CAUSAL_LM
         prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.prompt_tokens)
-        peft_model = get_peft_model(model, prompt)
+        peft_model = _peft(model, prompt)
         peft_model.get_prompt = types.MethodType(_per_example_prompt, peft_model)
     if task is Task.CLASSIFICATION:
         _make_head_trainable(peft_model)
