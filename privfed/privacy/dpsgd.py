@@ -117,7 +117,8 @@ class PrivateTraining:
         if self.engine is not None and not self.ghost:
             self._require([getattr(p, "grad_sample", None) is not None for p in self.params], "per-sample gradient")
         elif self.engine is None:
-            self._require([p.grad is not None for p in self.params], "gradient")
+            self._require([p.grad is not None for p in self.params], "gradient",
+                          "the loss does not depend on them; refusing to report them as trained")
         noisy = self.engine is not None and (self.dp.noise_multiplier or 0.0) > 0
         before = _probe(self.params) if noisy else None
         self.optimizer.step()
@@ -141,12 +142,12 @@ class PrivateTraining:
             raise
         self._require([getattr(p, "_norm_sample", None) is not None for p in self.params], "per-sample gradient norm")
 
-    def _require(self, present: list[bool], what: str) -> None:
+    def _require(self, present: list[bool], what: str,
+                 hint: str = "Opacus did not hook the layer that owns them; refusing to take a non-private step",
+                 ) -> None:
         missing = present.count(False)
         if missing:
-            raise PrivacyViolationError(
-                f"{missing} of {len(self.params)} trainable tensors got no {what} (Opacus did not hook the layer "
-                "that owns them); refusing to take a non-private step")
+            raise PrivacyViolationError(f"{missing} of {len(self.params)} trainable tensors got no {what} ({hint})")
 
     def restore_history(self, history: list[tuple[float, float, int]]) -> None:
         """Resume: give the accountant the steps this client took before the run was interrupted."""
