@@ -55,11 +55,12 @@ def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progr
     runs = []
     for epsilon in epsilons:
         cfg = config_for_epsilon(base, epsilon)
-        run_dir = out_dir / cfg.name
-        if (run_dir / RESULTS).is_file() and RunDirectory(run_dir).config() == cfg:
-            runs.append(read_results(run_dir))
+        run_dir = RunDirectory(out_dir / cfg.name)
+        same_config = run_dir.holds_run() and run_dir.config() == cfg
+        if same_config and (run_dir.path / RESULTS).is_file():
+            runs.append(read_results(run_dir.path))
             continue
-        resumable = RunDirectory(run_dir).load_checkpoint() is not None and RunDirectory(run_dir).config() == cfg
-        runs.append(run(cfg, run_dir, resume=resumable, overwrite=True, progress=progress))
+        resumable = same_config and run_dir.load_checkpoint() is not None
+        runs.append(run(cfg, run_dir.path, resume=resumable, overwrite=True, progress=progress))
     write_report(runs, out_dir)
     return runs

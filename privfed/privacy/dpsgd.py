@@ -114,11 +114,7 @@ class PrivateTraining:
                 self._ghost_backward(per_example_loss)
             else:
                 per_example_loss.mean().backward()
-        if self.engine is not None and not self.ghost:
-            self._require([getattr(p, "grad_sample", None) is not None for p in self.params], "per-sample gradient")
-        elif self.engine is None:
-            self._require([p.grad is not None for p in self.params], "gradient",
-                          "the loss does not depend on them; refusing to report them as trained")
+        self._require_gradients()
         noisy = self.engine is not None and (self.dp.noise_multiplier or 0.0) > 0
         before = _probe(self.params) if noisy else None
         self.optimizer.step()
@@ -136,11 +132,20 @@ class PrivateTraining:
             p._norm_sample = None
         try:
             DPTensorFastGradientClipping(self.module, self.optimizer, per_example_loss, "mean").backward()
-        except (AttributeError, TypeError):  # Opacus stacks the norms: a missing one fails here
+        except (AttributeError, TypeError):  # Opacus stacks the norms mid-backward: a missing one fails there
+            self._require_gradients()
+            raise
+
+    def _require_gradients(self) -> None:
+        """Every trainable tensor got what its mode clips or steps with: per-sample gradients, norms, or gradients."""
+        if self.engine is None:
+            self._require([p.grad is not None for p in self.params], "gradient",
+                          "the loss does not depend on them; refusing to report them as trained")
+        elif self.ghost:
             self._require([getattr(p, "_norm_sample", None) is not None for p in self.params],
                           "per-sample gradient norm")
-            raise
-        self._require([getattr(p, "_norm_sample", None) is not None for p in self.params], "per-sample gradient norm")
+        else:
+            self._require([getattr(p, "grad_sample", None) is not None for p in self.params], "per-sample gradient")
 
     def _require(self, present: list[bool], what: str,
                  hint: str = "Opacus did not hook the layer that owns them; refusing to take a non-private step",
