@@ -1,4 +1,4 @@
-"""privfed: federated training of language models under record-level differential privacy.
+"""privfed: federated training of language models under differential privacy and secure aggregation.
 
 Typical use::
 
@@ -14,10 +14,12 @@ from pathlib import Path
 from privfed.config import (
     Accountant,
     Aggregation,
+    AggregationConfig,
     ClientOptimizer,
     Clipping,
     Dataset,
     DpMode,
+    DropoutStage,
     ExperimentConfig,
     ModelSource,
     Partition,
@@ -64,11 +66,13 @@ def summary_table(results: list[dict]) -> str:
 __all__ = [
     "Accountant",
     "Aggregation",
+    "AggregationConfig",
     "ClientOptimizer",
     "Clipping",
     "ConfigError",
     "Dataset",
     "DpMode",
+    "DropoutStage",
     "ExperimentConfig",
     "MissingAssetError",
     "ModelSource",

@@ -94,9 +94,19 @@ class Strategy(enum.Enum):
 
 
 class Aggregation(enum.Enum):
-    """How client updates are summed. Later back-ends (secagg, paillier) plug in behind the same interface."""
+    """How client updates are summed. Every back-end sits behind the same ``Aggregator`` interface."""
 
-    PLAIN = "plain"
+    PLAIN = "plain"  # the server sees each float32 update
+    SECAGG = "secagg"  # pairwise masking (SecAgg / SecAgg+): the server learns only the sum
+
+
+class DropoutStage(enum.Enum):
+    """The first protocol message that simulated dropouts fail to send (plain: before or after the upload)."""
+
+    ADVERTISE_KEYS = "advertise_keys"  # vanish before the round really starts
+    SHARE_KEYS = "share_keys"  # after advertising keys: peers never get their shares
+    MASKED_INPUT = "masked_input"  # after sharing keys: their pairwise masks must be cancelled from their key
+    UNMASKING = "unmasking"  # after sending their masked (plain: their) update: their input still counts
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -143,6 +153,10 @@ class PrivacyConfig:
     accountant: Accountant = _help("rdp | prv", default=Accountant.RDP)
     clipping: Clipping = _help("per_sample | ghost (same privacy; ghost is faster for full/pretrain of large models)",
                                default=Clipping.PER_SAMPLE)
+    distributed_noise: float = _help("user-level distributed DP (needs secagg): Skellam noise multiplier z of the "
+                                     "secure sum (0 = off)", default=0.0)
+    update_clip: float = _help("distributed DP: each client's whole update is clipped to this L2 norm S",
+                               default=0.1)
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,25 @@ class FederationConfig:
     server_beta1: float = _help("FedAdam/FedYogi first-moment decay", default=0.9)
     server_beta2: float = _help("FedAdam/FedYogi second-moment decay", default=0.99)
     server_tau: float = _help("FedAdam/FedYogi adaptivity (epsilon)", default=1e-3)
-    aggregation: Aggregation = _help("how updates are summed", default=Aggregation.PLAIN)
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the server sums the updates. ``aggregation: secagg`` is short for ``aggregation: {method: secagg}``."""
+
+    PRIMARY_KEY: typing.ClassVar[str] = "method"
+
+    method: Aggregation = _help("plain | secagg", default=Aggregation.PLAIN)
+    neighbours: int = _help("secagg: masking neighbours per client, even (0 = all: classic SecAgg; ~2 log2 n: "
+                            "SecAgg+)", default=0)
+    threshold: float = _help("secagg: share of a client's neighbourhood needed to unmask it (> 0.5)", default=0.6)
+    clip_range: float = _help("encoding: each transmitted value is clipped to [-R, R]", default=1.0)
+    value_bits: int = _help("encoding: signed fixed-point bits per value (word: 32 or 64 bits, chosen to fit)",
+                            default=20)
+    consistency_check: bool = _help("secagg: extra signed round against an active server", default=False)
+    dropout_fraction: float = _help("simulated: share of each round's trained clients that drop", default=0.0)
+    dropout_stage: DropoutStage = _help("simulated: advertise_keys | share_keys | masked_input | unmasking",
+                                        default=DropoutStage.UNMASKING)
 
 
 @dataclass(frozen=True)
@@ -176,6 +208,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -198,6 +231,9 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
+        primary = getattr(annotation, "PRIMARY_KEY", None)
+        if primary is not None and isinstance(value, (str, bool)):  # `aggregation: secagg` = {method: secagg}
+            value = {primary: value}
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping of {[f.name for f in dataclasses.fields(annotation)]}")
         return _build(annotation, value, prefix=f"{key}.")
@@ -240,11 +276,21 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _migrate(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Read configs written by earlier privfed versions: ``federation.aggregation`` became ``aggregation.method``."""
+    federation = raw.get("federation")
+    if isinstance(federation, Mapping) and "aggregation" in federation and "aggregation" not in raw:
+        raw = dict(raw)
+        raw["federation"] = {k: v for k, v in federation.items() if k != "aggregation"}
+        raw["aggregation"] = {"method": federation["aggregation"]}
+    return raw
+
+
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate a config from nested plain data (as read from YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("<root>", "the config file must hold a mapping")
-    return _build(ExperimentConfig, raw)
+    return _build(ExperimentConfig, _migrate(raw))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -274,6 +320,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(item, "an override must look like key.path=value")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
+        primary = _primary_key_of(parts)
+        if primary is not None:  # `--set aggregation=secagg` means aggregation.method=secagg
+            parts.append(primary)
         node = result
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -282,6 +331,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
     return result
+
+
+def _primary_key_of(parts: list[str]) -> str | None:
+    """The PRIMARY_KEY of the config section that ``parts`` names, if it names a section that has one."""
+    cls: Any = ExperimentConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        cls = typing.get_type_hints(cls).get(part)
+    return getattr(cls, "PRIMARY_KEY", None) if dataclasses.is_dataclass(cls) else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -315,7 +374,7 @@ def _check(ok: bool, key: str, problem: str) -> None:
 
 def validate(c: ExperimentConfig) -> None:
     """Reject impossible values up front, naming the key and the allowed range."""
-    d, p, m, pr, t, f = c.data, c.partition, c.model, c.privacy, c.training, c.federation
+    d, p, m, pr, t, f, a = c.data, c.partition, c.model, c.privacy, c.training, c.federation, c.aggregation
     _check(bool(c.name) and "/" not in c.name, "name", "must be a non-empty string without '/'")
     _check(8 <= d.max_length <= 2048, "data.max_length", f"must be in [8, 2048], got {d.max_length}")
     _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
@@ -350,6 +409,22 @@ def validate(c: ExperimentConfig) -> None:
     _check(0.0 <= f.server_beta1 < 1.0, "federation.server_beta1", "must be in [0, 1)")
     _check(0.0 <= f.server_beta2 < 1.0, "federation.server_beta2", "must be in [0, 1)")
     _check(f.server_tau > 0, "federation.server_tau", "must be > 0")
+    _check(a.neighbours >= 0 and a.neighbours % 2 == 0, "aggregation.neighbours",
+           f"must be 0 (all) or an even number >= 2 (SecAgg+ ring), got {a.neighbours}")
+    _check(0.5 < a.threshold <= 1.0, "aggregation.threshold",
+           f"must be in (0.5, 1]: a majority, so no two disjoint groups can both unmask; got {a.threshold}")
+    _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
+    _check(2 <= a.value_bits <= 62, "aggregation.value_bits", f"must be in [2, 62], got {a.value_bits}")
+    _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
+    _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
+           "applies to secagg only")
+    _check(pr.distributed_noise >= 0 and math.isfinite(pr.distributed_noise), "privacy.distributed_noise",
+           "must be >= 0 (0 = off)")
+    _check(pr.distributed_noise == 0 or a.method is Aggregation.SECAGG, "privacy.distributed_noise",
+           "distributed DP adds noise inside the secure sum: set aggregation.method=secagg")
+    _check(pr.update_clip > 0, "privacy.update_clip", "must be > 0")
+    _check(pr.distributed_noise == 0 or pr.update_clip <= a.clip_range, "privacy.update_clip",
+           f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
     classification = m.source in (ModelSource.MINILM, ModelSource.TINY_BERT)
     _check(classification == (d.dataset is Dataset.BBC_NEWS), "model.source",
            "classifiers (minilm, tiny_bert) go with bbc_news; causal LMs (smollm2, tiny_llama) with "

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
     "checkpoint.pkl"
-METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "train_loss", "eval_loss", "eval_accuracy",
-                  "eval_perplexity", "epsilon", "bytes_up", "bytes_down", "seconds"]
+METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
+                  "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon", "user_epsilon", "bytes_up", "bytes_down",
+                  "bytes_up_per_client", "bytes_down_per_client", "aggregation_seconds", "seconds"]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -91,7 +92,8 @@ class RunDirectory:
         _atomic_write(self.path / RESULTS, (json.dumps(jsonable(results), indent=2) + "\n").encode())
 
 
-def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], seconds: float) -> dict:
+def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], seconds: float,
+                  user_epsilons: dict[int, float]) -> dict:
     cfg = fed.config
     pr = cfg.privacy
     clients = []
@@ -106,6 +108,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
             "steps": sum(e.steps for e in events),
             "rounds_trained": len(events),
             "epsilon": epsilons[client.id],
+            "user_epsilon": user_epsilons[client.id],
         })
     last = state.rows[-1] if state.rows else {}
     metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
@@ -120,10 +123,16 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         "rounds": state.rows,
         "final": {metric: last.get(metric), "eval_loss": last.get("eval_loss"),
                   "epsilon": max(epsilons.values(), default=0.0), "delta": pr.delta,
-                  "dp": pr.mode is not DpMode.OFF},
+                  "dp": pr.mode is not DpMode.OFF,
+                  "user_epsilon": max(user_epsilons.values(), default=0.0)},
         "privacy": {"mode": pr.mode.value, "accountant": ACCOUNTANT_NAMES[pr.accountant], "delta": pr.delta,
                     "target_epsilon": pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else None,
+                    "distributed_noise": pr.distributed_noise,
+                    "update_clip": pr.update_clip if pr.distributed_noise > 0 else None,
+                    "user_level_accounting": "Skellam RDP (Agarwal et al. 2021) + opacus get_privacy_spent"
+                    if pr.distributed_noise > 0 else None,
                     "clients": clients},
+        "aggregation": to_dict(cfg.aggregation),
         "notes": state.notes,
         "seconds": seconds,
         "ledger_events": len(state.ledger.events),

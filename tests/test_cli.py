@@ -76,14 +76,16 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
-def test_sweep_writes_table_csv_and_plot(tmp_path):
+def test_sweep_with_secagg_and_distributed_dp_writes_table_csv_and_plot(tmp_path):
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "sweep"
     proc = _privfed("sweep", "--config", str(cfg), "--epsilons", "2,inf", "--out", str(out), "--no-progress",
-                    "--set", "training.rounds=1", cwd=tmp_path)
+                    "--set", "training.rounds=1", "--set", "aggregation=secagg",
+                    "--set", "privacy.distributed_noise=0.8", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     table = (out / "table.md").read_text()
     assert "∞" in table or "inf" in table
+    assert "user ε" in table  # user-level epsilon from distributed DP beside the record-level one
     assert (out / "table.csv").read_text().count("\n") == 3
     png = (out / "privacy_utility.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

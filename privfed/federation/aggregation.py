@@ -1,51 +1,174 @@
 """Summing client vectors, revealing only the sum: the interface every aggregation back-end implements.
 
-The round loop calls ``aggregate`` with each surviving client's plaintext contribution and gets back only the sum
+The round loop calls ``aggregate`` with each trained client's plaintext contribution and gets back only the sum
 (or ``None`` when the round must abort). A back-end runs both sides: the client-side protection (nothing for
-``plain``; masking for secure aggregation; encryption for Paillier) and the server-side combination, so the loop
-never branches on which one is in use and never touches an individual protected vector.
+``plain``; encoding, noise shares and masking for SecAgg) and the server-side combination, so the loop never
+branches on which one is in use and never touches an individual protected vector.
 """
 from __future__ import annotations
 
 import abc
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privfed.config import Aggregation
+from privfed.config import Aggregation, AggregationConfig, DropoutStage
+from privfed.privacy.distributed import SkellamShare
+from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
+from privfed.secure.graph import threshold_for
+from privfed.secure.messages import SESSION_BYTES, ProtocolError
+from privfed.secure.secagg import RoundAborted, RoundParameters, SecAggClient, SecAggServer
+from privfed.secure.simulate import run_round
 
 
 @dataclass(frozen=True)
 class AggregationOutcome:
     total: np.ndarray | None  # None: the round aborted and the global model must stay as it is
     contributors: tuple[int, ...]
-    bytes_up_per_client: int
+    bytes_up_per_client: int  # mean over the clients that took part
+    bytes_down_per_client: int  # protocol messages only (the model broadcast is counted by the round loop)
     seconds: float
     details: dict = field(default_factory=dict)
+    noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
 
 
 class Aggregator(abc.ABC):
     @abc.abstractmethod
-    def aggregate(self, round_idx: int, contributions: dict[int, np.ndarray]) -> AggregationOutcome:
-        """Sum ``contributions`` (client id -> float vector) revealing only the sum to the server."""
+    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
+                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+        """Sum ``contributions`` (client id -> float vector), revealing only the sum to the server.
+
+        ``dropouts``: clients that vanish during the round, at the configured stage.
+        """
 
 
 class PlainAggregator(Aggregator):
     """No protection: the server receives each float32 vector and adds them (float64 accumulator)."""
 
-    def aggregate(self, round_idx: int, contributions: dict[int, np.ndarray]) -> AggregationOutcome:
+    def __init__(self, cfg: AggregationConfig):
+        self.cfg = cfg
+
+    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
+                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
         start = time.perf_counter()
-        total = np.zeros(next(iter(contributions.values())).shape, dtype=np.float64)
-        for vector in contributions.values():
-            total += vector
-        size = total.size * np.dtype(np.float32).itemsize
-        return AggregationOutcome(total=total, contributors=tuple(sorted(contributions)), bytes_up_per_client=size,
-                                  seconds=time.perf_counter() - start)
+        arrived = {c: v for c, v in contributions.items()
+                   if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING}
+        size = next(iter(contributions.values())).size * np.dtype(np.float32).itemsize
+        if not arrived:
+            return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
+                                      {"abort_reason": "every client dropped before uploading"})
+        total = np.zeros(size // 4, dtype=np.float64)
+        for vector in arrived.values():
+            total += vector.astype(np.float32)  # what travels is float32
+        return AggregationOutcome(total=total, contributors=tuple(sorted(arrived)), bytes_up_per_client=size,
+                                  bytes_down_per_client=0, seconds=time.perf_counter() - start,
+                                  details={"dropouts": len(contributions) - len(arrived)})
 
 
-AGGREGATORS: dict[Aggregation, type[Aggregator]] = {Aggregation.PLAIN: PlainAggregator}
+class SecAggAggregator(Aggregator):
+    """SecAgg / SecAgg+: encode, (add Skellam noise shares,) mask, route as bytes, unmask the sum, decode.
+
+    The server object only ever receives masked bytes and keeps their running sum. The encoding's word size is
+    fixed here, before any round, for the largest round (``max_clients``): a configuration whose sum could wrap
+    around is a ConfigError now, not a wrong model later.
+    """
+
+    def __init__(self, cfg: AggregationConfig, max_clients: int, vector_length: int,
+                 distributed_noise: float = 0.0, update_clip: float = 0.0, uniform: UniformSource = os_uniform):
+        self.cfg = cfg
+        self.uniform = uniform
+        self.distributed_noise, self.update_clip = distributed_noise, update_clip
+        self.vector_length = vector_length
+        probe = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
+        share = self._noise_share(probe.step, max_clients)
+        self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients,
+                                                       extra_bound=share.tail_bound() if share else 0.0)
+        self.identities: dict[int, Ed25519PrivateKey] = {}
+
+    def threshold(self, num_clients: int) -> int:
+        holders = num_clients if self.cfg.neighbours == 0 else min(num_clients, self.cfg.neighbours + 1)
+        return threshold_for(holders, self.cfg.threshold)
+
+    def _noise_share(self, step: float, num_clients: int) -> SkellamShare | None:
+        if self.distributed_noise <= 0:
+            return None
+        return SkellamShare(noise_multiplier=self.distributed_noise, update_clip=self.update_clip, step=step,
+                            dimension=self.vector_length - 1, min_clients=self.threshold(num_clients))
+
+    def _directory(self, clients: list[int]) -> dict[int, bytes]:
+        """Ed25519 identities, made once per client: the PKI that the consistency check assumes."""
+        for c in clients:
+            self.identities.setdefault(c, Ed25519PrivateKey.generate())
+        return {c: self.identities[c].public_key().public_bytes(serialization.Encoding.Raw,
+                                                                serialization.PublicFormat.Raw) for c in clients}
+
+    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
+                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+        start = time.perf_counter()
+        ids = sorted(contributions)
+        session = os.urandom(SESSION_BYTES)
+        share = self._noise_share(self.encoding.step, len(ids))
+        stats: list[EncodingStats] = []
+        clients: dict[int, SecAggClient] = {}
+        directory = self._directory(ids) if self.cfg.consistency_check else {}
+        encode_seconds = 0.0
+        for cid in ids:
+            tick = time.perf_counter()
+            ints, st = self.encoding.quantise(contributions[cid], self.uniform)
+            if share is not None:
+                ints[:-1] += share.sample(ints.size - 1)  # the count coordinate stays exact
+            stats.append(st)
+            words = self.encoding.to_words(ints)
+            encode_seconds += time.perf_counter() - tick
+            clients[cid] = SecAggClient(cid, words, session, round_idx, self.identities.get(cid), directory)
+        degree = self.cfg.neighbours if 0 < self.cfg.neighbours < len(ids) - 1 else 0
+        params = RoundParameters(session, round_idx, tuple(ids), degree, self.threshold(len(ids)),
+                                 self.encoding.word_bits, self.vector_length, self.cfg.consistency_check)
+        server = SecAggServer(params)
+        details = {
+            "protocol": "secagg+" if degree else "secagg", "clients": len(ids), "neighbours": degree or len(ids) - 1,
+            "threshold": params.threshold, "word_bits": self.encoding.word_bits,
+            "value_bits": self.encoding.value_bits, "clip_range": self.encoding.clip_range,
+            "step": self.encoding.step, "consistency_check": self.cfg.consistency_check,
+            "clipped_values": sum(s.clipped for s in stats),
+            "quantisation_rms": float(np.sqrt(np.mean([s.rms_error ** 2 for s in stats]))),
+            "quantisation_max": max(s.max_error for s in stats),
+            "encode_seconds": encode_seconds,
+        }
+        dropping = {c: self.cfg.dropout_stage for c in dropouts if c in clients}
+        total, contributors, abort_reason, recovered = None, (), None, ()
+        try:
+            outcome, log = run_round(server, clients, dropping)
+            total = self.encoding.decode_sum(outcome.total)
+            contributors, recovered = outcome.contributors, outcome.recovered_dropouts
+            left = log.dropped
+        except (RoundAborted, ProtocolError) as err:
+            abort_reason = str(err)
+            left = {c: "dropped" for c in dropping}
+        n = len(ids)
+        details.update({
+            "dropouts": len(left), "dropped_stage": self.cfg.dropout_stage.value if dropping else None,
+            "dropouts_recovered": len(recovered), "left": {str(c): why for c, why in left.items()},
+            "client_crypto_seconds": float(np.mean([c.timer.seconds for c in clients.values()])),
+            "server_crypto_seconds": server.timer.seconds,
+            "bytes_up_max": max(c.bytes_sent for c in clients.values()),
+            "abort_reason": abort_reason,
+        })
+        return AggregationOutcome(
+            total=total, contributors=contributors,
+            bytes_up_per_client=sum(c.bytes_sent for c in clients.values()) // n,
+            bytes_down_per_client=sum(c.bytes_received for c in clients.values()) // n,
+            seconds=time.perf_counter() - start, details=details, noise=share)
 
 
-def make_aggregator(kind: Aggregation) -> Aggregator:
-    return AGGREGATORS[kind]()
+def make_aggregator(cfg: AggregationConfig, *, max_clients: int, vector_length: int,
+                    distributed_noise: float = 0.0, update_clip: float = 0.0) -> Aggregator:
+    if cfg.method is Aggregation.SECAGG:
+        return SecAggAggregator(cfg, max_clients, vector_length, distributed_noise, update_clip)
+    return PlainAggregator(cfg)
+

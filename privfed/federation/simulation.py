@@ -22,6 +22,7 @@ from privfed.federation.setup import Federation, build_federation
 from privfed.federation.strategies import make_strategy
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.privacy.accounting import epsilon_of_events, epsilon_of_history, history_of
+from privfed.privacy.distributed import user_epsilon
 from privfed.privacy.ledger import Ledger, SkippedEvent
 from privfed.results import RunDirectory, build_results
 
@@ -47,6 +48,30 @@ def sample_clients(cfg: ExperimentConfig, round_idx: int, num_clients: int) -> l
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
 
 
+def sample_dropouts(cfg: ExperimentConfig, round_idx: int, trained: list[int]) -> frozenset[int]:
+    """The simulated dropouts of a round: round(fraction * trained) of them, drawn from (seed, round)."""
+    k = round(cfg.aggregation.dropout_fraction * len(trained))
+    if k == 0:
+        return frozenset()
+    rng = np.random.default_rng(derive_seed(cfg.seed, round_idx, 0xD809))
+    return frozenset(int(c) for c in rng.choice(trained, size=k, replace=False))
+
+
+def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, weight_cap: int) -> np.ndarray:
+    """What a client hands to aggregation: ``[w * delta, w]``, so the sum gives the weighted mean update.
+
+    FedAvg weights w = n_i / n_max (n_max, the largest client, plays the public weight cap of DP-FedAvg) keep every
+    transmitted value within the encoding's range. Under distributed DP the update is clipped to L2 norm S and
+    weighted 1: a client's influence on the sum must be bounded by S whatever its size.
+    """
+    if cfg.privacy.distributed_noise > 0:
+        norm = float(np.linalg.norm(delta))
+        clipped = delta * min(1.0, cfg.privacy.update_clip / norm) if norm > 0 else delta
+        return np.append(clipped.astype(np.float64), 1.0)
+    weight = num_examples / weight_cap
+    return np.append(delta.astype(np.float64) * weight, weight)
+
+
 def budget_of(cfg: ExperimentConfig) -> float:
     pr = cfg.privacy
     return pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else pr.max_epsilon
@@ -57,6 +82,13 @@ def client_epsilons(fed: Federation, ledger: Ledger) -> dict[int, float]:
     if pr.mode is DpMode.OFF:
         return {c.id: math.inf for c in fed.clients}
     return {c.id: epsilon_of_events(ledger.dp_sgd(c.id), pr.delta, pr.accountant) for c in fed.clients}
+
+
+def client_user_epsilons(fed: Federation, ledger: Ledger) -> dict[int, float]:
+    """User-level epsilon from distributed DP against the server (inf without it: the sum is not noised)."""
+    if fed.config.privacy.distributed_noise <= 0:
+        return {c.id: math.inf for c in fed.clients}
+    return {c.id: user_epsilon(ledger.distributed_dp(c.id), fed.config.privacy.delta) for c in fed.clients}
 
 
 def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
@@ -73,7 +105,10 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
     started = time.perf_counter()
     fed = build_federation(cfg)
     strategy = make_strategy(cfg.federation)
-    aggregator = make_aggregator(cfg.federation.aggregation)
+    per_round = len(sample_clients(cfg, 1, len(fed.clients)))
+    aggregator = make_aggregator(cfg.aggregation, max_clients=per_round, vector_length=fed.num_trainable + 1,
+                                 distributed_noise=cfg.privacy.distributed_noise, update_clip=cfg.privacy.update_clip)
+    weight_cap = max(c.num_examples for c in fed.clients)
     state = run_dir.load_checkpoint() if resume else None
     if state is None:
         run_dir.start(cfg)
@@ -88,7 +123,6 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
              len(fed.server_params), fed.num_trainable, fed.num_trainable * 4 / 1e6)
 
     budget = budget_of(cfg)
-    per_round = len(sample_clients(cfg, 1, len(fed.clients)))
     bar = tqdm(total=cfg.training.rounds * per_round, initial=state.completed_rounds * per_round,
                disable=not progress, desc="client rounds", unit="client", dynamic_ncols=True)
     for r in range(state.completed_rounds + 1, cfg.training.rounds + 1):
@@ -114,29 +148,42 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
                 state.ledger.append(event)
                 if client.training.accountant_history() != history_of(state.ledger.dp_sgd(cid)):
                     raise PrivacyViolationError(f"client {cid}: Opacus' accountant and the ledger disagree")
-            contributions[cid] = np.append(update.delta * update.num_examples, update.num_examples)
+            contributions[cid] = contribution(cfg, update.delta, update.num_examples, weight_cap)
             losses.append(update.train_loss)
             weights.append(update.num_examples)
             bar.update(1)
 
         row: dict = {"round": r, "clients_trained": len(contributions), "clients_skipped": len(skipped)}
-        bytes_up = 0
+        bytes_up = bytes_down_protocol = 0
         if contributions:
-            outcome = aggregator.aggregate(r, contributions)
-            bytes_up = outcome.bytes_up_per_client * len(outcome.contributors)
+            dropouts = sample_dropouts(cfg, r, sorted(contributions))
+            outcome = aggregator.aggregate(r, contributions, dropouts)
+            bytes_up = outcome.bytes_up_per_client * len(contributions)
+            bytes_down_protocol = outcome.bytes_down_per_client * len(contributions)
+            row.update({"clients_aggregated": len(outcome.contributors), "dropouts": len(dropouts),
+                        "bytes_up_per_client": outcome.bytes_up_per_client,
+                        "bytes_down_per_client": outcome.bytes_down_per_client + fed.num_trainable * 4,
+                        "aggregation_seconds": outcome.seconds, "aggregation": outcome.details})
             if outcome.total is None:
-                state.notes.append(f"round {r}: aggregation aborted; the global model is unchanged")
+                reason = outcome.details.get("abort_reason") or "aborted"
+                state.notes.append(f"round {r}: aggregation aborted ({reason}); the global model is unchanged")
+                bar.write(f"round {r}: aggregation aborted: {reason}")
             else:
                 mean_update = (outcome.total[:-1] / outcome.total[-1]).astype(np.float32)
                 state.global_vector = strategy.apply(state.global_vector, mean_update).astype(np.float32)
+                if outcome.noise is not None:
+                    for cid in outcome.contributors:
+                        state.ledger.append(outcome.noise.event(cid, r))
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
         load_into(fed.server_params, state.global_vector)
         row["train_loss"] = float(np.average(losses, weights=weights)) if losses else math.nan
         row.update(evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions))
         row["epsilon"] = max(client_epsilons(fed, state.ledger).values(), default=0.0)
+        if cfg.privacy.distributed_noise > 0:
+            row["user_epsilon"] = max(client_user_epsilons(fed, state.ledger).values(), default=0.0)
         row["bytes_up"] = bytes_up
-        row["bytes_down"] = (len(contributions) + len(skipped)) * fed.num_trainable * 4
+        row["bytes_down"] = (len(contributions) + len(skipped)) * fed.num_trainable * 4 + bytes_down_protocol
         row["seconds"] = time.perf_counter() - round_start
         state.rows.append(row)
         state.completed_rounds = r
@@ -144,8 +191,11 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
         run_dir.save_checkpoint(state)
         metric = "eval_accuracy" if "eval_accuracy" in row else "eval_perplexity"
         bar.write(f"round {r}: {metric}={row[metric]:.4f} eval_loss={row['eval_loss']:.4f} "
-                  f"epsilon={row['epsilon']:.3f}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+                  f"epsilon={row['epsilon']:.3f}"
+                  + (f" user_epsilon={row['user_epsilon']:.3f}" if "user_epsilon" in row else "")
+                  + (f" ({len(skipped)} skipped)" if skipped else ""))
     bar.close()
-    results = build_results(fed, state, client_epsilons(fed, state.ledger), time.perf_counter() - started)
+    results = build_results(fed, state, client_epsilons(fed, state.ledger), time.perf_counter() - started,
+                            client_user_epsilons(fed, state.ledger))
     run_dir.finish(results)
     return results

@@ -35,8 +35,29 @@ class SkippedEvent:
     kind: str = "skipped_budget"
 
 
-Event = DpSgdEvent | SkippedEvent
-_KINDS = {"dp_sgd": DpSgdEvent, "skipped_budget": SkippedEvent}
+@dataclass(frozen=True, slots=True)
+class DistributedDpEvent:
+    """A client's update entered a secure sum with its Skellam noise share (user-level distributed DP).
+
+    ``total_mu`` is the noise guaranteed in any completed sum (the threshold's worth of shares), in encoding steps;
+    the sensitivities are those of the integer-encoded, clipped update.
+    """
+
+    client: int
+    round: int
+    noise_multiplier: float
+    update_clip: float
+    step: float
+    dimension: int
+    min_clients: int
+    total_mu: float
+    l2_sensitivity: float
+    l1_sensitivity: float
+    kind: str = "distributed_dp"
+
+
+Event = DpSgdEvent | SkippedEvent | DistributedDpEvent
+_KINDS = {"dp_sgd": DpSgdEvent, "skipped_budget": SkippedEvent, "distributed_dp": DistributedDpEvent}
 
 
 class Ledger:
@@ -54,6 +75,10 @@ class Ledger:
 
     def dp_sgd(self, client: int | None = None) -> list[DpSgdEvent]:
         return [e for e in self._events if isinstance(e, DpSgdEvent) and (client is None or e.client == client)]
+
+    def distributed_dp(self, client: int | None = None) -> list[DistributedDpEvent]:
+        return [e for e in self._events
+                if isinstance(e, DistributedDpEvent) and (client is None or e.client == client)]
 
     def to_jsonl(self) -> str:
         return "".join(json.dumps(asdict(e)) + "\n" for e in self._events)

@@ -44,11 +44,15 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
             "target ε": privacy["target_epsilon"] if privacy["target_epsilon"] is not None else
             ("inf" if privacy["mode"] == "off" else None),
             "ε spent": final["epsilon"],
+            "user ε": final.get("user_epsilon", "inf"),
             "δ": final["delta"],
             "accuracy" if key == "eval_accuracy" else "perplexity": final[key],
             "initial": res["initial"].get(key),
             "seconds": res["seconds"],
         })
+    if not any(math.isfinite(_num(r["user ε"])) for r in rows):  # no distributed DP anywhere: omit the column
+        for row in rows:
+            del row["user ε"]
     return rows
 
 

@@ -1,0 +1,58 @@
+"""Run one SecAgg round in process: route every message as bytes between the state machines, with dropouts.
+
+This is the transport of the simulation (and of the tests and the benchmark); a network engine would replace it
+and reuse the client and server objects unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from privfed.config import DropoutStage
+from privfed.secure.messages import MessageType, ProtocolError, decode
+from privfed.secure.secagg import SecAggClient, SecAggServer, ServerOutcome
+
+T = MessageType
+# the server message a client dropping at a stage never answers (nor anything after it)
+UNANSWERED = {DropoutStage.ADVERTISE_KEYS: T.SETUP, DropoutStage.SHARE_KEYS: T.PEER_KEYS,
+              DropoutStage.MASKED_INPUT: T.ROUTED_SHARES, DropoutStage.UNMASKING: T.UNMASK_REQUEST}
+
+
+@dataclass
+class RoundLog:
+    dropped: dict[int, str] = field(default_factory=dict)  # client -> why it left the round
+    messages: int = 0
+
+
+def message_type(raw: bytes, server: SecAggServer) -> MessageType:
+    params = server.params
+    return decode(raw, max_bytes=server.max_bytes, session=params.session, round_idx=params.round).type
+
+
+def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
+              dropouts: Mapping[int, DropoutStage] | None = None) -> tuple[ServerOutcome, RoundLog]:
+    """Drive the round to its end. RoundAborted propagates; a client that refuses a message leaves the round."""
+    dropouts = dropouts or {}
+    log = RoundLog()
+    gone: set[int] = set()
+    outgoing = server.setup_messages()
+    while outgoing:
+        for cid, raw in outgoing.items():
+            if cid in gone:
+                continue
+            kind = message_type(raw, server)
+            stage = dropouts.get(cid)
+            if stage is not None and kind >= UNANSWERED[stage]:
+                gone.add(cid)
+                log.dropped[cid] = f"dropped before answering {kind.name}"
+                continue
+            try:
+                reply = clients[cid].handle(raw)
+                server.receive(cid, reply)
+            except ProtocolError as err:
+                gone.add(cid)
+                log.dropped[cid] = f"refused: {err}"
+                continue
+            log.messages += 2
+        outgoing = server.advance()
+    return server.result(), log

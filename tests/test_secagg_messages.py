@@ -1,0 +1,115 @@
+"""Malformed, replayed, out-of-order and oversized messages are rejected with ProtocolError, never a crash."""
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from privfed.secure.messages import SERVER, Message, MessageType, ProtocolError, encode
+from secagg_helpers import make_round
+
+
+def advance_to_masking():
+    """A round whose clients have just been sent their routed shares; returns (server, clients, next messages)."""
+    server, clients, _ = make_round(4, 16)
+    outgoing = server.setup_messages()
+    replies = {}
+    for _ in range(2):
+        replies = {c: clients[c].handle(raw) for c, raw in outgoing.items()}
+        for c, raw in replies.items():
+            server.receive(c, raw)
+        outgoing = server.advance()
+    return server, clients, outgoing, replies
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes_are_rejected_cleanly(raw):
+    server, clients, _ = make_round(3, 4)
+    with pytest.raises(ProtocolError):
+        clients[0].handle(raw)
+    with pytest.raises(ProtocolError):
+        server.receive(0, raw)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_valid_messages_are_rejected_or_handled(data):
+    server, clients, outgoing, _ = advance_to_masking()
+    raw = bytearray(outgoing[0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    try:
+        clients[0].handle(bytes(raw))
+    except ProtocolError:
+        pass  # anything else (KeyError, ValueError, ...) fails the test
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.binary(max_size=40) |
+                    st.text(max_size=10), lambda inner: st.lists(inner, max_size=5) |
+                    st.dictionaries(st.integers(-3, 10) | st.text(max_size=8), inner, max_size=5), max_leaves=20))
+def test_well_formed_msgpack_with_wrong_structure_is_rejected(payload):
+    server, clients, _ = make_round(3, 4)
+    raw = msgpack.packb([1, 2, server.params.session, 1, 0, payload], use_bin_type=True)
+    with pytest.raises(ProtocolError):
+        server.receive(0, raw)  # wrong body for ADVERTISE_KEYS
+    raw = msgpack.packb([1, 1, server.params.session, 1, SERVER, payload], use_bin_type=True)
+    with pytest.raises(ProtocolError):
+        clients[0].handle(raw)  # wrong body for SETUP
+
+
+def test_replay_out_of_order_oversized_and_foreign_round():
+    server, clients, outgoing, replies = advance_to_masking()
+    with pytest.raises(ProtocolError, match="out-of-order"):
+        server.receive(0, replies[0])  # SHARE_KEYS again while the server waits for masked input
+    masked = clients[0].handle(outgoing[0])
+    server.receive(0, masked)
+    with pytest.raises(ProtocolError, match="replay"):
+        server.receive(0, masked)
+    with pytest.raises(ProtocolError, match="out-of-order"):
+        clients[0].handle(outgoing[0])  # the routed shares again, while the client awaits the unmask request
+    with pytest.raises(ProtocolError, match="out-of-order"):
+        clients[1].handle(encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
+                                         {"participants": [0, 1], "degree": 0, "threshold": 2, "word_bits": 32,
+                                          "length": 16, "consistency": False})))
+    big = encode(Message(MessageType.MASKED_INPUT, server.params.session, 1, 1,
+                         {"vector": bytes(server.max_bytes + 1)}))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        server.receive(1, big)
+    foreign = encode(Message(MessageType.MASKED_INPUT, server.params.session, 2, 1,
+                             {"vector": np.zeros(16, np.uint32).tobytes()}))
+    with pytest.raises(ProtocolError, match="round 2"):
+        server.receive(1, foreign)
+    other_session = encode(Message(MessageType.MASKED_INPUT, b"x" * 16, 1, 1,
+                                   {"vector": np.zeros(16, np.uint32).tobytes()}))
+    with pytest.raises(ProtocolError, match="another session"):
+        server.receive(1, other_session)
+    spoofed = clients[2].handle(outgoing[2])
+    with pytest.raises(ProtocolError, match="claims sender"):
+        server.receive(3, spoofed)  # client 2's message arriving on client 3's channel
+    short = encode(Message(MessageType.MASKED_INPUT, server.params.session, 1, 3, {"vector": bytes(8)}))
+    with pytest.raises(ProtocolError, match="expected 64"):
+        server.receive(3, short)
+
+
+def test_tampered_share_is_detected():
+    server, clients, _ = make_round(3, 4)
+    outgoing = server.setup_messages()
+    for c, raw in outgoing.items():
+        server.receive(c, clients[c].handle(raw))
+    outgoing = server.advance()
+    for c, raw in outgoing.items():
+        server.receive(c, clients[c].handle(raw))
+    outgoing = server.advance()
+    body = msgpack.unpackb(outgoing[0], raw=False, strict_map_key=False)[5]
+    sender = next(iter(body["shares"]))
+    sealed = bytearray(body["shares"][sender])
+    sealed[-1] ^= 1
+    body["shares"][sender] = bytes(sealed)
+    tampered = encode(Message(MessageType.ROUTED_SHARES, server.params.session, 1, SERVER, body))
+    with pytest.raises(ProtocolError, match="does not decrypt"):
+        clients[0].handle(tampered)
