@@ -55,8 +55,8 @@ def mask_throughput(d: int, repeats: int) -> dict:
 
 def flower_comparison(d: int, k: int, repeats: int) -> dict:
     try:
-        from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
         import flwr
+        from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     except ImportError:
         return {"flwr": None, "note": "flwr is not installed: pip install 'flwr==1.41.0' (see benchmarks/README.md)"}
     seeds = [fresh_secret() for _ in range(k + 1)]

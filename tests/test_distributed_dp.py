@@ -6,7 +6,7 @@ import math
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from privfed.config import AggregationConfig, Aggregation
+from privfed.config import Aggregation, AggregationConfig
 from privfed.federation.aggregation import SecAggAggregator
 from privfed.privacy.distributed import ORDERS, SkellamShare, user_epsilon
 

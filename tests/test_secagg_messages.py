@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from secagg_helpers import make_round
 
 from privfed.secure.messages import SERVER, Message, MessageType, ProtocolError, encode
-from secagg_helpers import make_round
 
 
 def advance_to_masking():
@@ -37,7 +37,7 @@ def test_random_bytes_are_rejected_cleanly(raw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_valid_messages_are_rejected_or_handled(data):
-    server, clients, outgoing, _ = advance_to_masking()
+    _server, clients, outgoing, _ = advance_to_masking()
     raw = bytearray(outgoing[0])
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(raw) - 1))

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from secagg_helpers import make_round, plain_sum, run
 
 from privfed.config import DropoutStage
 from privfed.secure.graph import neighbour_graph, share_holders, suggested_degree, threshold_for
 from privfed.secure.messages import MessageType, ProtocolError, decode
 from privfed.secure.secagg import RoundAborted
-from secagg_helpers import make_round, plain_sum, run
 
 STAGES = list(DropoutStage)
 

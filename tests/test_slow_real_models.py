@@ -20,3 +20,13 @@ def test_smollm2_converts_once_and_lora_lowers_perplexity(tmp_path):
     res = privfed.run(cfg, tmp_path, progress=False)
     assert math.isfinite(res["final"]["eval_perplexity"])
     assert res["final"]["eval_perplexity"] < res["initial"]["eval_perplexity"]
+
+
+def test_demo_under_secagg_with_30_percent_dropping_after_masking(tmp_path):
+    cfg = privfed.load_config(overrides=["aggregation=secagg", "aggregation.dropout_fraction=0.3"])
+    res = privfed.run(cfg, tmp_path, progress=False)
+    assert not res["notes"]  # no round aborted
+    for row in res["rounds"]:
+        assert row["dropouts"] == 2 and row["clients_aggregated"] == 5  # their inputs still count
+        assert row["aggregation"]["abort_reason"] is None
+    assert res["final"]["eval_accuracy"] >= 0.85

@@ -72,6 +72,21 @@ def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, we
     return np.append(delta.astype(np.float64) * weight, weight)
 
 
+def _aggregation_note(row: dict) -> str:
+    """' [secagg: 5/5 summed, 2 dropped, ...]' for the round line; empty for plain rounds without dropouts."""
+    details = row.get("aggregation") or {}
+    if "protocol" not in details and not row.get("dropouts"):
+        return ""
+    parts = [f"{row['clients_aggregated']}/{row['clients_trained']} summed"]
+    if row.get("dropouts"):
+        parts.append(f"{row['dropouts']} dropped")
+    if details.get("dropouts_recovered"):
+        parts.append(f"{details['dropouts_recovered']} masks recovered")
+    if "protocol" in details:
+        parts.append(f"{details['word_bits']}-bit words, {row['bytes_up_per_client'] / 1e6:.2f} MB up/client")
+    return f" [{details.get('protocol', 'plain')}: {', '.join(parts)}]"
+
+
 def budget_of(cfg: ExperimentConfig) -> float:
     pr = cfg.privacy
     return pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else pr.max_epsilon
@@ -193,6 +208,7 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
         bar.write(f"round {r}: {metric}={row[metric]:.4f} eval_loss={row['eval_loss']:.4f} "
                   f"epsilon={row['epsilon']:.3f}"
                   + (f" user_epsilon={row['user_epsilon']:.3f}" if "user_epsilon" in row else "")
+                  + _aggregation_note(row)
                   + (f" ({len(skipped)} skipped)" if skipped else ""))
     bar.close()
     results = build_results(fed, state, client_epsilons(fed, state.ledger), time.perf_counter() - started,

@@ -118,7 +118,7 @@ def decode(raw: bytes, *, max_bytes: int, session: bytes, round_idx: int,
         envelope = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=False, use_list=True,
                                    max_bin_len=max_bytes, max_str_len=1024, max_array_len=1 << 20,
                                    max_map_len=1 << 20)
-    except Exception as err:  # msgpack raises a zoo of types on garbage; all mean "malformed"
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:  # all mean "malformed"
         raise ProtocolError(f"malformed message: {type(err).__name__}: {err}") from None
     if not (isinstance(envelope, list) and len(envelope) == 6):
         raise ProtocolError("malformed message: expected [version, type, session, round, sender, body]")

@@ -19,8 +19,10 @@ recovered, otherwise the server raises :class:`RoundAborted` and nothing about t
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgpack
@@ -89,14 +91,17 @@ class ClientStage(enum.Enum):
 
 @dataclass
 class CryptoTimer:
+    """Seconds a party spends in protocol work (crypto, parsing, masking), summed over its calls."""
+
     seconds: float = 0.0
 
-    def __enter__(self) -> CryptoTimer:
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds += time.perf_counter() - self._start
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 class SecAggClient:
@@ -133,7 +138,7 @@ class SecAggClient:
                     ClientStage.AWAIT_UNMASK: self._on_unmask}
         if self.stage not in handlers:
             raise ProtocolError(f"client {self.id}: the round is over; no further message is accepted")
-        with self.timer:
+        with self.timer.measure():
             return handlers[self.stage](raw)
 
     # ------------------------------------------------------------ stages
@@ -336,7 +341,7 @@ class SecAggServer:
         """Accept one client's message for the current stage; ProtocolError if it does not belong here."""
         if self.stage is ServerStage.DONE:
             raise ProtocolError("the round is over; no further message is accepted")
-        with self.timer:
+        with self.timer.measure():
             message = decode(raw, max_bytes=self.max_bytes, session=self.params.session,
                              round_idx=self.params.round, sender=sender, allowed=(self.stage.value,))
             if sender not in self.alive:
@@ -377,7 +382,7 @@ class SecAggServer:
 
     def advance(self) -> dict[int, bytes]:
         """Close the current stage (whoever has not answered has dropped) and return the next messages."""
-        with self.timer:
+        with self.timer.measure():
             responded = sorted(self.inbox)
             self.inbox, inbox = {}, self.inbox
             if self.stage is ServerStage.ADVERTISE_KEYS:
@@ -439,7 +444,7 @@ class SecAggServer:
         """Remove the masks from the running sum; RoundAborted if any needed secret lacks t shares."""
         if self.stage is not ServerStage.DONE or not hasattr(self, "responses"):
             raise ProtocolError("the round has not reached its end")
-        with self.timer:
+        with self.timer.measure():
             t = self.params.threshold
             seed_shares: dict[int, list] = {}
             key_shares: dict[int, list] = {}
