@@ -113,3 +113,38 @@ def test_tampered_share_is_detected():
     tampered = encode(Message(MessageType.ROUTED_SHARES, server.params.session, 1, SERVER, body))
     with pytest.raises(ProtocolError, match="does not decrypt"):
         clients[0].handle(tampered)
+
+
+def _through_consistency(n: int = 4):
+    """A consistency-checked round up to the moment the server sends its unmask requests."""
+    server, clients, _ = make_round(n, 8, consistency=True)
+    outgoing = server.setup_messages()
+    for _ in range(4):  # setup, peer keys, routed shares, consistency request
+        for c, raw in outgoing.items():
+            server.receive(c, clients[c].handle(raw))
+        outgoing = server.advance()
+    return server, clients, outgoing
+
+
+def test_consistency_check_refuses_an_altered_survivor_list_or_forged_signatures():
+    server, clients, _ = _through_consistency()
+    altered = encode(Message(MessageType.UNMASK_REQUEST, server.params.session, 1, SERVER,
+                             {"survived": [0, 1, 2], "dropped": [3],
+                              "signatures": dict(server.signatures)}))
+    with pytest.raises(ProtocolError, match="differs from the one it signed"):
+        clients[0].handle(altered)
+    forged = encode(Message(MessageType.UNMASK_REQUEST, server.params.session, 1, SERVER,
+                            {"survived": [0, 1, 2, 3], "dropped": [],
+                             "signatures": {c: bytes(64) for c in range(4)}}))
+    with pytest.raises(ProtocolError, match="valid survivor signatures"):
+        clients[1].handle(forged)
+    assert clients[0].revealed == {} and clients[1].revealed == {}
+
+
+def test_client_refuses_a_minority_threshold_from_the_server():
+    server, clients, _ = make_round(5, 4)
+    weak = encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
+                          {"participants": [0, 1, 2, 3, 4], "degree": 0, "threshold": 2, "word_bits": 32,
+                           "length": 4, "consistency": False}))
+    with pytest.raises(ProtocolError, match="not a majority"):
+        clients[0].handle(weak)

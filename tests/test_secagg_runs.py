@@ -38,7 +38,8 @@ def test_secagg_pretrain_with_dropouts_after_masking_completes_every_round(tiny_
 def test_dropouts_before_masking_are_recovered_on_a_sparse_graph(tiny_classifier, tmp_path):
     cfg = tiny_classifier("aggregation=secagg", "partition.num_clients=8", "data.max_examples=400",
                           "aggregation.neighbours=4", "aggregation.dropout_fraction=0.25",
-                          "aggregation.dropout_stage=masked_input", "training.rounds=1")
+                          "aggregation.dropout_stage=masked_input", "training.rounds=1",
+                          "federation.strategy=fedyogi")
     res = run(cfg, tmp_path / "r", progress=False)
     row = res["rounds"][0]
     assert row["aggregation"]["protocol"] == "secagg+" and row["aggregation"]["neighbours"] == 4

@@ -59,9 +59,20 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
 def round_rows(results: dict) -> list[dict[str, Any]]:
     key = quality_key(results)
     label = "accuracy" if key == "eval_accuracy" else "perplexity"
-    return [{"round": r["round"], "train loss": r["train_loss"], "eval loss": r["eval_loss"], label: r[key],
-             "ε": r["epsilon"], "MB up": _num(r["bytes_up"]) / 1e6, "MB down": _num(r["bytes_down"]) / 1e6,
-             "seconds": r["seconds"]} for r in results["rounds"]]
+    secure = any("protocol" in (r.get("aggregation") or {}) or r.get("dropouts") for r in results["rounds"])
+    rows = []
+    for r in results["rounds"]:
+        row = {"round": r["round"], "train loss": r["train_loss"], "eval loss": r["eval_loss"], label: r[key],
+               "ε": r["epsilon"]}
+        if "user_epsilon" in r:
+            row["user ε"] = r["user_epsilon"]
+        if secure:  # who made it into the sum
+            row["summed"] = r.get("clients_aggregated", "–")
+            row["dropped"] = r.get("dropouts", "–")
+        row.update({"MB up": _num(r["bytes_up"]) / 1e6, "MB down": _num(r["bytes_down"]) / 1e6,
+                    "seconds": r["seconds"]})
+        rows.append(row)
+    return rows
 
 
 def _cell(header: str, value: Any) -> str:

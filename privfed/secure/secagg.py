@@ -157,6 +157,10 @@ class SecAggClient:
                                       body["word_bits"], body["length"], body["consistency"])
         self.graph = neighbour_graph(list(participants), self.params.degree, self.session)
         self.neighbours = set(self.graph[self.id])
+        holders = len(self.neighbours) + 1
+        if not holders / 2 < self.params.threshold <= holders:
+            raise ProtocolError(f"client {self.id}: threshold {self.params.threshold} for {holders} share holders "
+                                "is not a majority; a server could then learn both shares of a client")
         self.max_bytes = max_message_bytes(self.params)
         self._cipher_sk, cipher_pk = crypto.new_key_pair()
         self._mask_sk, mask_pk = crypto.new_key_pair()
