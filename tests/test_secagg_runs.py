@@ -81,3 +81,12 @@ def test_configuration_errors_come_before_training(tiny_classifier, tmp_path):
         run(tiny_classifier("aggregation=secagg", "aggregation.value_bits=62", "partition.num_clients=5"),
             tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_a_lone_contributor_is_never_revealed():
+    from privfed.config import Aggregation, AggregationConfig
+    from privfed.federation.aggregation import SecAggAggregator
+
+    agg = SecAggAggregator(AggregationConfig(method=Aggregation.SECAGG), max_clients=3, vector_length=4)
+    outcome = agg.aggregate(1, {0: np.ones(4)})
+    assert outcome.total is None and "needs 2" in outcome.details["abort_reason"]

@@ -111,6 +111,9 @@ class SecAggAggregator(Aggregator):
                   dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
         start = time.perf_counter()
         ids = sorted(contributions)
+        if len(ids) < 2:  # the "sum" of one client is its update: secure aggregation cannot hide it
+            return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
+                                      {"abort_reason": f"only {len(ids)} client(s) to sum; secagg needs 2 or more"})
         session = os.urandom(SESSION_BYTES)
         share = self._noise_share(self.encoding.step, len(ids))
         stats: list[EncodingStats] = []

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from privfed.errors import PrivfedError
 from privfed.secure import primitives as crypto
 from privfed.secure.graph import neighbour_graph, share_holders
-from privfed.secure.messages import SERVER, Message, MessageType, ProtocolError, decode, encode
+from privfed.secure.messages import SERVER, Message, MessageType, ProtocolError, decode, encode, is_share
 from privfed.secure.primitives import MaskStream, word_dtype
 
 T = MessageType
@@ -217,6 +217,8 @@ class SecAggClient:
                 raise ProtocolError(f"client {self.id}: the share from {sender} does not decrypt: {err}") from None
             if (u, v) != (sender, self.id):
                 raise ProtocolError(f"client {self.id}: share routed from {sender} names {u} -> {v}")
+            if not (is_share()(seed_share) and is_share()(key_share)):
+                raise ProtocolError(f"client {self.id}: the share from {sender} is not an (index, 32 bytes) pair")
             self.held[sender] = (tuple(seed_share), tuple(key_share))
         self.sharers = set(routed)
         y = self._words.copy()
