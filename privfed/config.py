@@ -414,7 +414,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(0.5 < a.threshold <= 1.0, "aggregation.threshold",
            f"must be in (0.5, 1]: a majority, so no two disjoint groups can both unmask; got {a.threshold}")
     _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
-    _check(2 <= a.value_bits <= 62, "aggregation.value_bits", f"must be in [2, 62], got {a.value_bits}")
+    _check(2 <= a.value_bits <= 53, "aggregation.value_bits", f"must be in [2, 53], got {a.value_bits}")
     _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
     _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
            "applies to secagg only")

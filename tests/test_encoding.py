@@ -55,7 +55,17 @@ def test_word_size_follows_the_headroom_rule():
     assert FixedPointEncoding.for_clients(1.0, 20, 4097).word_bits == 64
     assert FixedPointEncoding.for_clients(1.0, 30, 10).word_bits == 64
     with pytest.raises(ConfigError, match="more than a 64-bit word"):
-        FixedPointEncoding.for_clients(1.0, 60, 100)
+        FixedPointEncoding.for_clients(1.0, 53, 5000)  # 52 + 1 + 13 = 66 bits
+    with pytest.raises(ConfigError, match=r"\[2, 53\]"):
+        FixedPointEncoding.for_clients(1.0, 60, 2)
+
+
+def test_the_largest_allowed_configuration_sums_without_wrapping():
+    enc = FixedPointEncoding.for_clients(1.0, 53, 2048)  # 52 + 1 + 11 = 64: exactly at the headroom limit
+    assert enc.word_bits == 64
+    words, _ = enc.encode(np.array([1.0, -1.0, 1e300]))
+    total = words * np.uint64(2048)  # 2048 clients sending the extremes, mod 2^64
+    np.testing.assert_allclose(enc.decode_sum(total), [2048.0, -2048.0, 2048.0], rtol=1e-12)
     with pytest.raises(ConfigError, match="noise"):
         FixedPointEncoding.for_clients(1.0, 40, 1000, extra_bound=2.0 ** 60)
 

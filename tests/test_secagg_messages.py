@@ -148,3 +148,26 @@ def test_client_refuses_a_minority_threshold_from_the_server():
                            "length": 4, "consistency": False}))
     with pytest.raises(ProtocolError, match="not a majority"):
         clients[0].handle(weak)
+
+
+def test_client_refuses_to_mask_with_too_few_peers():
+    """A server that withholds every routed share would otherwise learn x from the self-mask seed alone."""
+    server, clients, outgoing, _ = advance_to_masking()
+    empty = encode(Message(MessageType.ROUTED_SHARES, server.params.session, 1, SERVER, {"shares": {}}))
+    with pytest.raises(ProtocolError, match="would expose its input"):
+        clients[0].handle(empty)
+
+
+def test_hostile_setup_and_keys_raise_protocol_errors():
+    server, clients, _ = make_round(4, 4)
+    odd = encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
+                         {"participants": [0, 1, 2, 3], "degree": 1, "threshold": 3, "word_bits": 32,
+                          "length": 4, "consistency": False}))
+    with pytest.raises(ProtocolError, match="odd"):
+        clients[0].handle(odd)
+    clients[1].handle(server.setup_messages()[1])
+    low_order = {p: [bytes(32) if p == 0 else bytes([p]) * 32, bytes([p + 100]) * 32, b""]
+                 for p in (0, 2, 3)}  # peer 0 advertises the all-zero X25519 point
+    bad_keys = encode(Message(MessageType.PEER_KEYS, server.params.session, 1, SERVER, {"peers": low_order}))
+    with pytest.raises(ProtocolError, match="key agreement failed"):
+        clients[1].handle(bad_keys)

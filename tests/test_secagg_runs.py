@@ -77,9 +77,11 @@ def test_configuration_errors_come_before_training(tiny_classifier, tmp_path):
         tiny_classifier("aggregation=secagg", "aggregation.neighbours=3")
     with pytest.raises(ConfigError, match="majority"):
         tiny_classifier("aggregation=secagg", "aggregation.threshold=0.4")
-    with pytest.raises(ConfigError, match="64-bit word"):
-        run(tiny_classifier("aggregation=secagg", "aggregation.value_bits=62", "partition.num_clients=5"),
-            tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match=r"\[2, 53\]"):
+        tiny_classifier("aggregation=secagg", "aggregation.value_bits=62")
+    with pytest.raises(ConfigError, match="lower value_bits"):  # noise too fine-grained to sample: before training
+        run(tiny_classifier("aggregation=secagg", "aggregation.value_bits=40", "privacy.distributed_noise=1.0",
+                            "privacy.update_clip=1.0"), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "metrics.csv").exists()
 
 

@@ -86,6 +86,8 @@ class SecAggAggregator(Aggregator):
         self.vector_length = vector_length
         probe = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
         share = self._noise_share(probe.step, max_clients)
+        if share is not None:
+            share.check_sampleable()
         self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients,
                                                        extra_bound=share.tail_bound() if share else 0.0)
         self.identities: dict[int, Ed25519PrivateKey] = {}

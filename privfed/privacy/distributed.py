@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from opacus.accountants.analysis.rdp import get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
 
+from privfed.errors import ConfigError
 from privfed.privacy.ledger import DistributedDpEvent
 
-ORDERS = [a for a in RDPAccountant.DEFAULT_ALPHAS if a > 1]
+MAX_POISSON_MU = 1e18
+ORDERS = [*range(2, 65), 80, 96, 128, 192, 256]  # the Skellam bound is proven for integer orders only
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class SkellamShare:
     @property
     def client_mu(self) -> float:
         return self.total_mu / self.min_clients
+
+    def check_sampleable(self) -> None:
+        """numpy's Poisson sampler stops near 1e19; far below that the encoding is needlessly fine anyway."""
+        if self.client_mu > MAX_POISSON_MU:
+            raise ConfigError("aggregation.value_bits", f"with distributed noise, each client's Skellam parameter "
+                              f"would be {self.client_mu:.2e} steps^2 (> {MAX_POISSON_MU:.0e}); lower value_bits")
 
     def tail_bound(self) -> float:
         """|share| stays below this many steps except with probability < 1e-12 per coordinate (7 sigma)."""

@@ -23,6 +23,7 @@ from privfed.errors import ConfigError
 from privfed.secure.primitives import word_dtype
 
 UniformSource = Callable[[int], np.ndarray]  # n -> n floats uniform in [0, 1)
+MAX_VALUE_BITS = 53  # values pass through float64 on the way in: 53 bits is what it holds exactly
 
 
 def os_uniform(count: int) -> np.ndarray:
@@ -65,12 +66,12 @@ class FixedPointEncoding:
         """
         if not clip_range > 0 or not math.isfinite(clip_range):
             raise ConfigError("aggregation.clip_range", f"must be a finite number > 0, got {clip_range}")
-        if not 2 <= value_bits <= 62:
-            raise ConfigError(key, f"must be in [2, 62], got {value_bits}")
+        if not 2 <= value_bits <= MAX_VALUE_BITS:
+            raise ConfigError(key, f"must be in [2, {MAX_VALUE_BITS}], got {value_bits}")
         if num_clients < 1:
             raise ValueError("num_clients must be >= 1")
-        per_client = (2 ** (value_bits - 1) - 1) + math.ceil(extra_bound)
-        needed = math.ceil(math.log2(per_client + 1)) + 1 + math.ceil(math.log2(num_clients))
+        per_client = (2 ** (value_bits - 1) - 1) + math.ceil(extra_bound)  # an exact integer
+        needed = per_client.bit_length() + 1 + (num_clients - 1).bit_length()  # magnitude + sign + ceil(log2 n)
         for word_bits in (32, 64):
             if needed <= word_bits:
                 return cls(clip_range, value_bits, word_bits)
@@ -86,9 +87,9 @@ class FixedPointEncoding:
         clipped = np.clip(x, -self.clip_range, self.clip_range)
         scaled = clipped / self.step
         floor = np.floor(scaled)
-        ints = floor + (uniform(x.size) < (scaled - floor))
+        ints = (floor + (uniform(x.size) < (scaled - floor))).astype(np.int64)
         limit = 2 ** (self.value_bits - 1) - 1
-        ints = np.clip(ints, -limit, limit).astype(np.int64)  # rounding up at exactly +R stays in range
+        np.clip(ints, -limit, limit, out=ints)  # integer bounds: rounding up at exactly +R stays in range
         error = ints * self.step - clipped
         stats = EncodingStats(values=int(x.size), clipped=int(np.count_nonzero(clipped != x)),
                               rms_error=float(np.sqrt(np.mean(error ** 2))) if x.size else 0.0,

@@ -25,6 +25,10 @@ PUBLIC_KEY_BYTES = 32
 _ZERO_NONCE = bytes(16)  # every AES-CTR key below is a fresh, single-use derived key, so a fixed IV is safe
 
 
+class KeyAgreementError(ValueError):
+    """An X25519 agreement failed: the peer's public key is invalid (e.g. a low-order point)."""
+
+
 class DecryptionError(Exception):
     """A ciphertext failed authentication: tampered, misrouted, or for another session/round/pair."""
 
@@ -58,7 +62,10 @@ def _context(label: bytes, session: bytes, round_idx: int, a: int, b: int) -> by
 def derive_key(private: X25519PrivateKey, peer_public: bytes, label: bytes, session: bytes, round_idx: int,
                low: int, high: int) -> bytes:
     """HKDF-SHA256(X25519(private, peer_public)) bound to (label, session, round, low, high)."""
-    shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as err:
+        raise KeyAgreementError(f"key agreement failed: {err}") from None
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None,
                 info=_context(label, session, round_idx, low, high)).derive(shared)
 

@@ -139,12 +139,17 @@ class SecAggClient:
         if self.stage not in handlers:
             raise ProtocolError(f"client {self.id}: the round is over; no further message is accepted")
         with self.timer.measure():
-            return handlers[self.stage](raw)
+            try:
+                return handlers[self.stage](raw)
+            except crypto.KeyAgreementError as err:
+                raise ProtocolError(f"client {self.id}: {err}") from None
 
     # ------------------------------------------------------------ stages
     def _on_setup(self, raw: bytes) -> bytes:
         body = self._expect(raw, T.SETUP, SMALL_MESSAGE_BYTES + 16 * (1 << 16)).body
         participants = tuple(sorted(body["participants"]))
+        if any(not 0 <= c < 2 ** 63 for c in participants) or body["degree"] < 0 or body["degree"] % 2:
+            raise ProtocolError(f"client {self.id}: setup names impossible ids or an odd/negative graph degree")
         if self.id not in participants:
             raise ProtocolError(f"client {self.id} is not among the round's participants")
         if body["word_bits"] not in (32, 64) or body["length"] != self._words.size \
@@ -208,6 +213,9 @@ class SecAggClient:
         routed = self._expect(raw, T.ROUTED_SHARES, self.max_bytes).body["shares"]
         if not set(routed) <= set(self.peer_keys):
             raise ProtocolError(f"client {self.id}: shares from clients whose keys it never saw")
+        if len(routed) + 1 < self.params.threshold:  # else a server could unmask this client from its own seed
+            raise ProtocolError(f"client {self.id}: shares from only {len(routed)} neighbours; masking with fewer "
+                                f"than threshold {self.params.threshold} - 1 peers would expose its input")
         for sender, sealed in routed.items():
             key = _cipher_key(self._cipher_sk, self.peer_keys[sender][0], self.session, self.round, self.id, sender)
             try:
@@ -219,6 +227,10 @@ class SecAggClient:
                 raise ProtocolError(f"client {self.id}: share routed from {sender} names {u} -> {v}")
             if not (is_share()(seed_share) and is_share()(key_share)):
                 raise ProtocolError(f"client {self.id}: the share from {sender} is not an (index, 32 bytes) pair")
+            my_index = share_holders(sender, self.graph).index(self.id) + 1
+            if seed_share[0] != my_index or key_share[0] != my_index:
+                raise ProtocolError(f"client {self.id}: the share from {sender} carries index "
+                                    f"{seed_share[0]}/{key_share[0]}, expected {my_index}")
             self.held[sender] = (tuple(seed_share), tuple(key_share))
         self.sharers = set(routed)
         y = self._words.copy()
@@ -473,7 +485,10 @@ class SecAggServer:
                 if crypto.public_bytes(mask_sk) != self.keys[u][1]:
                     raise RoundAborted(f"the shares of client {u}'s key do not rebuild the key it advertised")
                 for v in sorted(set(self.graph[u]) & self.masked):
-                    seed = _mask_seed(mask_sk, self.keys[v][1], self.params.session, self.params.round, u, v)
+                    try:
+                        seed = _mask_seed(mask_sk, self.keys[v][1], self.params.session, self.params.round, u, v)
+                    except crypto.KeyAgreementError as err:
+                        raise RoundAborted(f"cannot rebuild the mask between {u} and {v}: {err}") from None
                     # v added +mask if v < u, -mask otherwise; undo it
                     stream.add(total, seed, subtract=v < u)
             return ServerOutcome(total=total, contributors=tuple(sorted(self.masked)),
