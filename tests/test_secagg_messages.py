@@ -152,7 +152,7 @@ def test_client_refuses_a_minority_threshold_from_the_server():
 
 def test_client_refuses_to_mask_with_too_few_peers():
     """A server that withholds every routed share would otherwise learn x from the self-mask seed alone."""
-    server, clients, outgoing, _ = advance_to_masking()
+    server, clients, _outgoing, _ = advance_to_masking()
     empty = encode(Message(MessageType.ROUTED_SHARES, server.params.session, 1, SERVER, {"shares": {}}))
     with pytest.raises(ProtocolError, match="would expose its input"):
         clients[0].handle(empty)
