@@ -28,7 +28,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privfed.config import DropoutStage
-from privfed.secure.graph import suggested_degree, threshold_for
+from privfed.secure.graph import effective_degree, round_threshold, suggested_degree
 from privfed.secure.primitives import MaskStream, fresh_secret
 from privfed.secure.secagg import RoundParameters, SecAggClient, SecAggServer
 from privfed.secure.simulate import run_round
@@ -81,10 +81,9 @@ def flower_comparison(d: int, k: int, repeats: int) -> dict:
 
 def full_round(n: int, d: int, drop_fraction: float) -> dict:
     degree = suggested_degree(n)
-    effective = degree if degree < n - 1 else 0
-    holders = n if effective == 0 else degree + 1
+    effective = effective_degree(n, degree)
     session = os.urandom(16)
-    params = RoundParameters(session, 1, tuple(range(n)), effective, threshold_for(holders, 0.6), 32, d)
+    params = RoundParameters(session, 1, tuple(range(n)), effective, round_threshold(n, degree, 0.6), 32, d)
     rng = np.random.default_rng(n)
     clients = {c: SecAggClient(c, rng.integers(0, 2**32, d, dtype=np.uint32), session, 1) for c in range(n)}
     dropped = rng.choice(n, size=max(1, round(drop_fraction * n)), replace=False)

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privfed.config import DropoutStage
-from privfed.secure.graph import threshold_for
+from privfed.secure.graph import effective_degree, round_threshold
 from privfed.secure.secagg import RoundParameters, SecAggClient, SecAggServer
 from privfed.secure.simulate import run_round
 
@@ -22,13 +22,11 @@ def make_round(n: int, d: int, *, degree: int = 0, fraction: float = 0.6, word_b
     rng = np.random.default_rng(seed)
     if inputs is None:
         inputs = {c: rng.integers(0, np.iinfo(dtype).max, d, dtype=dtype, endpoint=True) for c in ids}
-    effective = degree if 0 < degree < n - 1 else 0
-    holders = n if effective == 0 else effective + 1
     identities = {c: Ed25519PrivateKey.generate() for c in ids} if consistency else {}
     directory = {c: k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
                  for c, k in identities.items()}
-    params = RoundParameters(session, 1, tuple(ids), effective, threshold_for(holders, fraction), word_bits, d,
-                             consistency)
+    params = RoundParameters(session, 1, tuple(ids), effective_degree(n, degree), round_threshold(n, degree, fraction),
+                             word_bits, d, consistency)
     clients = {c: SecAggClient(c, inputs[c], session, 1, identities.get(c), directory) for c in ids}
     return SecAggServer(params), clients, inputs
 

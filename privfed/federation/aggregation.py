@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.privacy.distributed import SkellamShare
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
-from privfed.secure.graph import threshold_for
+from privfed.secure.graph import effective_degree, round_threshold
 from privfed.secure.messages import SESSION_BYTES, ProtocolError
 from privfed.secure.secagg import RoundAborted, RoundParameters, SecAggClient, SecAggServer
 from privfed.secure.simulate import run_round
@@ -58,11 +58,12 @@ class PlainAggregator(Aggregator):
         start = time.perf_counter()
         arrived = {c: v for c, v in contributions.items()
                    if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING}
-        size = next(iter(contributions.values())).size * np.dtype(np.float32).itemsize
+        length = next(iter(contributions.values())).size
+        size = length * np.dtype(np.float32).itemsize
         if not arrived:
             return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
                                       {"abort_reason": "every client dropped before uploading"})
-        total = np.zeros(size // 4, dtype=np.float64)
+        total = np.zeros(length, dtype=np.float64)
         for vector in arrived.values():
             total += vector.astype(np.float32)  # what travels is float32
         return AggregationOutcome(total=total, contributors=tuple(sorted(arrived)), bytes_up_per_client=size,
@@ -84,23 +85,20 @@ class SecAggAggregator(Aggregator):
         self.uniform = uniform
         self.distributed_noise, self.update_clip = distributed_noise, update_clip
         self.vector_length = vector_length
-        probe = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
-        share = self._noise_share(probe.step, max_clients)
-        if share is not None:
+        self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
+        share = self._noise_share(self.encoding.step, max_clients)
+        if share is not None:  # the noise needs headroom too (and must be sampleable)
             share.check_sampleable()
-        self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients,
-                                                       extra_bound=share.tail_bound() if share else 0.0)
+            self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients,
+                                                           extra_bound=share.tail_bound())
         self.identities: dict[int, Ed25519PrivateKey] = {}
-
-    def threshold(self, num_clients: int) -> int:
-        holders = num_clients if self.cfg.neighbours == 0 else min(num_clients, self.cfg.neighbours + 1)
-        return threshold_for(holders, self.cfg.threshold)
 
     def _noise_share(self, step: float, num_clients: int) -> SkellamShare | None:
         if self.distributed_noise <= 0:
             return None
         return SkellamShare(noise_multiplier=self.distributed_noise, update_clip=self.update_clip, step=step,
-                            dimension=self.vector_length - 1, min_clients=self.threshold(num_clients))
+                            dimension=self.vector_length - 1,
+                            min_clients=round_threshold(num_clients, self.cfg.neighbours, self.cfg.threshold))
 
     def _directory(self, clients: list[int]) -> dict[int, bytes]:
         """Ed25519 identities, made once per client: the PKI that the consistency check assumes."""
@@ -131,8 +129,9 @@ class SecAggAggregator(Aggregator):
             words = self.encoding.to_words(ints)
             encode_seconds += time.perf_counter() - tick
             clients[cid] = SecAggClient(cid, words, session, round_idx, self.identities.get(cid), directory)
-        degree = self.cfg.neighbours if 0 < self.cfg.neighbours < len(ids) - 1 else 0
-        params = RoundParameters(session, round_idx, tuple(ids), degree, self.threshold(len(ids)),
+        degree = effective_degree(len(ids), self.cfg.neighbours)
+        params = RoundParameters(session, round_idx, tuple(ids), degree,
+                                 round_threshold(len(ids), self.cfg.neighbours, self.cfg.threshold),
                                  self.encoding.word_bits, self.vector_length, self.cfg.consistency_check)
         server = SecAggServer(params)
         details = {

@@ -25,7 +25,7 @@ def neighbour_graph(participants: list[int] | tuple[int, ...], degree: int,
 @functools.lru_cache(maxsize=4)  # every party of a simulated round asks for the same graph
 def _graph(ids: tuple[int, ...], degree: int, session: bytes) -> tuple[tuple[int, tuple[int, ...]], ...]:
     n = len(ids)
-    if degree <= 0 or degree >= n - 1:
+    if effective_degree(n, degree) == 0:
         return tuple((c, tuple(x for x in ids if x != c)) for c in ids)
     if degree % 2:
         raise ValueError(f"a Harary graph needs an even degree, got {degree}")
@@ -37,6 +37,17 @@ def _graph(ids: tuple[int, ...], degree: int, session: bytes) -> tuple[tuple[int
         around = {ring[(pos + off) % n] for off in range(-half, half + 1) if off}
         graph.append((client, tuple(sorted(around))))
     return tuple(graph)
+
+
+def effective_degree(num_clients: int, degree: int) -> int:
+    """The ring degree a round really uses: 0 (the complete graph) when ``degree`` would reach everyone anyway."""
+    return degree if 0 < degree < num_clients - 1 else 0
+
+
+def round_threshold(num_clients: int, degree: int, fraction: float) -> int:
+    """t for a round of ``num_clients`` on a graph of ``degree``: every neighbourhood has the same size."""
+    ring = effective_degree(num_clients, degree)
+    return threshold_for(num_clients if ring == 0 else ring + 1, fraction)
 
 
 def suggested_degree(num_clients: int) -> int:

@@ -77,20 +77,22 @@ def is_map_of(value_check: Check) -> Check:
     return lambda v: isinstance(v, dict) and all(is_int(k) and value_check(x) for k, x in v.items())
 
 
-def is_share() -> Check:
-    return lambda v: isinstance(v, list) and len(v) == 2 and is_int(v[0]) and is_bytes(32)(v[1])
+def is_share(value: Any) -> bool:
+    """A Shamir share as sent: [index, 32 bytes]."""
+    return isinstance(value, list) and len(value) == 2 and is_int(value[0]) and is_bytes(32)(value[1])
 
 
-def is_keys() -> Check:
-    return lambda v: (isinstance(v, list) and len(v) == 3 and is_bytes(32)(v[0]) and is_bytes(32)(v[1])
-                      and is_bytes()(v[2]))
+def is_keys(value: Any) -> bool:
+    """Advertised keys as routed: [cipher public key, mask public key, signature]."""
+    return (isinstance(value, list) and len(value) == 3 and is_bytes(32)(value[0]) and is_bytes(32)(value[1])
+            and is_bytes()(value[2]))
 
 
 SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.SETUP: {"participants": is_int_list, "degree": is_int, "threshold": is_int, "word_bits": is_int,
                         "length": is_int, "consistency": is_bool},
     MessageType.ADVERTISE_KEYS: {"cipher_key": is_bytes(32), "mask_key": is_bytes(32), "signature": is_bytes()},
-    MessageType.PEER_KEYS: {"peers": is_map_of(is_keys())},
+    MessageType.PEER_KEYS: {"peers": is_map_of(is_keys)},
     MessageType.SHARE_KEYS: {"shares": is_map_of(is_bytes())},
     MessageType.ROUTED_SHARES: {"shares": is_map_of(is_bytes())},
     MessageType.MASKED_INPUT: {"vector": is_bytes()},
@@ -98,7 +100,7 @@ SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.CONSISTENCY_SIGNATURE: {"signature": is_bytes(64)},
     MessageType.UNMASK_REQUEST: {"survived": is_int_list, "dropped": is_int_list,
                                  "signatures": is_map_of(is_bytes(64))},
-    MessageType.UNMASK_SHARES: {"seed_shares": is_map_of(is_share()), "key_shares": is_map_of(is_share())},
+    MessageType.UNMASK_SHARES: {"seed_shares": is_map_of(is_share), "key_shares": is_map_of(is_share)},
 }
 
 

@@ -189,9 +189,8 @@ class SecAggClient:
         if len(set(keys.values())) != len(keys) or any(k[0] == k[1] for k in keys.values()):
             raise ProtocolError(f"client {self.id}: advertised keys repeat")
         self.peer_keys = keys
-        holders = tuple(sorted((*keys, self.id)))
-        if len(holders) < self.params.threshold:
-            raise ProtocolError(f"client {self.id}: only {len(holders)} live share holders, threshold "
+        if len(keys) + 1 < self.params.threshold:
+            raise ProtocolError(f"client {self.id}: only {len(keys) + 1} live share holders, threshold "
                                 f"{self.params.threshold}")
         self._seed = crypto.fresh_secret()
         all_holders = share_holders(self.id, self.graph)
@@ -225,7 +224,7 @@ class SecAggClient:
                 raise ProtocolError(f"client {self.id}: the share from {sender} does not decrypt: {err}") from None
             if (u, v) != (sender, self.id):
                 raise ProtocolError(f"client {self.id}: share routed from {sender} names {u} -> {v}")
-            if not (is_share()(seed_share) and is_share()(key_share)):
+            if not (is_share(seed_share) and is_share(key_share)):
                 raise ProtocolError(f"client {self.id}: the share from {sender} is not an (index, 32 bytes) pair")
             my_index = share_holders(sender, self.graph).index(self.id) + 1
             if seed_share[0] != my_index or key_share[0] != my_index:
@@ -314,6 +313,10 @@ class ServerStage(enum.Enum):
     DONE = None
 
 
+STAGE_WORK = {ServerStage.ADVERTISE_KEYS: "advertised keys", ServerStage.SHARE_KEYS: "shared keys",
+              ServerStage.MASKED_INPUT: "sent masked input", ServerStage.CONSISTENCY: "signed the survivor list"}
+
+
 @dataclass
 class ServerOutcome:
     total: np.ndarray  # sum of the survivors' inputs mod 2^k
@@ -328,8 +331,6 @@ class SecAggServer:
     params: RoundParameters
     stage: ServerStage = ServerStage.ADVERTISE_KEYS
     timer: CryptoTimer = field(default_factory=CryptoTimer)
-    bytes_received: int = 0
-    bytes_sent: int = 0
 
     def __post_init__(self) -> None:
         p = self.params
@@ -337,17 +338,16 @@ class SecAggServer:
         self.holders = {c: share_holders(c, self.graph) for c in p.participants}
         self.max_bytes = max_message_bytes(p)
         self.inbox: dict[int, dict] = {}
-        self.alive: list[int] = list(p.participants)
+        self.alive: set[int] = set(p.participants)
         self.keys: dict[int, tuple[bytes, bytes, bytes]] = {}
         self.shared: set[int] = set()
         self.masked_sum: np.ndarray | None = None
         self.masked: set[int] = set()
         self.signatures: dict[int, bytes] = {}
+        self.responses: dict[int, dict] | None = None  # the unmask replies, once the last stage has closed
 
     def _send(self, kind: MessageType, body: dict) -> bytes:
-        raw = encode(Message(kind, self.params.session, self.params.round, SERVER, body))
-        self.bytes_sent += len(raw)
-        return raw
+        return encode(Message(kind, self.params.session, self.params.round, SERVER, body))
 
     def setup_messages(self) -> dict[int, bytes]:
         p = self.params
@@ -367,7 +367,6 @@ class SecAggServer:
             if sender in self.inbox:
                 raise ProtocolError(f"a second {message.type.name} from client {sender} (replay)")
             self._check_body(sender, message)
-            self.bytes_received += len(raw)
             if message.type is T.MASKED_INPUT:  # fold in at once: no individual vector is kept
                 vector = np.frombuffer(message.body["vector"], dtype=word_dtype(self.params.word_bits))
                 if self.masked_sum is None:
@@ -403,25 +402,22 @@ class SecAggServer:
         with self.timer.measure():
             responded = sorted(self.inbox)
             self.inbox, inbox = {}, self.inbox
+            if self.stage in STAGE_WORK:  # every stage but the last needs t clients to go on
+                self._require(len(responded), STAGE_WORK[self.stage])
+                self.alive = set(responded)
             if self.stage is ServerStage.ADVERTISE_KEYS:
-                self._require(len(responded), "advertised keys")
                 self.keys = {c: (inbox[c]["cipher_key"], inbox[c]["mask_key"], inbox[c]["signature"]) for c in responded}
-                self.alive = responded
                 self.stage = ServerStage.SHARE_KEYS
                 return {c: self._send(T.PEER_KEYS, {"peers": {v: list(self.keys[v]) for v in self.graph[c]
                                                                if v in self.keys}}) for c in responded}
             if self.stage is ServerStage.SHARE_KEYS:
-                self._require(len(responded), "shared keys")
                 self.shared = set(responded)
-                self.alive = responded
                 self.stage = ServerStage.MASKED_INPUT
                 return {c: self._send(T.ROUTED_SHARES, {"shares": {u: inbox[u]["shares"][c] for u in self.graph[c]
                                                                     if u in inbox and c in inbox[u]["shares"]}})
                         for c in responded}
             if self.stage is ServerStage.MASKED_INPUT:
-                self._require(len(responded), "sent masked input")
                 self.masked = set(responded)
-                self.alive = responded
                 if self.params.consistency:
                     self.stage = ServerStage.CONSISTENCY
                     return {c: self._send(T.CONSISTENCY_REQUEST, {"survived": sorted(self.masked)})
@@ -429,9 +425,7 @@ class SecAggServer:
                 self.stage = ServerStage.UNMASK
                 return self._unmask_requests(responded)
             if self.stage is ServerStage.CONSISTENCY:
-                self._require(len(responded), "signed the survivor list")
                 self.signatures = {c: inbox[c]["signature"] for c in responded}
-                self.alive = responded
                 self.stage = ServerStage.UNMASK
                 return self._unmask_requests(responded)
             if self.stage is ServerStage.UNMASK:
@@ -460,7 +454,7 @@ class SecAggServer:
 
     def result(self) -> ServerOutcome:
         """Remove the masks from the running sum; RoundAborted if any needed secret lacks t shares."""
-        if self.stage is not ServerStage.DONE or not hasattr(self, "responses"):
+        if self.responses is None:
             raise ProtocolError("the round has not reached its end")
         with self.timer.measure():
             t = self.params.threshold

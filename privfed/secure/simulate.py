@@ -21,12 +21,13 @@ UNANSWERED = {DropoutStage.ADVERTISE_KEYS: T.SETUP, DropoutStage.SHARE_KEYS: T.P
 @dataclass
 class RoundLog:
     dropped: dict[int, str] = field(default_factory=dict)  # client -> why it left the round
-    messages: int = 0
 
 
-def message_type(raw: bytes, server: SecAggServer) -> MessageType:
+def batch_type(batch: Mapping[int, bytes], server: SecAggServer) -> MessageType:
+    """The type of a batch from the server: one stage's messages, all of one type, so one parse tells it."""
     params = server.params
-    return decode(raw, max_bytes=server.max_bytes, session=params.session, round_idx=params.round).type
+    return decode(next(iter(batch.values())), max_bytes=server.max_bytes, session=params.session,
+                  round_idx=params.round).type
 
 
 def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
@@ -37,10 +38,10 @@ def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
     gone: set[int] = set()
     outgoing = server.setup_messages()
     while outgoing:
+        kind = batch_type(outgoing, server)
         for cid, raw in outgoing.items():
             if cid in gone:
                 continue
-            kind = message_type(raw, server)
             stage = dropouts.get(cid)
             if stage is not None and kind >= UNANSWERED[stage]:
                 gone.add(cid)
@@ -52,7 +53,5 @@ def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
             except ProtocolError as err:
                 gone.add(cid)
                 log.dropped[cid] = f"refused: {err}"
-                continue
-            log.messages += 2
         outgoing = server.advance()
     return server.result(), log
