@@ -1,4 +1,4 @@
-"""``privfed run | sweep | table``: the command-line face of privfed.
+"""``privfed run | sweep | table | keygen``: the command-line face of privfed.
 
 Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
 and is detected before any result file is written.
@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="rebuild the ε/quality table from saved run directories")
     table.add_argument("dirs", nargs="+", type=Path, help="run directories (or sweep directories)")
     table.add_argument("--rounds", action="store_true", help="also print each run's per-round table")
+    keygen = sub.add_parser("keygen", help="write a Paillier key pair for aggregation.key_file (the clients' "
+                                           "shared secret: give it to the clients, never to the server)")
+    keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
+    keygen.add_argument("--bits", type=int, default=3072, help="modulus bits: 2048, 3072 (default) or 4096")
+    keygen.add_argument("--overwrite", action="store_true", help="replace an existing key file")
     return parser
 
 
@@ -111,11 +116,28 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from privfed.config import PAILLIER_KEY_BITS
+    from privfed.secure.paillier_keys import PaillierKey, security_note
+
+    if args.bits not in PAILLIER_KEY_BITS:
+        raise ConfigError("--bits", f"must be one of {', '.join(map(str, PAILLIER_KEY_BITS))}, got {args.bits}")
+    if args.path.exists() and not args.overwrite:
+        raise ConfigError(str(args.path), "exists; pass --overwrite to replace it (runs that used it cannot be "
+                                          "decrypted with a new key)")
+    key = PaillierKey.generate(args.bits)
+    key.save(args.path)
+    print(f"wrote {args.path}: {key.bits}-bit Paillier key pair {key.fingerprint} ({security_note(key.bits)})")
+    print(f"use it with: --set aggregation=paillier --set aggregation.key_file={args.path}"
+          + ("" if key.bits == 3072 else f" --set aggregation.key_bits={key.bits}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "sweep": _sweep, "table": _table}[args.command](args)
+        return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)
     except (ConfigError, MissingAssetError) as err:
         kind = "config error" if isinstance(err, ConfigError) else "missing asset"
         print(f"privfed: {kind}: {err}", file=sys.stderr)

@@ -98,6 +98,7 @@ class Aggregation(enum.Enum):
 
     PLAIN = "plain"  # the server sees each float32 update
     SECAGG = "secagg"  # pairwise masking (SecAgg / SecAgg+): the server learns only the sum
+    PAILLIER = "paillier"  # packed Paillier encryption: the server adds ciphertexts, the clients decrypt the sum
 
 
 class DropoutStage(enum.Enum):
@@ -179,13 +180,16 @@ class FederationConfig:
     server_tau: float = _help("FedAdam/FedYogi adaptivity (epsilon)", default=1e-3)
 
 
+PAILLIER_KEY_BITS = (2048, 3072, 4096)
+
+
 @dataclass(frozen=True)
 class AggregationConfig:
     """How the server sums the updates. ``aggregation: secagg`` is short for ``aggregation: {method: secagg}``."""
 
     PRIMARY_KEY: typing.ClassVar[str] = "method"
 
-    method: Aggregation = _help("plain | secagg", default=Aggregation.PLAIN)
+    method: Aggregation = _help("plain | secagg | paillier", default=Aggregation.PLAIN)
     neighbours: int = _help("secagg: masking neighbours per client, even (0 = all: classic SecAgg; ~2 log2 n: "
                             "SecAgg+)", default=0)
     threshold: float = _help("secagg: share of a client's neighbourhood needed to unmask it (> 0.5)", default=0.6)
@@ -196,6 +200,11 @@ class AggregationConfig:
     dropout_fraction: float = _help("simulated: share of each round's trained clients that drop", default=0.0)
     dropout_stage: DropoutStage = _help("simulated: advertise_keys | share_keys | masked_input | unmasking",
                                         default=DropoutStage.UNMASKING)
+    key_bits: int = _help("paillier: modulus bits, 2048 | 3072 | 4096 (2048 only until 2030 per NIST)",
+                          default=3072)
+    key_file: str = _help("paillier: the clients' shared key pair, made by `privfed keygen` (empty: client 0 "
+                          "generates one per run and sends it to the others, sealed)", default="")
+    workers: int = _help("paillier: processes that make obfuscators and decrypt (0 = one per CPU core)", default=0)
 
 
 @dataclass(frozen=True)
@@ -418,6 +427,10 @@ def validate(c: ExperimentConfig) -> None:
     _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
     _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
            "applies to secagg only")
+    _check(a.key_bits in PAILLIER_KEY_BITS, "aggregation.key_bits",
+           f"must be one of {', '.join(map(str, PAILLIER_KEY_BITS))}, got {a.key_bits}")
+    _check(a.workers >= 0, "aggregation.workers", "must be >= 0 (0 = one per CPU core)")
+    _check(not a.key_file or a.method is Aggregation.PAILLIER, "aggregation.key_file", "applies to paillier only")
     _check(pr.distributed_noise >= 0 and math.isfinite(pr.distributed_noise), "privacy.distributed_noise",
            "must be >= 0 (0 = off)")
     _check(pr.distributed_noise == 0 or a.method is Aggregation.SECAGG, "privacy.distributed_noise",

@@ -30,3 +30,13 @@ def test_demo_under_secagg_with_30_percent_dropping_after_masking(tmp_path):
         assert row["dropouts"] == 2 and row["clients_aggregated"] == 5  # their inputs still count
         assert row["aggregation"]["abort_reason"] is None
     assert res["final"]["eval_accuracy"] >= 0.85
+
+
+def test_demo_under_paillier_with_its_3072_bit_default_key(tmp_path):
+    res = privfed.run(privfed.load_config(overrides=["aggregation=paillier"]), tmp_path, progress=False)
+    for row in res["rounds"]:
+        details = row["aggregation"]
+        assert details["key_bits"] == 3072 and details["slots_per_ciphertext"] == 3071 // 24
+        assert row["clients_aggregated"] == 5 and details["abort_reason"] is None
+        assert row["bytes_up_per_client"] < 2 * 4 * res["model"]["trainable_parameters"]
+    assert res["final"]["eval_accuracy"] >= 0.85 and res["final"]["epsilon"] <= 8.0

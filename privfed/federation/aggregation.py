@@ -38,6 +38,16 @@ class AggregationOutcome:
 
 
 class Aggregator(abc.ABC):
+    def prepare_round(self, round_idx: int, client_ids: list[int]) -> None:
+        """Called before the round's clients train: a back-end may start client-side work that needs no update."""
+
+    def plan(self) -> str:
+        """A line on what aggregation will cost per round, printed before the run starts ("" when negligible)."""
+        return ""
+
+    def close(self) -> None:
+        """Release what the back-end holds (worker processes); called once the run ends, even after an error."""
+
     @abc.abstractmethod
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
                   dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
@@ -170,8 +180,13 @@ class SecAggAggregator(Aggregator):
             seconds=time.perf_counter() - start, details=details, noise=share)
 
 
-def make_aggregator(cfg: AggregationConfig, *, max_clients: int, vector_length: int,
-                    distributed_noise: float = 0.0, update_clip: float = 0.0) -> Aggregator:
+def make_aggregator(cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
+                    distributed_noise: float = 0.0, update_clip: float = 0.0, progress: bool = False) -> Aggregator:
+    """The back-end ``cfg.method`` names, sized for rounds of up to ``max_clients`` of the federation's clients."""
+    if cfg.method is Aggregation.PAILLIER:
+        from privfed.federation.paillier_aggregator import PaillierAggregator
+
+        return PaillierAggregator(cfg, max_clients, vector_length, client_ids, progress)
     if cfg.method is Aggregation.SECAGG:
         return SecAggAggregator(cfg, max_clients, vector_length, distributed_noise, update_clip)
     return PlainAggregator(cfg)

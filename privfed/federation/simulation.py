@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 from privfed.config import DpMode, ExperimentConfig
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.evaluation import evaluate
-from privfed.federation.aggregation import make_aggregator
+from privfed.federation.aggregation import Aggregator, make_aggregator
 from privfed.federation.setup import Federation, build_federation
-from privfed.federation.strategies import make_strategy
+from privfed.federation.strategies import ServerStrategy, make_strategy
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.privacy.accounting import epsilon_of_events, epsilon_of_history, history_of
 from privfed.privacy.distributed import user_epsilon
@@ -82,8 +82,13 @@ def _aggregation_note(row: dict) -> str:
         parts.append(f"{row['dropouts']} dropped")
     if details.get("dropouts_recovered"):
         parts.append(f"{details['dropouts_recovered']} masks recovered")
+    if "word_bits" in details:
+        parts.append(f"{details['word_bits']}-bit words")
+    if "slots_per_ciphertext" in details:
+        parts.append(f"{details['slots_per_ciphertext']} values/ciphertext, "
+                     f"{details.get('encrypt_seconds', 0):.1f} s encrypt/client")
     if "protocol" in details:
-        parts.append(f"{details['word_bits']}-bit words, {row['bytes_up_per_client'] / 1e6:.2f} MB up/client")
+        parts.append(f"{row['bytes_up_per_client'] / 1e6:.2f} MB up/client")
     return f" [{details.get('protocol', 'plain')}: {', '.join(parts)}]"
 
 
@@ -122,7 +127,17 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
     strategy = make_strategy(cfg.federation)
     per_round = len(sample_clients(cfg, 1, len(fed.clients)))
     aggregator = make_aggregator(cfg.aggregation, max_clients=per_round, vector_length=fed.num_trainable + 1,
-                                 distributed_noise=cfg.privacy.distributed_noise, update_clip=cfg.privacy.update_clip)
+                                 client_ids=[c.id for c in fed.clients], distributed_noise=cfg.privacy.distributed_noise,
+                                 update_clip=cfg.privacy.update_clip, progress=progress)
+    try:
+        return _run_rounds(cfg, run_dir, fed, strategy, aggregator, per_round, resume, progress, started)
+    finally:
+        aggregator.close()
+
+
+def _run_rounds(cfg: ExperimentConfig, run_dir: RunDirectory, fed: Federation, strategy: ServerStrategy,
+                aggregator: Aggregator, per_round: int, resume: bool, progress: bool, started: float) -> dict:
+    """The round loop of :func:`run`: train the sampled clients, aggregate, evaluate, checkpoint."""
     weight_cap = max(c.num_examples for c in fed.clients)
     state = run_dir.load_checkpoint() if resume else None
     if state is None:
@@ -133,10 +148,15 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
         strategy.load_state_dict(state.strategy_state)
         for client in fed.clients:
             client.training.restore_history(history_of(state.ledger.dp_sgd(client.id)))
-        log.warning("resuming %s after round %d of %d", out_dir, state.completed_rounds, cfg.training.rounds)
+        log.warning("resuming %s after round %d of %d", run_dir.path, state.completed_rounds, cfg.training.rounds)
     log.info("%d clients, %d trainable tensors (%d values, %.2f MB a transfer)", len(fed.clients),
              len(fed.server_params), fed.num_trainable, fed.num_trainable * 4 / 1e6)
 
+    plan = aggregator.plan()
+    if plan and progress:
+        tqdm.write(plan)
+    elif plan:
+        log.info(plan)
     budget = budget_of(cfg)
     bar = tqdm(total=cfg.training.rounds * per_round, initial=state.completed_rounds * per_round,
                disable=not progress, desc="client rounds", unit="client", dynamic_ncols=True)
@@ -144,7 +164,9 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
         round_start = time.perf_counter()
         contributions: dict[int, np.ndarray] = {}
         losses, weights, skipped = [], [], []
-        for cid in sample_clients(cfg, r, len(fed.clients)):
+        sampled = sample_clients(cfg, r, len(fed.clients))
+        aggregator.prepare_round(r, sampled)
+        for cid in sampled:
             client = fed.clients[cid]
             bar.set_postfix_str(f"round {r}, client {cid}")
             if client.noise_multiplier is not None and math.isfinite(budget):

@@ -1,4 +1,4 @@
-"""The SecAgg wire format: typed messages <-> bytes (msgpack), with every field checked on the way in.
+"""The secure-aggregation wire format (SecAgg and Paillier): typed messages <-> bytes (msgpack), with every field checked on the way in.
 
 A message is ``[version, type, session, round, sender, body]``. Decoding refuses, with a :class:`ProtocolError`
 that says why, anything oversized (checked before parsing), malformed, of another protocol version, session or
@@ -37,6 +37,8 @@ class MessageType(enum.IntEnum):
     CONSISTENCY_SIGNATURE = 8  # client -> server: Ed25519 signature of the survivor list
     UNMASK_REQUEST = 9  # server -> client: who survived, who dropped (and the signatures)
     UNMASK_SHARES = 10  # client -> server: self-mask seed shares of survivors, key shares of the dropped
+    PAILLIER_INPUT = 11  # client -> server: a packed, Paillier-encrypted vector
+    PAILLIER_SUM = 12  # server -> clients: the product of the inputs' ciphertexts (the encrypted sum)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.UNMASK_REQUEST: {"survived": is_int_list, "dropped": is_int_list,
                                  "signatures": is_map_of(is_bytes(64))},
     MessageType.UNMASK_SHARES: {"seed_shares": is_map_of(is_share), "key_shares": is_map_of(is_share)},
+    MessageType.PAILLIER_INPUT: {"key": is_bytes(32), "length": is_int, "slot_bits": is_int, "slots": is_int,
+                                 "ciphertexts": is_bytes()},
+    MessageType.PAILLIER_SUM: {"key": is_bytes(32), "length": is_int, "slot_bits": is_int, "slots": is_int,
+                               "ciphertexts": is_bytes(), "contributors": is_int_list},
 }
 
 
