@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import gmpy2
+import msgpack
 import numpy as np
 import phe
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from privfed.errors import ConfigError
+from privfed.secure import packing
 from privfed.secure.messages import ProtocolError
 from privfed.secure.packing import SlotLayout
 from privfed.secure.paillier import (
@@ -99,10 +103,21 @@ def test_overflowing_layouts_are_refused_up_front(value_bits, clients, plaintext
         SlotLayout.for_clients(value_bits, clients, plaintext_bits)
 
 
+def test_chunked_packing_is_seamless(monkeypatch):
+    monkeypatch.setattr(packing, "CHUNK_VALUES", 50)  # many chunks, boundaries inside and between plaintexts
+    layout = SlotLayout.for_clients(13, 4, 300)
+    rng = np.random.default_rng(3)
+    vectors = [_random_values(rng, layout, 1001) for _ in range(4)]
+    sums = [sum(column) for column in zip(*(layout.pack(v) for v in vectors))]
+    np.testing.assert_array_equal(layout.unpack_sum(sums, 1001, 4), np.sum(vectors, axis=0))
+
+
 def test_out_of_range_values_and_impossible_sums_are_refused():
     layout = SlotLayout.for_clients(8, 2, 256)
     with pytest.raises(ValueError, match="must lie in"):
         layout.pack(np.array([layout.offset + 1]))
+    with pytest.raises(TypeError, match="integers"):
+        layout.pack(np.array([0.9, -0.9]))
     too_big = [(1 << layout.plaintext_bits) - 1]  # every slot full: more than two clients can add up to
     with pytest.raises(ValueError, match="wrong key or corrupted"):
         layout.unpack_sum(too_big, 3, 2)
@@ -135,6 +150,32 @@ def test_obfuscators_are_handed_out_once(workers):
     workers.prefetch(40)
     first, second = workers.take(20), workers.take(30)
     assert len(set(map(int, first + second))) == 50
+
+
+def test_queued_obfuscators_can_be_cancelled_and_a_closed_pool_restarts(key):
+    pool = PaillierWorkers(key, 1)
+    try:
+        pool.prefetch(64 * 16)
+        pool.cancel_prefetch()
+        assert pool.queued < 64 * 16  # tasks not yet started are gone
+        pool.close()
+        assert pool.queued == 0 and len(pool.take(3)) == 3  # starts a new pool
+    finally:
+        pool.close()
+
+
+def test_plaintexts_outside_the_message_space_are_refused(key, workers):
+    with pytest.raises(ValueError, match=r"\[0, n\)"):
+        encrypt_packed([key.n], key, workers.take(1))
+
+
+def test_a_script_without_a_main_guard_gets_told_why_its_workers_died(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text("from privfed.secure.paillier import PaillierWorkers\n"
+                      "from privfed.secure.paillier_keys import PaillierKey\n"
+                      "PaillierWorkers(PaillierKey.generate(512), 1).take(1)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and 'if __name__ == "__main__"' in proc.stderr
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -196,6 +237,27 @@ def test_the_server_refuses_bad_inputs(key, workers):
         server.receive(2, _one_input(key, workers, layout, 50, sender=2))
 
 
+def test_inputs_with_another_value_width_are_refused(key, workers):
+    """(b=20, n=5) and (b=21, n=4) share 24-bit slots but not the offset: summing them would be silently wrong."""
+    ours, theirs = SlotLayout.for_clients(20, 5, key.bits - 1), SlotLayout.for_clients(21, 4, key.bits - 1)
+    assert (ours.slot_bits, ours.slots) == (theirs.slot_bits, theirs.slots)
+    with pytest.raises(ProtocolError, match="layout"):
+        PaillierServer(key.public(), ours, 40, SESSION, 1).receive(0, _one_input(key, workers, theirs, 40))
+
+
+def test_a_sum_no_honest_inputs_could_make_is_refused(key, workers):
+    layout = SlotLayout.for_clients(20, 2, key.bits - 1)
+    server = PaillierServer(key.public(), layout, 40, SESSION, 1)
+    for cid in (0, 1):
+        values = np.full(40, layout.offset)
+        ciphertexts = encrypt_packed(layout.pack(values), key, workers.take(1))
+        server.receive(cid, input_message(key, layout, 40, ciphertexts, SESSION, 1, cid))
+    envelope = msgpack.unpackb(server.result(), raw=False)
+    envelope[5]["contributors"] = [0]  # the server claims one input but sums two
+    with pytest.raises(ProtocolError, match="not a sum of 1"):
+        decrypt_sum(msgpack.packb(envelope, use_bin_type=True), key, layout, 40, SESSION, 1, workers)
+
+
 def test_a_ciphertext_outside_the_group_is_refused(key, workers):
     layout = SlotLayout.for_clients(20, 2, key.bits - 1)
     zero = input_message(key, layout, 10, [0], SESSION, 1, 0)
@@ -227,6 +289,9 @@ def test_a_public_key_cannot_decrypt_or_make_obfuscators(key):
 def test_key_files_round_trip_and_are_private(key, tmp_path):
     path = key.save(tmp_path / "clients.key")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    (tmp_path / "existing.key").write_text("")
+    os.chmod(tmp_path / "existing.key", 0o644)
+    assert stat.S_IMODE(os.stat(key.save(tmp_path / "existing.key")).st_mode) == 0o600  # overwritten: private too
     assert PaillierKey.load(path) == key
     public = key.public().save(tmp_path / "server.pub")
     assert PaillierKey.load(public) == key.public()
@@ -237,6 +302,7 @@ def test_key_files_round_trip_and_are_private(key, tmp_path):
     (None, "no Paillier key file"),
     ("not json", "not a privfed Paillier key file"),
     ('{"format": "other"}', "not a privfed Paillier key file"),
+    ('{"format": "privfed-paillier-key/1", "n": "0x23", "p": "0x5"}', "one factor"),
 ])
 def test_unusable_key_files_are_clear_errors(tmp_path, content, problem):
     path = tmp_path / "k.json"
@@ -259,8 +325,9 @@ def test_distribution_hands_every_client_the_key_and_the_server_nothing(key):
     handed = distribute_key(key, holder=0, recipients=[0, 1, 2, 3], session=SESSION)
     assert set(handed.keys) == {0, 1, 2, 3} and all(k == key for k in handed.keys.values())
     secrets = [f.to_bytes((f.bit_length() + 7) // 8, "big") for f in (key.p, key.q)]
+    windows = [s[i:i + 16] for s in secrets for i in range(0, len(s) - 15, 8)]
     for routed in handed.routed:
-        assert not any(s[:16] in routed for s in secrets)
+        assert not any(w in routed for w in windows)
     assert handed.bytes_down_per_client > 2 * 1024 // 8  # the sealed p and q really travel
 
 

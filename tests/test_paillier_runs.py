@@ -37,7 +37,8 @@ def test_paillier_matches_plain_and_records_its_costs(tiny_classifier, tmp_path,
         assert details["ciphertexts_per_client"] == -(-(plain["model"]["trainable_parameters"] + 1) // 89)
         assert row["bytes_up_per_client"] >= details["ciphertexts_per_client"] * 512
         assert float32_bytes < row["bytes_up_per_client"] < 2 * float32_bytes
-        assert row["bytes_down_per_client"] > row["bytes_up_per_client"]  # the encrypted sum + the new model
+        sum_bytes = details["ciphertexts_per_client"] * 512
+        assert row["bytes_down_per_client"] >= sum_bytes + float32_bytes  # the encrypted sum + the new model
         for timing in ("encrypt_seconds", "aggregate_seconds", "decrypt_seconds", "worker_cpu_seconds"):
             assert details[timing] > 0, timing
         assert details["quantisation_rms"] > 0 and details["key"]["fingerprint"]
@@ -69,7 +70,6 @@ def test_every_upload_is_paillier_ciphertext_of_that_clients_update(tiny_classif
             plaintexts = [private.raw_decrypt(c) for c in values]
             decoded = aggregator.layout.unpack_sum(plaintexts, 500, 1) * aggregator.encoding.step
             np.testing.assert_allclose(decoded, updates[sender], atol=2 * aggregator.encoding.step)
-            assert updates[sender].astype(np.float32).tobytes()[:64] not in raw
         assert sorted(s for s, _ in received) == [0, 1, 2]
         np.testing.assert_allclose(outcome.total, sum(updates.values()), atol=6 * aggregator.encoding.step)
     finally:

@@ -30,7 +30,7 @@ from privfed.secure.simulate import run_round
 class AggregationOutcome:
     total: np.ndarray | None  # None: the round aborted and the global model must stay as it is
     contributors: tuple[int, ...]
-    bytes_up_per_client: int  # mean over the clients that took part
+    bytes_up_per_client: int  # mean over the round's trained clients (one that never uploaded counts 0)
     bytes_down_per_client: int  # protocol messages only (the model broadcast is counted by the round loop)
     seconds: float
     details: dict = field(default_factory=dict)

@@ -19,7 +19,7 @@ from privfed.config import AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
 from privfed.federation.aggregation import AggregationOutcome, Aggregator
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
-from privfed.secure.messages import SESSION_BYTES
+from privfed.secure.messages import SESSION_BYTES, ProtocolError
 from privfed.secure.packing import SlotLayout
 from privfed.secure.paillier import (
     ObfuscatorMaker,
@@ -30,7 +30,7 @@ from privfed.secure.paillier import (
     encrypt_packed,
     input_message,
 )
-from privfed.secure.paillier_keys import SECURITY_BITS, PaillierKey, distribute_key, security_note
+from privfed.secure.paillier_keys import SECURITY_BITS, KeyMismatchError, PaillierKey, distribute_key, security_note
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,8 @@ class PaillierAggregator(Aggregator):
                          "bytes_per_ciphertext": ciphertext_bytes(self.key), "clients": len(ids),
                          "dropouts": len(ids) - len(uploading), "abort_reason": None}
         if len(uploading) < 2:
-            details["abort_reason"] = (f"only {len(uploading)} client(s) uploaded; summing fewer than 2 would "
-                                       "reveal an update")
-            return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start, details)
+            return self._aborted(details, f"only {len(uploading)} client(s) uploaded; summing fewer than 2 would "
+                                          "reveal an update", start)
         cpu_before = self.workers.cpu_seconds
         session = os.urandom(SESSION_BYTES)
         server = PaillierServer(self.server_key, self.layout, self.vector_length, session, round_idx)
@@ -143,15 +142,25 @@ class PaillierAggregator(Aggregator):
             wait_seconds += ready - packed
             encrypt_seconds += time.perf_counter() - ready
             uploaded += len(raw)
-            server.receive(cid, raw)
+            try:
+                server.receive(cid, raw)
+            except (ProtocolError, KeyMismatchError) as err:  # as SecAgg: a refused input aborts the round
+                return self._aborted(details, f"client {cid}'s input was refused: {err}", start)
         encrypted_sum = server.result()
+        self.workers.cancel_prefetch()  # obfuscators queued for clients that dropped must not delay decryption
         tick = time.perf_counter()
-        sums, contributors = decrypt_sum(encrypted_sum, self.key, self.layout, self.vector_length, session,
-                                         round_idx, self.workers, self.progress)
+        try:
+            sums, contributors = decrypt_sum(encrypted_sum, self.key, self.layout, self.vector_length, session,
+                                             round_idx, self.workers, self.progress)
+        except (ProtocolError, KeyMismatchError) as err:
+            return self._aborted(details, f"the encrypted sum was refused: {err}", start)
         decrypt_seconds = time.perf_counter() - tick
         n = len(uploading)
-        setup_bytes = self.key_setup.get("bytes_down_per_client", 0) if self._setup_unbilled else 0
-        self._setup_unbilled = False
+        setup_down = setup_up = 0
+        if self._setup_unbilled:  # round 1 pays for handing out the key pair
+            setup_down = self.key_setup.get("bytes_down_per_client", 0)
+            setup_up = self.key_setup.get("bytes_up_holder", 0)
+            self._setup_unbilled = False
         details.update({
             "clipped_values": sum(s.clipped for s in stats),
             "quantisation_rms": float(np.sqrt(np.mean([s.rms_error ** 2 for s in stats]))),
@@ -165,6 +174,11 @@ class PaillierAggregator(Aggregator):
             "expansion_vs_float32": (uploaded / n) / (4 * self.vector_length),
         })
         return AggregationOutcome(total=sums.astype(np.float64) * self.encoding.step, contributors=contributors,
-                                  bytes_up_per_client=uploaded // n,
-                                  bytes_down_per_client=len(encrypted_sum) + setup_bytes,
+                                  bytes_up_per_client=(uploaded + setup_up) // len(ids),
+                                  bytes_down_per_client=len(encrypted_sum) + setup_down,
                                   seconds=time.perf_counter() - start, details=details)
+
+    @staticmethod
+    def _aborted(details: dict, reason: str, start: float) -> AggregationOutcome:
+        details["abort_reason"] = reason
+        return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start, details)

@@ -103,10 +103,10 @@ SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.UNMASK_REQUEST: {"survived": is_int_list, "dropped": is_int_list,
                                  "signatures": is_map_of(is_bytes(64))},
     MessageType.UNMASK_SHARES: {"seed_shares": is_map_of(is_share), "key_shares": is_map_of(is_share)},
-    MessageType.PAILLIER_INPUT: {"key": is_bytes(32), "length": is_int, "slot_bits": is_int, "slots": is_int,
-                                 "ciphertexts": is_bytes()},
-    MessageType.PAILLIER_SUM: {"key": is_bytes(32), "length": is_int, "slot_bits": is_int, "slots": is_int,
-                               "ciphertexts": is_bytes(), "contributors": is_int_list},
+    MessageType.PAILLIER_INPUT: {"key": is_bytes(32), "length": is_int, "value_bits": is_int, "slot_bits": is_int,
+                                 "slots": is_int, "ciphertexts": is_bytes()},
+    MessageType.PAILLIER_SUM: {"key": is_bytes(32), "length": is_int, "value_bits": is_int, "slot_bits": is_int,
+                               "slots": is_int, "ciphertexts": is_bytes(), "contributors": is_int_list},
 }
 
 

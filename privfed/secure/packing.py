@@ -3,7 +3,8 @@
 Each value v, a signed integer in [-L, L] with L = 2^(b-1) - 1 (the shared fixed-point encoding), is stored
 offset as v + L, which lies in [0, 2^b - 2]: b bits, never negative. A slot is ``b + ceil(log2 n) + 1`` bits wide, so
 the slot-wise sum of n clients' plaintexts, at most n (2^b - 2) < 2^(b + ceil(log2 n)), can never carry into the next
-slot; the extra bit is a guard that :meth:`SlotLayout.unpack_sum` checks is still clear. A plaintext holds
+slot, and the extra guard bit of every slot stays clear; :meth:`SlotLayout.unpack_sum` checks the tighter bound
+(each slot at most n (2^b - 2)), so a sum that no n honest inputs could produce is refused. A plaintext holds
 ``floor((key_bits - 1) / slot_bits)`` slots, so the packed sum stays below 2^(key_bits - 1) < n and Paillier's
 addition modulo n never wraps. Every one of these limits is checked when the layout is made, before anything is
 encrypted.
@@ -19,6 +20,7 @@ import numpy as np
 from privfed.errors import ConfigError
 
 MAX_SLOT_BITS = 64  # unpacking reads each summed slot as a uint64
+CHUNK_VALUES = 1 << 18  # values packed or unpacked at a time (~25 MB of bit arrays)
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,26 @@ class SlotLayout:
 
         Value i of a plaintext occupies its i-th slot counted from the most significant end.
         """
-        ints = np.asarray(values, dtype=np.int64)
+        ints = np.asarray(values)
+        if not np.issubdtype(ints.dtype, np.integer):
+            raise TypeError(f"pack takes integers (the fixed-point encoding's output), got {ints.dtype}")
+        ints = ints.astype(np.int64)
         if ints.size and (ints.min() < -self.offset or ints.max() > self.offset):
             raise ValueError(f"values must lie in [-{self.offset}, {self.offset}] for {self.value_bits} value bits")
         count = self.plaintexts_for(ints.size)
         offset = np.zeros(count * self.slots, dtype=np.uint64)
         offset[:ints.size] = (ints + self.offset).astype(np.uint64)
-        bits = _bits_of(offset, self.slot_bits).reshape(count, self.plaintext_bits)
         pad = -self.plaintext_bits % 8  # packbits fills the last byte with zeros at the low end
-        return [int.from_bytes(row.tobytes(), "big") >> pad for row in np.packbits(bits, axis=1)]
+        plaintexts: list[int] = []
+        step = self._plaintexts_per_chunk()
+        for first in range(0, count, step):  # in chunks: the bit arrays take a byte per bit
+            rows = offset[first * self.slots:(first + step) * self.slots]
+            bits = _bits_of(rows, self.slot_bits).reshape(-1, self.plaintext_bits)
+            plaintexts += [int.from_bytes(row.tobytes(), "big") >> pad for row in np.packbits(bits, axis=1)]
+        return plaintexts
+
+    def _plaintexts_per_chunk(self) -> int:
+        return max(1, CHUNK_VALUES // self.slots)
 
     def unpack_sum(self, plaintexts: list[int], length: int, contributors: int) -> np.ndarray:
         """The slot-wise sum of ``contributors`` packed vectors -> the int64 sum of their values.
@@ -88,13 +101,17 @@ class SlotLayout:
             raise ValueError(f"{length} values need {self.plaintexts_for(length)} plaintexts, got {len(plaintexts)}")
         pad = -self.plaintext_bits % 8
         width = (self.plaintext_bits + pad) // 8
-        try:
-            raw = b"".join((m << pad).to_bytes(width, "big") for m in plaintexts)
-        except OverflowError:
-            raise ValueError(f"a plaintext exceeds {self.plaintext_bits} bits: wrong key or corrupted sum") from None
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(len(plaintexts), width), axis=1)
-        slots = bits[:, :self.plaintext_bits].reshape(-1, self.slot_bits)[:length]
-        sums = _ints_of(slots)
+        step = self._plaintexts_per_chunk()
+        parts = []
+        for first in range(0, len(plaintexts), step):  # in chunks: the bit arrays take a byte per bit
+            try:
+                raw = b"".join((m << pad).to_bytes(width, "big") for m in plaintexts[first:first + step])
+            except (OverflowError, TypeError):
+                raise ValueError(f"a plaintext is not an integer of at most {self.plaintext_bits} bits: wrong key "
+                                 "or corrupted sum") from None
+            bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(-1, width), axis=1)
+            parts.append(_ints_of(bits[:, :self.plaintext_bits].reshape(-1, self.slot_bits)))
+        sums = np.concatenate(parts)[:length] if parts else np.zeros(0, dtype=np.uint64)
         limit = contributors * 2 * self.offset
         if sums.size and int(sums.max()) > limit:
             raise ValueError(f"a slot sums to {int(sums.max())}, more than {contributors} clients can add up to "

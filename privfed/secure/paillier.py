@@ -18,8 +18,10 @@ import math
 import multiprocessing
 import os
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import gmpy2
 import numpy as np
@@ -87,7 +89,9 @@ class PaillierWorkers:
     ``prefetch`` queues obfuscators and returns at once; ``take`` hands out ready ones (each exactly once: a reused
     obfuscator would let anyone who saw both ciphertexts learn the difference of their plaintexts) and makes any
     shortfall. The pool starts on first use, with the "spawn" method so it is safe beside torch's threads and in
-    notebooks. ``cpu_seconds`` adds up the workers' CPU time.
+    notebooks; like any spawn pool it re-imports the main script, so a script must call privfed under
+    ``if __name__ == "__main__":`` (a worker that dies says so). Workers run at the lowest priority, on the CPU
+    that training leaves idle. ``cpu_seconds`` adds up the workers' CPU time.
     """
 
     def __init__(self, key: PaillierKey, processes: int):
@@ -103,7 +107,19 @@ class PaillierWorkers:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_start_worker, initargs=(self.key.to_bytes(), WORKER_NICENESS))
+            # a pool nobody closed must not make the interpreter finish its queue before exiting
+            self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
+
+    @staticmethod
+    def _result(future: Future) -> tuple[list, float]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise RuntimeError(
+                "a Paillier worker process died while starting or working. Worker processes are started with "
+                "'spawn', which re-imports your main script: run privfed from a script only under "
+                "`if __name__ == \"__main__\":` (the CLI and notebooks need nothing)") from None
 
     @property
     def queued(self) -> int:
@@ -125,7 +141,7 @@ class PaillierWorkers:
                   leave=False,
                   desc="paillier obfuscators", unit="ct", dynamic_ncols=True) as bar:
             while len(self._ready) < count:
-                values, seconds = self._pending.popleft().result()
+                values, seconds = self._result(self._pending.popleft())
                 self.cpu_seconds += seconds
                 self._ready.extend(values)
                 bar.update(min(len(values), count - bar.n))
@@ -142,14 +158,19 @@ class PaillierWorkers:
                   leave=False, desc="paillier decryption",
                   unit="ct", dynamic_ncols=True) as bar:
             for future in futures:
-                values, seconds = future.result()
+                values, seconds = self._result(future)
                 self.cpu_seconds += seconds
                 plaintexts.extend(values)
                 bar.update(len(values))
         return plaintexts
 
+    def cancel_prefetch(self) -> None:
+        """Drop queued obfuscator tasks that have not started (so decryption does not wait behind them)."""
+        self._pending = deque(f for f in self._pending if not f.cancel())
+
     def close(self) -> None:
         if self._pool is not None:
+            self._finalizer.detach()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
@@ -164,6 +185,8 @@ def encrypt_packed(plaintexts: list[int], key: PaillierKey, obfuscators: list[gm
     if len(obfuscators) != len(plaintexts):
         raise ValueError(f"{len(plaintexts)} plaintexts need as many obfuscators, got {len(obfuscators)}")
     public = key.public_key()
+    if not all(isinstance(m, int) and 0 <= m < public.n for m in plaintexts):
+        raise ValueError("a packed plaintext must be an int in [0, n): phe would silently reduce it mod n")
     return [mulmod(public.raw_encrypt(m, r_value=1), o, public.nsquare) for m, o in zip(plaintexts, obfuscators)]
 
 
@@ -192,8 +215,13 @@ def _from_bytes(raw: bytes, width: int, count: int, nsquare: int, kind: str) -> 
 def input_message(key: PaillierKey, layout: SlotLayout, length: int, ciphertexts: list[int], session: bytes,
                   round_idx: int, sender: int) -> bytes:
     return encode(Message(MessageType.PAILLIER_INPUT, session, round_idx, sender, {
-        "key": key.fingerprint_bytes, "length": length, "slot_bits": layout.slot_bits, "slots": layout.slots,
-        "ciphertexts": _to_bytes(ciphertexts, ciphertext_bytes(key))}))
+        **_header(key, layout, length), "ciphertexts": _to_bytes(ciphertexts, ciphertext_bytes(key))}))
+
+
+def _header(key: PaillierKey, layout: SlotLayout, length: int) -> dict:
+    """What both sides must agree on to read a packed vector: the key, the length and the slot layout."""
+    return {"key": key.fingerprint_bytes, "length": length, "value_bits": layout.value_bits,
+            "slot_bits": layout.slot_bits, "slots": layout.slots}
 
 
 def _check_header(message: Message, key: PaillierKey, layout: SlotLayout, length: int) -> None:
@@ -202,10 +230,11 @@ def _check_header(message: Message, key: PaillierKey, layout: SlotLayout, length
         raise KeyMismatchError(f"{message.type.name} from {message.sender} was encrypted under Paillier key "
                                f"{body['key'].hex()[:16]}, but this party holds key {key.fingerprint} "
                                "(a key file from another federation?)")
-    if (body["length"], body["slot_bits"], body["slots"]) != (length, layout.slot_bits, layout.slots):
-        raise ProtocolError(f"{message.type.name} from {message.sender}: layout {body['length']} values in "
-                            f"{body['slots']} x {body['slot_bits']}-bit slots, expected {length} in "
-                            f"{layout.slots} x {layout.slot_bits}")
+    expected = _header(key, layout, length)
+    if any(body[name] != expected[name] for name in ("length", "value_bits", "slot_bits", "slots")):
+        raise ProtocolError(f"{message.type.name} from {message.sender}: layout {body['length']} {body['value_bits']}-"
+                            f"bit values in {body['slots']} x {body['slot_bits']}-bit slots, expected {length} "
+                            f"{layout.value_bits}-bit values in {layout.slots} x {layout.slot_bits}")
 
 
 class PaillierServer:
@@ -242,9 +271,8 @@ class PaillierServer:
         if self.total is None:
             raise ProtocolError("no input has arrived: nothing to sum")
         return encode(Message(MessageType.PAILLIER_SUM, self.session, self.round_idx, SERVER, {
-            "key": self.public.fingerprint_bytes, "length": self.length, "slot_bits": self.layout.slot_bits,
-            "slots": self.layout.slots, "ciphertexts": _to_bytes(self.total, ciphertext_bytes(self.public)),
-            "contributors": sorted(self.contributors)}))
+            **_header(self.public, self.layout, self.length),
+            "ciphertexts": _to_bytes(self.total, ciphertext_bytes(self.public)), "contributors": sorted(self.contributors)}))
 
 
 def decrypt_sum(raw: bytes, key: PaillierKey, layout: SlotLayout, length: int, session: bytes, round_idx: int,
