@@ -48,7 +48,7 @@ class PaillierAggregator(Aggregator):
         # the modulus has exactly key_bits bits, so plaintexts below 2^(key_bits - 1) are below n
         self.layout = SlotLayout.for_clients(cfg.value_bits, max_clients, cfg.key_bits - 1)
         self.key, self.key_setup = self._client_key(cfg, client_ids)
-        self._setup_unbilled = True  # the key hand-out is billed to the first round's download
+        self._setup_unbilled = True  # the key hand-out is billed to the first round's bytes up and down
         self.server_key = self.key.public()  # all the server ever holds
         self.ciphertexts = self.layout.plaintexts_for(vector_length)
         self.workers = PaillierWorkers(self.key, cfg.workers or os.cpu_count() or 1)

@@ -99,6 +99,7 @@ class PaillierWorkers:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.key, self.processes = key, processes
         self._pool: ProcessPoolExecutor | None = None
+        self._finalizer: weakref.finalize | None = None
         self._pending: deque[Future] = deque()
         self._ready: list[gmpy2.mpz] = []
         self.cpu_seconds = 0.0
@@ -138,8 +139,7 @@ class PaillierWorkers:
             self.prefetch(count - self.queued)
         waiting = count - min(count, len(self._ready))
         with tqdm(total=count, initial=count - waiting, disable=not progress or waiting < PROGRESS_MIN_ITEMS,
-                  leave=False,
-                  desc="paillier obfuscators", unit="ct", dynamic_ncols=True) as bar:
+                  leave=False, desc="paillier obfuscators", unit="ct", dynamic_ncols=True) as bar:
             while len(self._ready) < count:
                 values, seconds = self._result(self._pending.popleft())
                 self.cpu_seconds += seconds
@@ -155,8 +155,7 @@ class PaillierWorkers:
         futures = [pool.submit(_decrypt, ciphertexts[i:i + chunk]) for i in range(0, len(ciphertexts), chunk)]
         plaintexts: list[int] = []
         with tqdm(total=len(ciphertexts), disable=not progress or len(ciphertexts) < PROGRESS_MIN_ITEMS,
-                  leave=False, desc="paillier decryption",
-                  unit="ct", dynamic_ncols=True) as bar:
+                  leave=False, desc="paillier decryption", unit="ct", dynamic_ncols=True) as bar:
             for future in futures:
                 values, seconds = self._result(future)
                 self.cpu_seconds += seconds
@@ -170,7 +169,8 @@ class PaillierWorkers:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._finalizer.detach()
+            if self._finalizer is not None:
+                self._finalizer.detach()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
