@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import phe
+from benchmark_table import table  # benchmarks/benchmark_table.py, beside this script
 
 from privfed.secure.encoding import FixedPointEncoding
 from privfed.secure.packing import SlotLayout
@@ -127,14 +128,6 @@ def end_to_end() -> list[dict]:
             row["ratio"] = row["paillier_s"] / row["plain_s"]
             rows.append(row)
     return rows
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

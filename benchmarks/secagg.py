@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchmark_table import table  # benchmarks/benchmark_table.py, beside this script
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privfed.config import DropoutStage
@@ -117,14 +118,6 @@ def end_to_end() -> dict:
     return {"plain_round_s": plain / 3, "secagg_round_s": secure / 3, "ratio": secure / plain,
             "plain_accuracy": out["plain"][0][1], "secagg_accuracy": out["secagg"][0][1],
             "secagg_aggregation_s_per_round": min(a for _, _, a in out["secagg"]) / 3}
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
