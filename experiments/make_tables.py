@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from privfed.config import load_config
+from privfed.epsilon_sweep import sweep
 from privfed.report.tables import markdown_table, summary_rows
-from privfed.sweep import sweep
 
 HERE = Path(__file__).parent
 TABLES = {

@@ -6,10 +6,18 @@ Typical use::
     cfg = privfed.load_config(overrides=["training.rounds=2"])   # the built-in demo, changed
     results = privfed.run(cfg, "runs/demo")
     print(privfed.summary_table([results]))
+    fig = privfed.plots.plot_rounds(results)
+
+Secure aggregation on its own (what the server sees, what it recovers): :func:`make_aggregator` with a
+:class:`ServerView`. The heavier parts (plots, aggregation back-ends, Paillier packing and keys) are imported on
+first use, so ``import privfed`` stays quick.
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from privfed.config import (
     Accountant,
@@ -38,6 +46,29 @@ from privfed.errors import (
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from privfed.federation.aggregation import Aggregator
+
+# public name -> "module:attribute" (or "module" for a whole module), imported on first access
+_LAZY = {
+    "plots": "privfed.report.plots",
+    "ServerView": "privfed.federation.server_view:ServerView",
+    "AggregationOutcome": "privfed.federation.aggregation:AggregationOutcome",
+    "SlotLayout": "privfed.secure.packing:SlotLayout",
+    "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'privfed' has no attribute {name!r}")
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attribute) if attribute else module
+    globals()[name] = value
+    return value
+
 
 def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> dict:
@@ -57,16 +88,52 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
     return run(RunDirectory(Path(out_dir)).config(), out_dir, resume=True, progress=progress)
 
 
+def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Path, *,
+          progress: bool = True) -> list[dict]:
+    """One run per ε target (``math.inf`` = no DP) under ``out_dir``, then table.md, table.csv and the
+    privacy/utility plot there; returns the runs' results. Finished runs are reused, interrupted ones resumed."""
+    from privfed.epsilon_sweep import sweep as _sweep
+
+    return _sweep(config, [float(e) for e in epsilons], Path(out_dir), progress=progress)
+
+
 def summary_table(results: list[dict]) -> str:
+    """Markdown table: one row per run, ε spent against final quality."""
     from privfed.report.tables import markdown_table, summary_rows
 
     return markdown_table(summary_rows(results))
+
+
+def rounds_table(results: dict) -> str:
+    """Markdown table of one run: quality, ε, bytes and seconds per round."""
+    from privfed.report.tables import markdown_table, round_rows
+
+    return markdown_table(round_rows(results))
+
+
+def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_length: int,
+                    progress: bool = False) -> Aggregator:
+    """A secure-sum back-end on its own, for rounds of up to ``num_clients`` clients with ids 0..num_clients-1.
+
+    ``aggregator.aggregate(round, {client: vector}, dropouts, view=ServerView())`` returns the sum and what it
+    cost; the view records what the server received. Close it (or use ``with``) to stop Paillier's workers.
+    """
+    from privfed.config import validate_aggregation
+    from privfed.federation.aggregation import make_aggregator as _make
+
+    validate_aggregation(aggregation)
+    if num_clients < 1 or vector_length < 1:
+        raise ConfigError("make_aggregator", f"needs num_clients >= 1 and vector_length >= 1, got {num_clients} "
+                                             f"and {vector_length}")
+    return _make(aggregation, max_clients=num_clients, vector_length=vector_length,
+                 client_ids=list(range(num_clients)), progress=progress)
 
 
 __all__ = [
     "Accountant",
     "Aggregation",
     "AggregationConfig",
+    "AggregationOutcome",
     "ClientOptimizer",
     "Clipping",
     "ConfigError",
@@ -76,16 +143,23 @@ __all__ = [
     "ExperimentConfig",
     "MissingAssetError",
     "ModelSource",
+    "PaillierKey",
     "Partition",
     "PrivacyViolationError",
     "PrivfedError",
     "Regime",
+    "ServerView",
+    "SlotLayout",
     "Strategy",
     "__version__",
     "from_dict",
     "load_config",
+    "make_aggregator",
+    "plots",
     "resume",
+    "rounds_table",
     "run",
     "summary_table",
+    "sweep",
     "to_dict",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -76,19 +77,22 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfgmod.load_config(args.config, args.overrides)
         out = args.out or _unused_run_dir(Path("runs") / cfg.name)
     results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    from privfed.report.plots import plot_rounds
+
+    plot_rounds(results, out / "rounds.png")
     print(f"\n## {cfg.name}: per round\n")
     print(markdown_table(round_rows(results)))
     print("\n## Summary\n")
     print(markdown_table(summary_rows([results])))
     for note in results["notes"]:
         print(f"note: {note}")
-    print(f"\nwrote {out}/ (config.yaml, metrics.csv, ledger.jsonl, results.json)")
+    print(f"\nwrote {out}/ (config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png)")
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from privfed.config import load_config
-    from privfed.sweep import parse_epsilons, sweep
+    from privfed.epsilon_sweep import parse_epsilons, sweep
 
     epsilons = parse_epsilons(args.epsilons)
     cfg = load_config(args.config, args.overrides)
@@ -135,6 +139,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # files only, never a window
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)

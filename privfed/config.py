@@ -381,6 +381,23 @@ def _check(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
+def validate_aggregation(a: AggregationConfig) -> None:
+    """The aggregation section's own rules (also checked when a back-end is built on its own)."""
+    _check(a.neighbours >= 0 and a.neighbours % 2 == 0, "aggregation.neighbours",
+           f"must be 0 (all) or an even number >= 2 (SecAgg+ ring), got {a.neighbours}")
+    _check(0.5 < a.threshold <= 1.0, "aggregation.threshold",
+           f"must be in (0.5, 1]: a majority, so no two disjoint groups can both unmask; got {a.threshold}")
+    _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
+    _check(2 <= a.value_bits <= 53, "aggregation.value_bits", f"must be in [2, 53], got {a.value_bits}")
+    _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
+    _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
+           "applies to secagg only")
+    _check(a.key_bits in PAILLIER_KEY_BITS, "aggregation.key_bits",
+           f"must be one of {', '.join(map(str, PAILLIER_KEY_BITS))}, got {a.key_bits}")
+    _check(a.workers >= 0, "aggregation.workers", "must be >= 0 (0 = one per CPU core)")
+    _check(not a.key_file or a.method is Aggregation.PAILLIER, "aggregation.key_file", "applies to paillier only")
+
+
 def validate(c: ExperimentConfig) -> None:
     """Reject impossible values up front, naming the key and the allowed range."""
     d, p, m, pr, t, f, a = c.data, c.partition, c.model, c.privacy, c.training, c.federation, c.aggregation
@@ -418,19 +435,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(0.0 <= f.server_beta1 < 1.0, "federation.server_beta1", "must be in [0, 1)")
     _check(0.0 <= f.server_beta2 < 1.0, "federation.server_beta2", "must be in [0, 1)")
     _check(f.server_tau > 0, "federation.server_tau", "must be > 0")
-    _check(a.neighbours >= 0 and a.neighbours % 2 == 0, "aggregation.neighbours",
-           f"must be 0 (all) or an even number >= 2 (SecAgg+ ring), got {a.neighbours}")
-    _check(0.5 < a.threshold <= 1.0, "aggregation.threshold",
-           f"must be in (0.5, 1]: a majority, so no two disjoint groups can both unmask; got {a.threshold}")
-    _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
-    _check(2 <= a.value_bits <= 53, "aggregation.value_bits", f"must be in [2, 53], got {a.value_bits}")
-    _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
-    _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
-           "applies to secagg only")
-    _check(a.key_bits in PAILLIER_KEY_BITS, "aggregation.key_bits",
-           f"must be one of {', '.join(map(str, PAILLIER_KEY_BITS))}, got {a.key_bits}")
-    _check(a.workers >= 0, "aggregation.workers", "must be >= 0 (0 = one per CPU core)")
-    _check(not a.key_file or a.method is Aggregation.PAILLIER, "aggregation.key_file", "applies to paillier only")
+    validate_aggregation(a)
     _check(pr.distributed_noise >= 0 and math.isfinite(pr.distributed_noise), "privacy.distributed_noise",
            "must be >= 0 (0 = off)")
     _check(pr.distributed_noise == 0 or a.method is Aggregation.SECAGG, "privacy.distributed_noise",

@@ -34,7 +34,7 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "## Summary" in proc.stdout and "ε spent" in proc.stdout
-    for name in ("config.yaml", "metrics.csv", "results.json", "ledger.jsonl"):
+    for name in ("config.yaml", "metrics.csv", "results.json", "ledger.jsonl", "rounds.png"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     assert set(res["versions"]) == {"privfed", "torch", "opacus", "transformers", "peft"}

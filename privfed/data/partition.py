@@ -72,6 +72,13 @@ def partition(pool: TextDataset, cfg: PartitionConfig, rng: np.random.Generator)
     return partition_natural(list(pool.groups), cfg.num_clients)
 
 
+def natural_owners(pool: TextDataset, shards: list[np.ndarray], groups: tuple[str, ...]) -> np.ndarray:
+    """For each of ``groups`` (e.g. the held-out examples' groups), the client whose shard holds that natural group;
+    -1 where no client does. Natural partitions give each group to exactly one client, so this is well defined."""
+    owner = {pool.groups[int(i)]: cid for cid, idx in enumerate(shards) for i in idx}
+    return np.asarray([owner.get(g, -1) for g in groups], dtype=np.int64)
+
+
 def describe(pool: TextDataset, shards: list[np.ndarray]) -> list[dict]:
     """Per-client size, label histogram (classification) and natural groups, for results.json."""
     out = []

@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
+from privfed.federation.server_view import ServerView
 from privfed.privacy.distributed import SkellamShare
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
 from privfed.secure.graph import effective_degree, round_threshold
-from privfed.secure.messages import SESSION_BYTES, ProtocolError
+from privfed.secure.messages import SESSION_BYTES, MessageType, ProtocolError, decode
+from privfed.secure.primitives import word_dtype
 from privfed.secure.secagg import RoundAborted, RoundParameters, SecAggClient, SecAggServer
 from privfed.secure.simulate import run_round
 
@@ -38,6 +40,14 @@ class AggregationOutcome:
 
 
 class Aggregator(abc.ABC):
+    """A secure-sum back-end; usable as a context manager, which closes it."""
+
+    def __enter__(self) -> Aggregator:  # noqa: PYI034 (typing.Self needs Python 3.11; privfed supports 3.10)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def prepare_round(self, round_idx: int, client_ids: list[int]) -> None:
         """Called before the round's clients train: a back-end may start client-side work that needs no update."""
 
@@ -50,10 +60,11 @@ class Aggregator(abc.ABC):
 
     @abc.abstractmethod
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
         """Sum ``contributions`` (client id -> float vector), revealing only the sum to the server.
 
-        ``dropouts``: clients that vanish during the round, at the configured stage.
+        ``dropouts``: clients that vanish during the round, at the configured stage. ``view``, if given, records
+        every message the server receives and each client's upload as the server could read it.
         """
 
 
@@ -64,7 +75,7 @@ class PlainAggregator(Aggregator):
         self.cfg = cfg
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
         start = time.perf_counter()
         arrived = {c: v for c, v in contributions.items()
                    if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING}
@@ -74,8 +85,11 @@ class PlainAggregator(Aggregator):
             return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
                                       {"abort_reason": "every client dropped before uploading"})
         total = np.zeros(length, dtype=np.float64)
-        for vector in arrived.values():
-            total += vector.astype(np.float32)  # what travels is float32
+        for cid, vector in arrived.items():
+            sent = vector.astype(np.float32)  # what travels is float32
+            if view is not None:
+                view.record(cid, "PLAIN_UPDATE", size, sent)
+            total += sent
         return AggregationOutcome(total=total, contributors=tuple(sorted(arrived)), bytes_up_per_client=size,
                                   bytes_down_per_client=0, seconds=time.perf_counter() - start,
                                   details={"dropouts": len(contributions) - len(arrived)})
@@ -118,7 +132,7 @@ class SecAggAggregator(Aggregator):
                                                                 serialization.PublicFormat.Raw) for c in clients}
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
         start = time.perf_counter()
         ids = sorted(contributions)
         if len(ids) < 2:  # the "sum" of one client is its update: secure aggregation cannot hide it
@@ -157,7 +171,7 @@ class SecAggAggregator(Aggregator):
         dropping = {c: self.cfg.dropout_stage for c in dropouts if c in clients}
         total, contributors, abort_reason, recovered = None, (), None, ()
         try:
-            outcome, log = run_round(server, clients, dropping)
+            outcome, log = run_round(server, clients, dropping, None if view is None else _recorder(view, server))
             total = self.encoding.decode_sum(outcome.total)
             contributors, recovered = outcome.contributors, outcome.recovered_dropouts
             left = log.dropped
@@ -178,6 +192,24 @@ class SecAggAggregator(Aggregator):
             bytes_up_per_client=sum(c.bytes_sent for c in clients.values()) // n,
             bytes_down_per_client=sum(c.bytes_received for c in clients.values()) // n,
             seconds=time.perf_counter() - start, details=details, noise=share)
+
+
+def _recorder(view: ServerView, server: SecAggServer):
+    """A transport tap that files each client message in ``view``, with the masked vector of MASKED_INPUT."""
+    params = server.params
+
+    def tap(sender: int, raw: bytes) -> None:
+        try:
+            message = decode(raw, max_bytes=server.max_bytes, session=params.session, round_idx=params.round)
+        except ProtocolError:
+            view.record(sender, "MALFORMED", len(raw))
+            return
+        upload = None
+        if message.type is MessageType.MASKED_INPUT:
+            upload = np.frombuffer(message.body["vector"], dtype=word_dtype(params.word_bits)).copy()
+        view.record(sender, message.type.name, len(raw), upload)
+
+    return tap
 
 
 def make_aggregator(cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],

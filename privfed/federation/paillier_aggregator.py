@@ -18,6 +18,7 @@ import numpy as np
 from privfed.config import AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
 from privfed.federation.aggregation import AggregationOutcome, Aggregator
+from privfed.federation.server_view import ServerView
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
 from privfed.secure.messages import SESSION_BYTES, ProtocolError
 from privfed.secure.packing import SlotLayout
@@ -106,7 +107,7 @@ class PaillierAggregator(Aggregator):
         self.workers.close()
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset()) -> AggregationOutcome:
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
         start = time.perf_counter()
         ids = sorted(contributions)
         if len(ids) > self.layout.max_clients:  # before anything is encrypted
@@ -136,12 +137,14 @@ class PaillierAggregator(Aggregator):
             packed = time.perf_counter()
             obfuscators = self.workers.take(self.ciphertexts, self.progress)
             ready = time.perf_counter()
-            raw = input_message(self.key, self.layout, self.vector_length,
-                                encrypt_packed(plaintexts, self.key, obfuscators), session, round_idx, cid)
+            ciphertexts = encrypt_packed(plaintexts, self.key, obfuscators)
+            raw = input_message(self.key, self.layout, self.vector_length, ciphertexts, session, round_idx, cid)
             encode_seconds += packed - tick
             wait_seconds += ready - packed
             encrypt_seconds += time.perf_counter() - ready
             uploaded += len(raw)
+            if view is not None:
+                view.record(cid, "PAILLIER_INPUT", len(raw), np.array(ciphertexts, dtype=object))
             try:
                 server.receive(cid, raw)
             except (ProtocolError, KeyMismatchError) as err:  # as SecAgg: a refused input aborts the round

@@ -9,8 +9,8 @@ import numpy as np
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privfed.config import DpMode, ExperimentConfig, Regime
-from privfed.data.partition import describe, partition
+from privfed.config import DpMode, ExperimentConfig, Partition, Regime
+from privfed.data.partition import describe, natural_owners, partition
 from privfed.data.sources import load_dataset
 from privfed.data.tokenize import tokenize
 from privfed.federation.client import Client
@@ -34,6 +34,7 @@ class Federation:
     partition_summary: list[dict]
     trainable_names: list[str]
     explicit_positions: bool
+    test_owners: np.ndarray | None = None  # natural partitions: the client owning each held-out example's group
 
     @property
     def num_trainable(self) -> int:
@@ -91,5 +92,6 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
         clients.append(Client(cid, model, params, shard, loaded.task, cfg.training, dp, cfg.seed,
                               explicit_positions))
     server_params = [p for _, p in trainable_parameters(base)]
+    owners = natural_owners(pool, shards, test.groups) if cfg.partition.scheme is Partition.NATURAL else None
     return Federation(cfg, loaded.task, clients, base, server_params, test_data, describe(pool, shards), names,
-                      explicit_positions)
+                      explicit_positions, owners)

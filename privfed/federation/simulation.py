@@ -143,7 +143,8 @@ def _run_rounds(cfg: ExperimentConfig, run_dir: RunDirectory, fed: Federation, s
     if state is None:
         run_dir.start(cfg)
         state = RunState(0, flatten(fed.server_params), {}, Ledger())
-        state.initial = evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions)
+        state.initial = evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions,
+                                 owners=fed.test_owners)
     else:
         strategy.load_state_dict(state.strategy_state)
         for client in fed.clients:
@@ -215,7 +216,8 @@ def _run_rounds(cfg: ExperimentConfig, run_dir: RunDirectory, fed: Federation, s
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
         load_into(fed.server_params, state.global_vector)
         row["train_loss"] = float(np.average(losses, weights=weights)) if losses else math.nan
-        row.update(evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions))
+        row.update(evaluate(fed.server_model, fed.test_data, fed.task, explicit_positions=fed.explicit_positions,
+                            owners=fed.test_owners))
         row["epsilon"] = max(client_epsilons(fed, state.ledger).values(), default=0.0)
         if cfg.privacy.distributed_noise > 0:
             row["user_epsilon"] = max(client_user_epsilons(fed, state.ledger).values(), default=0.0)

@@ -1,31 +1,47 @@
-"""Plots of quality against ε (sweeps) and of quality and ε per round (single runs); PNG via matplotlib."""
+"""Every plot privfed draws, for the CLI (saved as PNG) and notebooks (shown inline) alike.
+
+Each function returns the matplotlib ``Figure``; given ``path`` it also saves the figure there and closes it. The
+backend is left to the caller: the CLI selects Agg, Jupyter its inline backend.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")  # headless: CLI, CI and notebooks alike
 import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
+from privfed.federation.server_view import ServerView
 from privfed.report.tables import quality_key
+
+_SIZE = (5.5, 3.8)
 
 
 def _label(key: str) -> str:
     return "accuracy (higher is better)" if key == "eval_accuracy" else "perplexity (lower is better)"
 
 
-def plot_privacy_utility(runs: list[dict], path: Path | None = None, ax=None):
-    """Final quality against ε spent; the non-private run(s) dashed, the untrained model dotted."""
+def _finish(fig: Figure, path: Path | str | None) -> Figure:
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+        plt.close(fig)
+    return fig
+
+
+def plot_privacy_utility(runs: Sequence[dict], path: Path | str | None = None, ax=None) -> Figure:
+    """Final quality against ε spent (log scale); non-private runs dashed, the untrained model dotted."""
+    if not runs:
+        raise ValueError("plot_privacy_utility needs at least one run's results")
     key = quality_key(runs[0])
     private = sorted((float(r["final"]["epsilon"]), float(r["final"][key])) for r in runs
                      if math.isfinite(float(r["final"]["epsilon"])))
     public = [float(r["final"][key]) for r in runs if not math.isfinite(float(r["final"]["epsilon"]))]
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    fig = plt.subplots(figsize=_SIZE, dpi=120)[0] if ax is None else ax.figure
+    ax = ax or fig.axes[0]
     if private:
         ax.plot([e for e, _ in private], [q for _, q in private], "o-", label="DP-SGD (record-level)")
         for e, q in private:
@@ -44,31 +60,116 @@ def plot_privacy_utility(runs: list[dict], path: Path | None = None, ax=None):
     ax.set_title(runs[0]["config"]["name"].split("-eps")[0])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    if fig is not None:
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
-    return ax
+    return _finish(fig, path)
 
 
-def plot_rounds(results: dict, path: Path | None = None):
-    """Quality and ε per round, on twin axes."""
+def plot_rounds(results: dict, path: Path | str | None = None) -> Figure:
+    """Quality and ε per round, on twin axes; round 0 is the model before training."""
     key = quality_key(results)
-    rounds = [r["round"] for r in results["rounds"]]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    ax.plot(rounds, [float(r[key]) for r in results["rounds"]], "o-", color="C0")
+    rounds = [0] + [r["round"] for r in results["rounds"]]
+    quality = [float(results["initial"][key])] + [float(r[key]) for r in results["rounds"]]
+    fig, ax = plt.subplots(figsize=_SIZE, dpi=120)
+    ax.plot(rounds, quality, "o-", color="C0")
     ax.set_xlabel("round")
+    ax.set_xticks(rounds)
     ax.set_ylabel(_label(key), color="C0")
-    eps = [float(r["epsilon"]) for r in results["rounds"]]
+    eps = [0.0] + [float(r["epsilon"]) for r in results["rounds"]]
     if all(math.isfinite(e) for e in eps):
         ax2 = ax.twinx()
         ax2.plot(rounds, eps, "s--", color="C3")
-        ax2.set_ylabel("ε spent", color="C3")
+        ax2.set_ylabel("ε spent (worst client)", color="C3")
+        ax2.set_ylim(bottom=0)
     ax.set_title(results["config"]["name"])
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-        plt.close(fig)
-    return fig
+    return _finish(fig, path)
+
+
+def plot_client_quality(runs: Sequence[dict], labels: Sequence[str] | None = None,
+                        path: Path | str | None = None) -> Figure:
+    """Each client's held-out quality before and after training, one panel per run (natural partitions).
+
+    A client's held-out examples are those of its own natural groups, so the panels show who the federation
+    serves well and who it leaves behind.
+    """
+    if not runs:
+        raise ValueError("plot_client_quality needs at least one run's results")
+    labels = list(labels) if labels is not None else [r["config"]["name"] for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    key = quality_key(runs[0])
+    fig, axes = plt.subplots(1, len(runs), figsize=(2.6 * len(runs) + 1.2, 3.6), dpi=120, sharey=True,
+                             squeeze=False)
+    for ax, res, label in zip(axes[0], runs, labels):
+        before, after = res["initial"].get("per_client"), (res["rounds"][-1] if res["rounds"] else {}).get("per_client")
+        if not before or not after:
+            raise ValueError(f"run {res['config']['name']!r} has no per-client evaluation: it needs "
+                             "partition.scheme=natural (each client owns its natural groups' held-out examples)")
+        clients = sorted(before, key=int)
+        x = np.arange(len(clients))
+        ax.bar(x - 0.2, [before[c][key] for c in clients], 0.4, color="0.75", label="before")
+        ax.bar(x + 0.2, [after[c][key] for c in clients], 0.4, color="C0", label="after")
+        ax.set_xticks(x, [f"{c}\n({before[c]['examples']})" for c in clients], fontsize=8)
+        eps = float(res["final"]["epsilon"])
+        ax.set_title(f"{label}\nε = {'∞' if math.isinf(eps) else f'{eps:.2f}'}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(_label(key))
+    axes[0][0].legend(fontsize=8)
+    fig.supxlabel("client (held-out examples)", fontsize=9)
+    return _finish(fig, path)
+
+
+def _as_unit_interval(upload: np.ndarray) -> np.ndarray | None:
+    """Unsigned words scaled to [0, 1) by their word size; None for anything else (floats are shown as they are)."""
+    if upload.dtype.kind == "u":
+        return upload.astype(np.float64) / float(np.iinfo(upload.dtype).max + 1)
+    return None
+
+
+def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, ServerView], client: int,
+                     path: Path | str | None = None) -> Figure:
+    """One client's input beside what the server received from it under each back-end.
+
+    ``views`` maps a label (e.g. "plain", "secagg") to the :class:`ServerView` of a round over ``inputs``. A
+    plain upload is the input itself; a masked upload (unsigned words) is drawn scaled to [0, 1), where a
+    uniform histogram is what "indistinguishable from noise" looks like.
+    """
+    fig, axes = plt.subplots(1, 1 + len(views), figsize=(3.2 * (1 + len(views)), 3.2), dpi=120, squeeze=False)
+    axes = axes[0]
+    values = np.asarray(inputs[client], dtype=np.float64)
+    axes[0].hist(values, bins=50, color="C2")
+    axes[0].set_title(f"client {client}'s input", fontsize=9)
+    axes[0].set_xlabel("value")
+    for ax, (label, view) in zip(axes[1:], views.items()):
+        upload = view.uploads.get(client)
+        if upload is None:
+            ax.text(0.5, 0.5, "nothing received", ha="center", va="center", transform=ax.transAxes)
+        elif (unit := _as_unit_interval(upload)) is not None:
+            ax.hist(unit, bins=50, color="C3", density=True)
+            ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="uniform")
+            ax.set_xlabel(f"word / 2^{upload.dtype.itemsize * 8}")
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            ax.hist(np.asarray(upload, dtype=np.float64), bins=50, color="C0")
+            ax.set_xlabel("value")
+        ax.set_title(f"server's view: {label}", fontsize=9)
+    axes[0].set_ylabel("count")
+    return _finish(fig, path)
+
+
+def plot_messages(view: ServerView, path: Path | str | None = None) -> Figure:
+    """Bytes each client sent the server in one round, one bar per message type (log scale: key exchanges are
+    hundreds of bytes, an update tens of thousands). A client that dropped out is missing its later bars."""
+    senders = sorted({m.sender for m in view.messages})
+    kinds = list(dict.fromkeys(m.kind for m in view.messages))
+    width = 0.8 / max(len(kinds), 1)
+    fig, ax = plt.subplots(figsize=_SIZE, dpi=120)
+    for i, kind in enumerate(kinds):
+        sizes = [sum(m.size for m in view.messages if m.sender == s and m.kind == kind) for s in senders]
+        ax.bar(np.arange(len(senders)) + (i - (len(kinds) - 1) / 2) * width, sizes, width, label=kind.lower())
+    ax.set_xticks(np.arange(len(senders)), [str(s) for s in senders])
+    ax.set_yscale("log")
+    ax.set_xlabel("client")
+    ax.set_ylabel("bytes sent to the server")
+    ax.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.grid(True, axis="y", alpha=0.3)
+    return _finish(fig, path)

@@ -5,7 +5,7 @@ and reuse the client and server objects unchanged.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from privfed.config import DropoutStage
@@ -31,8 +31,12 @@ def batch_type(batch: Mapping[int, bytes], server: SecAggServer) -> MessageType:
 
 
 def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
-              dropouts: Mapping[int, DropoutStage] | None = None) -> tuple[ServerOutcome, RoundLog]:
-    """Drive the round to its end. RoundAborted propagates; a client that refuses a message leaves the round."""
+              dropouts: Mapping[int, DropoutStage] | None = None,
+              tap: Callable[[int, bytes], None] | None = None) -> tuple[ServerOutcome, RoundLog]:
+    """Drive the round to its end. RoundAborted propagates; a client that refuses a message leaves the round.
+
+    ``tap(sender, raw)`` sees every message a client sends the server, before the server does.
+    """
     dropouts = dropouts or {}
     log = RoundLog()
     gone: set[int] = set()
@@ -49,6 +53,8 @@ def run_round(server: SecAggServer, clients: Mapping[int, SecAggClient],
                 continue
             try:
                 reply = clients[cid].handle(raw)
+                if tap is not None:
+                    tap(cid, reply)
                 server.receive(cid, reply)
             except ProtocolError as err:
                 gone.add(cid)
