@@ -46,13 +46,19 @@ from privfed.errors import (
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from privfed.federation.aggregation import Aggregator
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from privfed.federation.aggregation import AggregationOutcome, Aggregator
+    from privfed.federation.server_view import ReceivedMessage, ServerView
+    from privfed.report import plots
+    from privfed.secure.packing import SlotLayout
+    from privfed.secure.paillier_keys import PaillierKey
 
 # public name -> "module:attribute" (or "module" for a whole module), imported on first access
 _LAZY = {
     "plots": "privfed.report.plots",
     "ServerView": "privfed.federation.server_view:ServerView",
+    "ReceivedMessage": "privfed.federation.server_view:ReceivedMessage",
+    "Aggregator": "privfed.federation.aggregation:Aggregator",
     "AggregationOutcome": "privfed.federation.aggregation:AggregationOutcome",
     "SlotLayout": "privfed.secure.packing:SlotLayout",
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
@@ -70,6 +76,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:  # tab completion sees the lazy names too
+    return sorted(set(globals()) | set(__all__))
+
+
 def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> dict:
     """Run one federated experiment and write its artefacts to ``out_dir``; returns results.json as a dict.
@@ -79,6 +89,13 @@ def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, 
     from privfed.federation.simulation import run as _run
 
     return _run(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress)
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """The results.json of a finished run (a run directory or the file itself), as :func:`run` returned it."""
+    from privfed.results import read_results
+
+    return read_results(Path(run_dir))
 
 
 def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
@@ -115,16 +132,20 @@ def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_
                     progress: bool = False) -> Aggregator:
     """A secure-sum back-end on its own, for rounds of up to ``num_clients`` clients with ids 0..num_clients-1.
 
-    ``aggregator.aggregate(round, {client: vector}, dropouts, view=ServerView())`` returns the sum and what it
-    cost; the view records what the server received. Close it (or use ``with``) to stop Paillier's workers.
+    ``aggregator.aggregate(round, {client: vector}, dropouts, view=ServerView())`` returns an
+    :class:`AggregationOutcome` (the sum, or None if the round aborted; contributors; bytes; seconds; ``details``,
+    whose keys depend on the back-end) and fills the view with what the server received. Vectors hold
+    ``vector_length`` values in [-clip_range, clip_range]. ``plan()`` is the cost line a run prints first;
+    ``prepare_round(round, clients)`` starts Paillier's obfuscators early (in training, while clients train);
+    ``close()``, or a ``with`` block, stops Paillier's worker processes.
     """
     from privfed.config import validate_aggregation
     from privfed.federation.aggregation import make_aggregator as _make
 
     validate_aggregation(aggregation)
     if num_clients < 1 or vector_length < 1:
-        raise ConfigError("make_aggregator", f"needs num_clients >= 1 and vector_length >= 1, got {num_clients} "
-                                             f"and {vector_length}")
+        raise ValueError(f"make_aggregator needs num_clients >= 1 and vector_length >= 1, got {num_clients} and "
+                         f"{vector_length}")
     return _make(aggregation, max_clients=num_clients, vector_length=vector_length,
                  client_ids=list(range(num_clients)), progress=progress)
 
@@ -134,6 +155,7 @@ __all__ = [
     "Aggregation",
     "AggregationConfig",
     "AggregationOutcome",
+    "Aggregator",
     "ClientOptimizer",
     "Clipping",
     "ConfigError",
@@ -147,6 +169,7 @@ __all__ = [
     "Partition",
     "PrivacyViolationError",
     "PrivfedError",
+    "ReceivedMessage",
     "Regime",
     "ServerView",
     "SlotLayout",
@@ -154,6 +177,7 @@ __all__ = [
     "__version__",
     "from_dict",
     "load_config",
+    "load_results",
     "make_aggregator",
     "plots",
     "resume",

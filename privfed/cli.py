@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
     from privfed.report.plots import plot_rounds
 
-    plot_rounds(results, out / "rounds.png")
+    plot_rounds(results, path=out / "rounds.png")
     print(f"\n## {cfg.name}: per round\n")
     print(markdown_table(round_rows(results)))
     print("\n## Summary\n")
@@ -139,7 +138,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")  # files only, never a window
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI writes PNG files and never opens a window, whatever MPLBACKEND says
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)

@@ -42,7 +42,7 @@ def write_report(runs: list[dict], out_dir: Path) -> str:
     table = markdown_table(rows)
     (out_dir / "table.md").write_text(table + "\n")
     (out_dir / "table.csv").write_text(csv_table(rows))
-    plot_privacy_utility(runs, out_dir / "privacy_utility.png")
+    plot_privacy_utility(runs, path=out_dir / "privacy_utility.png")
     return table
 
 

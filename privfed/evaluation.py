@@ -28,6 +28,10 @@ def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int 
     client id (as a string, for JSON) -> its metrics and example count, over the held-out examples of its own
     natural groups. That is how a non-IID federation's clients each fare, at no extra cost.
     """
+    if len(data) == 0:
+        raise ValueError("no held-out examples to evaluate on: raise data.test_fraction or data.eval_examples")
+    if owners is not None and len(owners) != len(data):
+        raise ValueError(f"{len(owners)} owners for {len(data)} held-out examples")
     was_training = model.training
     model.eval()
     losses_all, weights_all, correct_all = [], [], []

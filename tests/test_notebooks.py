@@ -94,8 +94,14 @@ def test_notebook_is_committed_clean_and_uses_only_the_public_api(path):
     assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= len(code) / 2, "tell the story between the cells"
+    import privfed
+
     private = [m.group(0) for c in code for m in re.finditer(r"(from|import)\s+privfed\.\w+", c.source)]
-    assert not private, f"notebooks use only `import privfed`, found {private}"
+    for c in code:  # privfed.X must be public: in privfed.__all__
+        private += [f"privfed.{node.attr}" for node in ast.walk(ast.parse(c.source))
+                    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id == "privfed" and node.attr not in privfed.__all__]
+    assert not private, f"notebooks use only `import privfed` and its public names, found {private}"
     _parameters_cell(nb)
 
 

@@ -52,19 +52,42 @@ def test_secagg_view_shows_a_dropout_stopping_early():
     assert view.bytes_from(0) - view.bytes_from(2) >= VECTOR * 4  # at least the masked vector it never sent
 
 
-def test_paillier_view_holds_ciphertexts_of_the_right_size():
-    outcome, view = _round(privfed.Aggregation.PAILLIER, key_bits=2048, workers=1)
-    assert view.kinds() == {"PAILLIER_INPUT": 4}
-    for c in range(4):
+def test_paillier_view_holds_randomised_ciphertexts():
+    view = privfed.ServerView()
+    cfg = privfed.AggregationConfig(method=privfed.Aggregation.PAILLIER, key_bits=2048, workers=1)
+    same = np.full(VECTOR, 0.25)
+    with privfed.make_aggregator(cfg, num_clients=4, vector_length=VECTOR) as agg:
+        outcome = agg.aggregate(1, {0: same, 1: same, 2: -same}, view=view)
+        n = agg.key.n
+    assert view.kinds() == {"PAILLIER_INPUT": 3}
+    for c in range(3):
         ciphertexts = view.uploads[c]
         assert len(ciphertexts) == outcome.details["ciphertexts_per_client"]
-        assert all(int(x).bit_length() > 2048 for x in ciphertexts)  # elements of Z*_{n^2}, not small plaintexts
+        assert all(int(x) % n != 1 for x in ciphertexts)  # obfuscated: without r^n a ciphertext is 1 + m n
         assert view.bytes_from(c) > len(ciphertexts) * 512
+    assert not set(map(int, view.uploads[0])) & set(map(int, view.uploads[1]))  # equal inputs, unrelated uploads
+    np.testing.assert_allclose(outcome.total, 0.25 * np.ones(VECTOR), atol=3 * outcome.details["step"])
+
+
+@pytest.mark.parametrize("method", list(privfed.Aggregation), ids=lambda m: m.value)
+def test_every_back_end_refuses_what_it_was_not_sized_for(method):
+    cfg = privfed.AggregationConfig(method=method, key_bits=2048, workers=1)
+    with privfed.make_aggregator(cfg, num_clients=2, vector_length=5) as agg:
+        with pytest.raises(ValueError, match="at most 2"):
+            agg.aggregate(1, {c: np.zeros(5) for c in range(3)})
+        with pytest.raises(ValueError, match=r"shape \(5,\)"):
+            agg.aggregate(1, {0: np.zeros(5), 1: np.zeros(6)})
+        with pytest.raises(ValueError, match="no contributions"):
+            agg.aggregate(1, {})
+        used = privfed.ServerView()
+        agg.aggregate(1, {0: np.zeros(5), 1: np.zeros(5)}, view=used)
+        with pytest.raises(ValueError, match="fresh ServerView"):
+            agg.aggregate(2, {0: np.zeros(5), 1: np.zeros(5)}, view=used)
 
 
 def test_make_aggregator_checks_its_settings():
     with pytest.raises(privfed.ConfigError, match="aggregation.threshold"):
         privfed.make_aggregator(privfed.AggregationConfig(method=privfed.Aggregation.SECAGG, threshold=0.4),
                                 num_clients=3, vector_length=10)
-    with pytest.raises(privfed.ConfigError, match="num_clients"):
+    with pytest.raises(ValueError, match="num_clients"):
         privfed.make_aggregator(privfed.AggregationConfig(), num_clients=0, vector_length=10)

@@ -39,6 +39,22 @@ class AggregationOutcome:
     noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
 
 
+def check_round_inputs(contributions: Mapping[int, np.ndarray], max_clients: int, vector_length: int,
+                       view: ServerView | None) -> None:
+    """What every back-end refuses before touching a vector: no inputs, more clients than it was sized for (their
+    sum could overflow the encoding), vectors of another length, a view already holding another round."""
+    if not contributions:
+        raise ValueError("no contributions to sum")
+    if len(contributions) > max_clients:
+        raise ValueError(f"{len(contributions)} clients in a round, but the back-end was sized for at most "
+                         f"{max_clients}: their sum could overflow the encoding")
+    wrong = {c: np.shape(v) for c, v in contributions.items() if np.shape(v) != (vector_length,)}
+    if wrong:
+        raise ValueError(f"every vector must have shape ({vector_length},); got {wrong}")
+    if view is not None and view.messages:
+        raise ValueError("this ServerView already holds a round; pass a fresh ServerView() to each round")
+
+
 class Aggregator(abc.ABC):
     """A secure-sum back-end; usable as a context manager, which closes it."""
 
@@ -71,11 +87,12 @@ class Aggregator(abc.ABC):
 class PlainAggregator(Aggregator):
     """No protection: the server receives each float32 vector and adds them (float64 accumulator)."""
 
-    def __init__(self, cfg: AggregationConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: AggregationConfig, max_clients: int, vector_length: int):
+        self.cfg, self.max_clients, self.vector_length = cfg, max_clients, vector_length
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
                   dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
+        check_round_inputs(contributions, self.max_clients, self.vector_length, view)
         start = time.perf_counter()
         arrived = {c: v for c, v in contributions.items()
                    if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING}
@@ -108,7 +125,7 @@ class SecAggAggregator(Aggregator):
         self.cfg = cfg
         self.uniform = uniform
         self.distributed_noise, self.update_clip = distributed_noise, update_clip
-        self.vector_length = vector_length
+        self.vector_length, self.max_clients = vector_length, max_clients
         self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
         share = self._noise_share(self.encoding.step, max_clients)
         if share is not None:  # the noise needs headroom too (and must be sampleable)
@@ -133,6 +150,7 @@ class SecAggAggregator(Aggregator):
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
                   dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
+        check_round_inputs(contributions, self.max_clients, self.vector_length, view)
         start = time.perf_counter()
         ids = sorted(contributions)
         if len(ids) < 2:  # the "sum" of one client is its update: secure aggregation cannot hide it
@@ -221,5 +239,5 @@ def make_aggregator(cfg: AggregationConfig, *, max_clients: int, vector_length: 
         return PaillierAggregator(cfg, max_clients, vector_length, client_ids, progress)
     if cfg.method is Aggregation.SECAGG:
         return SecAggAggregator(cfg, max_clients, vector_length, distributed_noise, update_clip)
-    return PlainAggregator(cfg)
+    return PlainAggregator(cfg, max_clients, vector_length)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from privfed.config import AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
-from privfed.federation.aggregation import AggregationOutcome, Aggregator
+from privfed.federation.aggregation import AggregationOutcome, Aggregator, check_round_inputs
 from privfed.federation.server_view import ServerView
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
 from privfed.secure.messages import SESSION_BYTES, ProtocolError
@@ -108,11 +108,9 @@ class PaillierAggregator(Aggregator):
 
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
                   dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
+        check_round_inputs(contributions, self.layout.max_clients, self.vector_length, view)  # before encrypting
         start = time.perf_counter()
         ids = sorted(contributions)
-        if len(ids) > self.layout.max_clients:  # before anything is encrypted
-            raise ValueError(f"{len(ids)} clients in a round, but the packing was sized for at most "
-                             f"{self.layout.max_clients}: their sum could overflow a slot")
         uploading = [c for c in ids if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING]
         details: dict = {"protocol": "paillier", "key_bits": self.key.bits, "key": dict(self.key_setup),
                          "slots_per_ciphertext": self.layout.slots, "slot_bits": self.layout.slot_bits,

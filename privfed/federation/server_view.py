@@ -1,9 +1,11 @@
 """What the server received in one aggregation round, as it received it: for inspection and privacy attacks.
 
-Pass a :class:`ServerView` to ``Aggregator.aggregate(..., view=...)`` and it fills with every message a client
-sent to the server (sender, type, size) and, per client, the vector the server could read from its upload: the
-float32 update itself under ``plain``, the masked words under ``secagg``, the Paillier ciphertexts under
-``paillier``. Recording is opt-in and lives outside the server objects, which keep only running sums.
+Pass a fresh :class:`ServerView` to ``Aggregator.aggregate(..., view=...)`` and it fills with every message a
+client sends the server during that round (sender, type, size) and, per client, the vector the server could read
+from its upload: the float32 update itself under ``plain``, the masked words under ``secagg``, the Paillier
+ciphertexts under ``paillier``. (Paillier's one-off key hand-out happens when the aggregator is built, before any
+round, and is not part of a round's view.) Recording is opt-in and lives outside the server objects, which keep
+only running sums.
 """
 from __future__ import annotations
 

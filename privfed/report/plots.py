@@ -32,8 +32,11 @@ def _finish(fig: Figure, path: Path | str | None) -> Figure:
     return fig
 
 
-def plot_privacy_utility(runs: Sequence[dict], path: Path | str | None = None, ax=None) -> Figure:
-    """Final quality against ε spent (log scale); non-private runs dashed, the untrained model dotted."""
+def plot_privacy_utility(runs: Sequence[dict], *, path: Path | str | None = None, ax=None) -> Figure:
+    """Final quality against ε spent (log scale); non-private runs dashed, the untrained model dotted.
+
+    Given ``ax``, draws there (and ``path`` saves that axes' whole figure).
+    """
     if not runs:
         raise ValueError("plot_privacy_utility needs at least one run's results")
     key = quality_key(runs[0])
@@ -63,7 +66,7 @@ def plot_privacy_utility(runs: Sequence[dict], path: Path | str | None = None, a
     return _finish(fig, path)
 
 
-def plot_rounds(results: dict, path: Path | str | None = None) -> Figure:
+def plot_rounds(results: dict, *, path: Path | str | None = None) -> Figure:
     """Quality and ε per round, on twin axes; round 0 is the model before training."""
     key = quality_key(results)
     rounds = [0] + [r["round"] for r in results["rounds"]]
@@ -84,7 +87,7 @@ def plot_rounds(results: dict, path: Path | str | None = None) -> Figure:
     return _finish(fig, path)
 
 
-def plot_client_quality(runs: Sequence[dict], labels: Sequence[str] | None = None,
+def plot_client_quality(runs: Sequence[dict], *, labels: Sequence[str] | None = None,
                         path: Path | str | None = None) -> Figure:
     """Each client's held-out quality before and after training, one panel per run (natural partitions).
 
@@ -118,20 +121,27 @@ def plot_client_quality(runs: Sequence[dict], labels: Sequence[str] | None = Non
     return _finish(fig, path)
 
 
-def _as_unit_interval(upload: np.ndarray) -> np.ndarray | None:
-    """Unsigned words scaled to [0, 1) by their word size; None for anything else (floats are shown as they are)."""
+def _as_unit_interval(upload: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """Unsigned words scaled to [0, 1) by their word size, Paillier ciphertexts (Python ints) by 2^(their largest
+    bit length), with the axis label; None for floats, which are shown as they are."""
     if upload.dtype.kind == "u":
-        return upload.astype(np.float64) / float(np.iinfo(upload.dtype).max + 1)
+        bits = upload.dtype.itemsize * 8
+        return upload.astype(np.float64) / 2.0 ** bits, f"word / 2^{bits}"
+    if upload.dtype == object and len(upload) and isinstance(upload[0], int):
+        bits = max(int(c).bit_length() for c in upload)
+        shift = max(bits - 53, 0)  # the top 53 bits: what a float64 holds exactly
+        return np.array([(int(c) >> shift) / 2.0 ** (bits - shift) for c in upload]), f"ciphertext / 2^{bits}"
     return None
 
 
-def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, ServerView], client: int,
+def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, ServerView], client: int, *,
                      path: Path | str | None = None) -> Figure:
     """One client's input beside what the server received from it under each back-end.
 
-    ``views`` maps a label (e.g. "plain", "secagg") to the :class:`ServerView` of a round over ``inputs``. A
-    plain upload is the input itself; a masked upload (unsigned words) is drawn scaled to [0, 1), where a
-    uniform histogram is what "indistinguishable from noise" looks like.
+    ``views`` maps a label (e.g. "plain", "secagg", "paillier") to the :class:`ServerView` of a round over
+    ``inputs``. A plain upload is the input itself; a masked upload (unsigned words) is drawn scaled to [0, 1),
+    where a uniform histogram is what "indistinguishable from noise" looks like; Paillier ciphertexts are drawn
+    scaled by 2^(their bit length).
     """
     fig, axes = plt.subplots(1, 1 + len(views), figsize=(3.2 * (1 + len(views)), 3.2), dpi=120, squeeze=False)
     axes = axes[0]
@@ -143,11 +153,13 @@ def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, Serve
         upload = view.uploads.get(client)
         if upload is None:
             ax.text(0.5, 0.5, "nothing received", ha="center", va="center", transform=ax.transAxes)
-        elif (unit := _as_unit_interval(upload)) is not None:
-            ax.hist(unit, bins=50, color="C3", density=True)
-            ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="uniform")
-            ax.set_xlabel(f"word / 2^{upload.dtype.itemsize * 8}")
-            ax.legend(fontsize=7, loc="lower right")
+        elif (scaled := _as_unit_interval(upload)) is not None:
+            unit, xlabel = scaled
+            ax.hist(unit, bins=min(50, max(5, len(unit) // 20)), color="C3", density=True)
+            if upload.dtype.kind == "u":  # words are uniform on [0, 1); ciphertexts below n^2 < 2^bits
+                ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="uniform")
+                ax.legend(fontsize=7, loc="lower right")
+            ax.set_xlabel(xlabel)
         else:
             ax.hist(np.asarray(upload, dtype=np.float64), bins=50, color="C0")
             ax.set_xlabel("value")
@@ -156,7 +168,7 @@ def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, Serve
     return _finish(fig, path)
 
 
-def plot_messages(view: ServerView, path: Path | str | None = None) -> Figure:
+def plot_messages(view: ServerView, *, path: Path | str | None = None) -> Figure:
     """Bytes each client sent the server in one round, one bar per message type (log scale: key exchanges are
     hundreds of bytes, an update tens of thousands). A client that dropped out is missing its later bars."""
     senders = sorted({m.sender for m in view.messages})
