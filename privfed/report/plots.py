@@ -74,7 +74,7 @@ def plot_rounds(results: dict, *, path: Path | str | None = None) -> Figure:
     fig, ax = plt.subplots(figsize=_SIZE, dpi=120)
     ax.plot(rounds, quality, "o-", color="C0")
     ax.set_xlabel("round")
-    ax.set_xticks(rounds)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole rounds, not crowded
     ax.set_ylabel(_label(key), color="C0")
     eps = [0.0] + [float(r["epsilon"]) for r in results["rounds"]]
     if all(math.isfinite(e) for e in eps):
