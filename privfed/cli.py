@@ -58,8 +58,8 @@ def _unused_run_dir(base: Path) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
+    from privfed import rounds_table, summary_table
     from privfed.federation.simulation import run
-    from privfed.report.tables import markdown_table, round_rows, summary_rows
     from privfed.results import RunDirectory
 
     if args.help_config:
@@ -80,9 +80,9 @@ def _run(args: argparse.Namespace) -> int:
 
     plot_rounds(results, path=out / "rounds.png")
     print(f"\n## {cfg.name}: per round\n")
-    print(markdown_table(round_rows(results)))
+    print(rounds_table(results))
     print("\n## Summary\n")
-    print(markdown_table(summary_rows([results])))
+    print(summary_table([results]))
     for note in results["notes"]:
         print(f"note: {note}")
     print(f"\nwrote {out}/ (config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png)")
@@ -103,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from privfed.report.tables import markdown_table, round_rows, summary_rows
+    from privfed import rounds_table, summary_table
     from privfed.results import RESULTS, read_results
 
     runs = []
@@ -112,10 +112,10 @@ def _table(args: argparse.Namespace) -> int:
         if not found:
             raise ConfigError(str(d), "holds no results.json (nor do its sub-directories)")
         runs += [read_results(p) for p in found]
-    print(markdown_table(summary_rows(runs)))
+    print(summary_table(runs))
     if args.rounds:
         for res in runs:
-            print(f"\n## {res['config']['name']}\n\n{markdown_table(round_rows(res))}")
+            print(f"\n## {res['config']['name']}\n\n{rounds_table(res)}")
     return 0
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.federation.server_view import ServerView
 from privfed.privacy.distributed import SkellamShare
-from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
+from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
 from privfed.secure.graph import effective_degree, round_threshold
 from privfed.secure.messages import SESSION_BYTES, MessageType, ProtocolError, decode
 from privfed.secure.primitives import word_dtype
@@ -38,25 +38,19 @@ class AggregationOutcome:
     details: dict = field(default_factory=dict)
     noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
 
-
-def check_round_inputs(contributions: Mapping[int, np.ndarray], max_clients: int, vector_length: int,
-                       view: ServerView | None) -> None:
-    """What every back-end refuses before touching a vector: no inputs, more clients than it was sized for (their
-    sum could overflow the encoding), vectors of another length, a view already holding another round."""
-    if not contributions:
-        raise ValueError("no contributions to sum")
-    if len(contributions) > max_clients:
-        raise ValueError(f"{len(contributions)} clients in a round, but the back-end was sized for at most "
-                         f"{max_clients}: their sum could overflow the encoding")
-    wrong = {c: np.shape(v) for c, v in contributions.items() if np.shape(v) != (vector_length,)}
-    if wrong:
-        raise ValueError(f"every vector must have shape ({vector_length},); got {wrong}")
-    if view is not None and view.messages:
-        raise ValueError("this ServerView already holds a round; pass a fresh ServerView() to each round")
+    @classmethod
+    def aborted(cls, reason: str, started: float, details: dict | None = None) -> AggregationOutcome:
+        """A round that released nothing: the global model stays as it is, ``details["abort_reason"]`` says why."""
+        return cls(None, (), 0, 0, time.perf_counter() - started, {**(details or {}), "abort_reason": reason})
 
 
 class Aggregator(abc.ABC):
-    """A secure-sum back-end; usable as a context manager, which closes it."""
+    """A secure-sum back-end for rounds of up to ``max_clients`` vectors of ``vector_length`` values; usable as a
+    context manager, which closes it. Subclasses implement :meth:`_sum`; :meth:`aggregate` checks its inputs first.
+    """
+
+    max_clients: int
+    vector_length: int
 
     def __enter__(self) -> Aggregator:  # noqa: PYI034 (typing.Self needs Python 3.11; privfed supports 3.10)
         return self
@@ -74,14 +68,31 @@ class Aggregator(abc.ABC):
     def close(self) -> None:
         """Release what the back-end holds (worker processes); called once the run ends, even after an error."""
 
-    @abc.abstractmethod
     def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
                   dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
         """Sum ``contributions`` (client id -> float vector), revealing only the sum to the server.
 
         ``dropouts``: clients that vanish during the round, at the configured stage. ``view``, if given, records
-        every message the server receives and each client's upload as the server could read it.
+        every message the server receives and each client's upload as the server could read it. Refused before
+        any vector is touched (ValueError): no inputs, more clients than the back-end was sized for (their sum
+        could overflow the encoding), vectors of another length, a view already holding another round.
         """
+        if not contributions:
+            raise ValueError("no contributions to sum")
+        if len(contributions) > self.max_clients:
+            raise ValueError(f"{len(contributions)} clients in a round, but the back-end was sized for at most "
+                             f"{self.max_clients}: their sum could overflow the encoding")
+        wrong = {c: np.shape(v) for c, v in contributions.items() if np.shape(v) != (self.vector_length,)}
+        if wrong:
+            raise ValueError(f"every vector must have shape ({self.vector_length},); got {wrong}")
+        if view is not None and view.messages:
+            raise ValueError("this ServerView already holds a round; pass a fresh ServerView() to each round")
+        return self._sum(round_idx, contributions, dropouts, view)
+
+    @abc.abstractmethod
+    def _sum(self, round_idx: int, contributions: Mapping[int, np.ndarray], dropouts: frozenset[int],
+             view: ServerView | None) -> AggregationOutcome:
+        """The back-end's protocol, on inputs :meth:`aggregate` has checked."""
 
 
 class PlainAggregator(Aggregator):
@@ -90,18 +101,15 @@ class PlainAggregator(Aggregator):
     def __init__(self, cfg: AggregationConfig, max_clients: int, vector_length: int):
         self.cfg, self.max_clients, self.vector_length = cfg, max_clients, vector_length
 
-    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
-        check_round_inputs(contributions, self.max_clients, self.vector_length, view)
+    def _sum(self, round_idx: int, contributions: Mapping[int, np.ndarray], dropouts: frozenset[int],
+             view: ServerView | None) -> AggregationOutcome:
         start = time.perf_counter()
         arrived = {c: v for c, v in contributions.items()
                    if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING}
-        length = next(iter(contributions.values())).size
-        size = length * np.dtype(np.float32).itemsize
+        size = self.vector_length * np.dtype(np.float32).itemsize
         if not arrived:
-            return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
-                                      {"abort_reason": "every client dropped before uploading"})
-        total = np.zeros(length, dtype=np.float64)
+            return AggregationOutcome.aborted("every client dropped before uploading", start)
+        total = np.zeros(self.vector_length, dtype=np.float64)
         for cid, vector in arrived.items():
             sent = vector.astype(np.float32)  # what travels is float32
             if view is not None:
@@ -148,14 +156,12 @@ class SecAggAggregator(Aggregator):
         return {c: self.identities[c].public_key().public_bytes(serialization.Encoding.Raw,
                                                                 serialization.PublicFormat.Raw) for c in clients}
 
-    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
-        check_round_inputs(contributions, self.max_clients, self.vector_length, view)
+    def _sum(self, round_idx: int, contributions: Mapping[int, np.ndarray], dropouts: frozenset[int],
+             view: ServerView | None) -> AggregationOutcome:
         start = time.perf_counter()
         ids = sorted(contributions)
         if len(ids) < 2:  # the "sum" of one client is its update: secure aggregation cannot hide it
-            return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start,
-                                      {"abort_reason": f"only {len(ids)} client(s) to sum; secagg needs 2 or more"})
+            return AggregationOutcome.aborted(f"only {len(ids)} client(s) to sum; secagg needs 2 or more", start)
         session = os.urandom(SESSION_BYTES)
         share = self._noise_share(self.encoding.step, len(ids))
         stats: list[EncodingStats] = []
@@ -181,9 +187,7 @@ class SecAggAggregator(Aggregator):
             "threshold": params.threshold, "word_bits": self.encoding.word_bits,
             "value_bits": self.encoding.value_bits, "clip_range": self.encoding.clip_range,
             "step": self.encoding.step, "consistency_check": self.cfg.consistency_check,
-            "clipped_values": sum(s.clipped for s in stats),
-            "quantisation_rms": float(np.sqrt(np.mean([s.rms_error ** 2 for s in stats]))),
-            "quantisation_max": max(s.max_error for s in stats),
+            **summarise(stats),
             "encode_seconds": encode_seconds,
         }
         dropping = {c: self.cfg.dropout_stage for c in dropouts if c in clients}

@@ -17,9 +17,9 @@ import numpy as np
 
 from privfed.config import AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
-from privfed.federation.aggregation import AggregationOutcome, Aggregator, check_round_inputs
+from privfed.federation.aggregation import AggregationOutcome, Aggregator
 from privfed.federation.server_view import ServerView
-from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform
+from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
 from privfed.secure.messages import SESSION_BYTES, ProtocolError
 from privfed.secure.packing import SlotLayout
 from privfed.secure.paillier import (
@@ -45,6 +45,7 @@ class PaillierAggregator(Aggregator):
     def __init__(self, cfg: AggregationConfig, max_clients: int, vector_length: int, client_ids: list[int],
                  progress: bool = False, uniform: UniformSource = os_uniform):
         self.cfg, self.vector_length, self.progress, self.uniform = cfg, vector_length, progress, uniform
+        self.max_clients = max_clients
         self.encoding = FixedPointEncoding(cfg.clip_range, cfg.value_bits, word_bits=64)  # no words: only ints
         # the modulus has exactly key_bits bits, so plaintexts below 2^(key_bits - 1) are below n
         self.layout = SlotLayout.for_clients(cfg.value_bits, max_clients, cfg.key_bits - 1)
@@ -106,9 +107,8 @@ class PaillierAggregator(Aggregator):
     def close(self) -> None:
         self.workers.close()
 
-    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
-                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
-        check_round_inputs(contributions, self.layout.max_clients, self.vector_length, view)  # before encrypting
+    def _sum(self, round_idx: int, contributions: Mapping[int, np.ndarray], dropouts: frozenset[int],
+             view: ServerView | None) -> AggregationOutcome:
         start = time.perf_counter()
         ids = sorted(contributions)
         uploading = [c for c in ids if c not in dropouts or self.cfg.dropout_stage is DropoutStage.UNMASKING]
@@ -119,8 +119,8 @@ class PaillierAggregator(Aggregator):
                          "bytes_per_ciphertext": ciphertext_bytes(self.key), "clients": len(ids),
                          "dropouts": len(ids) - len(uploading), "abort_reason": None}
         if len(uploading) < 2:
-            return self._aborted(details, f"only {len(uploading)} client(s) uploaded; summing fewer than 2 would "
-                                          "reveal an update", start)
+            return AggregationOutcome.aborted(f"only {len(uploading)} client(s) uploaded; summing fewer than 2 "
+                                              "would reveal an update", start, details)
         cpu_before = self.workers.cpu_seconds
         session = os.urandom(SESSION_BYTES)
         server = PaillierServer(self.server_key, self.layout, self.vector_length, session, round_idx)
@@ -146,7 +146,7 @@ class PaillierAggregator(Aggregator):
             try:
                 server.receive(cid, raw)
             except (ProtocolError, KeyMismatchError) as err:  # as SecAgg: a refused input aborts the round
-                return self._aborted(details, f"client {cid}'s input was refused: {err}", start)
+                return AggregationOutcome.aborted(f"client {cid}'s input was refused: {err}", start, details)
         encrypted_sum = server.result()
         self.workers.cancel_prefetch()  # obfuscators queued for clients that dropped must not delay decryption
         tick = time.perf_counter()
@@ -154,7 +154,7 @@ class PaillierAggregator(Aggregator):
             sums, contributors = decrypt_sum(encrypted_sum, self.key, self.layout, self.vector_length, session,
                                              round_idx, self.workers, self.progress)
         except (ProtocolError, KeyMismatchError) as err:
-            return self._aborted(details, f"the encrypted sum was refused: {err}", start)
+            return AggregationOutcome.aborted(f"the encrypted sum was refused: {err}", start, details)
         decrypt_seconds = time.perf_counter() - tick
         n = len(uploading)
         setup_down = setup_up = 0
@@ -163,9 +163,7 @@ class PaillierAggregator(Aggregator):
             setup_up = self.key_setup.get("bytes_up_holder", 0)
             self._setup_unbilled = False
         details.update({
-            "clipped_values": sum(s.clipped for s in stats),
-            "quantisation_rms": float(np.sqrt(np.mean([s.rms_error ** 2 for s in stats]))),
-            "quantisation_max": max(s.max_error for s in stats),
+            **summarise(stats),
             "encode_seconds": encode_seconds / n,  # per client: clip, round, pack
             "obfuscator_wait_seconds": wait_seconds / n,  # per client: obfuscators not ready when it finished
             "encrypt_seconds": (encode_seconds + wait_seconds + encrypt_seconds) / n,  # per client, all of it
@@ -178,8 +176,3 @@ class PaillierAggregator(Aggregator):
                                   bytes_up_per_client=(uploaded + setup_up) // len(ids),
                                   bytes_down_per_client=len(encrypted_sum) + setup_down,
                                   seconds=time.perf_counter() - start, details=details)
-
-    @staticmethod
-    def _aborted(details: dict, reason: str, start: float) -> AggregationOutcome:
-        details["abort_reason"] = reason
-        return AggregationOutcome(None, (), 0, 0, time.perf_counter() - start, details)

@@ -121,16 +121,18 @@ def plot_client_quality(runs: Sequence[dict], *, labels: Sequence[str] | None = 
     return _finish(fig, path)
 
 
-def _as_unit_interval(upload: np.ndarray) -> tuple[np.ndarray, str] | None:
+def _as_unit_interval(upload: np.ndarray) -> tuple[np.ndarray, str, bool] | None:
     """Unsigned words scaled to [0, 1) by their word size, Paillier ciphertexts (Python ints) by 2^(their largest
-    bit length), with the axis label; None for floats, which are shown as they are."""
+    bit length); with the axis label and whether a uniform density of 1 is the reference (words fill [0, 1), while
+    ciphertexts lie below n^2, short of 2^bits). None for floats, which are shown as they are."""
     if upload.dtype.kind == "u":
         bits = upload.dtype.itemsize * 8
-        return upload.astype(np.float64) / 2.0 ** bits, f"word / 2^{bits}"
+        return upload.astype(np.float64) / 2.0 ** bits, f"word / 2^{bits}", True
     if upload.dtype == object and len(upload) and isinstance(upload[0], int):
         bits = max(int(c).bit_length() for c in upload)
         shift = max(bits - 53, 0)  # the top 53 bits: what a float64 holds exactly
-        return np.array([(int(c) >> shift) / 2.0 ** (bits - shift) for c in upload]), f"ciphertext / 2^{bits}"
+        unit = np.array([(int(c) >> shift) / 2.0 ** (bits - shift) for c in upload])
+        return unit, f"ciphertext / 2^{bits}", False
     return None
 
 
@@ -154,9 +156,9 @@ def plot_server_view(inputs: Mapping[int, np.ndarray], views: Mapping[str, Serve
         if upload is None:
             ax.text(0.5, 0.5, "nothing received", ha="center", va="center", transform=ax.transAxes)
         elif (scaled := _as_unit_interval(upload)) is not None:
-            unit, xlabel = scaled
+            unit, xlabel, uniform_reference = scaled
             ax.hist(unit, bins=min(50, max(5, len(unit) // 20)), color="C3", density=True)
-            if upload.dtype.kind == "u":  # words are uniform on [0, 1); ciphertexts below n^2 < 2^bits
+            if uniform_reference:
                 ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="uniform")
                 ax.legend(fontsize=7, loc="lower right")
             ax.set_xlabel(xlabel)

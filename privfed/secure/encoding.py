@@ -42,6 +42,13 @@ class EncodingStats:
     max_error: float
 
 
+def summarise(stats: list[EncodingStats]) -> dict:
+    """A round's encoding cost over its clients, as recorded in results.json."""
+    return {"clipped_values": sum(s.clipped for s in stats),
+            "quantisation_rms": float(np.sqrt(np.mean([s.rms_error ** 2 for s in stats]))),
+            "quantisation_max": max(s.max_error for s in stats)}
+
+
 @dataclass(frozen=True)
 class FixedPointEncoding:
     clip_range: float  # R: values are clipped to [-R, R]
