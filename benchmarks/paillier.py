@@ -109,7 +109,7 @@ def scaled_baseline(per: dict, d: int, n: int) -> dict:
 
 def end_to_end() -> list[dict]:
     from privfed.config import load_config
-    from privfed.federation.simulation import run
+    from privfed.engines.inprocess import run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

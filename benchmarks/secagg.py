@@ -103,7 +103,7 @@ def full_round(n: int, d: int, drop_fraction: float) -> dict:
 
 def end_to_end() -> dict:
     from privfed.config import load_config
-    from privfed.federation.simulation import run
+    from privfed.engines.inprocess import run
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,15 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from privfed.report import plots
     from privfed.secure.packing import SlotLayout
     from privfed.secure.paillier_keys import PaillierKey
+    from privfed.server.events import (
+        Callback,
+        ClientSkipped,
+        ClientTrained,
+        RoundRecord,
+        RoundStarted,
+        RunStarted,
+        RunState,
+    )
 
 # public name -> "module:attribute" (or "module" for a whole module), imported on first access
 _LAZY = {
@@ -62,6 +71,8 @@ _LAZY = {
     "AggregationOutcome": "privfed.federation.aggregation:AggregationOutcome",
     "SlotLayout": "privfed.secure.packing:SlotLayout",
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
+    **{name: f"privfed.server.events:{name}" for name in
+       ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundRecord", "RunState")},
 }
 
 
@@ -81,14 +92,16 @@ def __dir__() -> list[str]:  # tab completion sees the lazy names too
 
 
 def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict:
     """Run one federated experiment and write its artefacts to ``out_dir``; returns results.json as a dict.
 
     ``out_dir`` must not hold an earlier run unless ``resume`` (continue it) or ``overwrite`` (start over) is set.
+    ``callbacks`` (:class:`Callback` subclasses) receive every round event after privfed's own.
     """
-    from privfed.federation.simulation import run as _run
+    from privfed.engines.inprocess import run as _run
 
-    return _run(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress)
+    return _run(config, Path(out_dir), resume=resume, overwrite=overwrite, progress=progress,
+                callbacks=tuple(callbacks))
 
 
 def load_results(run_dir: str | Path) -> dict:
@@ -152,6 +165,13 @@ def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_
 
 __all__ = [
     "Accountant",
+    "Callback",
+    "ClientSkipped",
+    "ClientTrained",
+    "RoundRecord",
+    "RoundStarted",
+    "RunStarted",
+    "RunState",
     "Aggregation",
     "AggregationConfig",
     "AggregationOutcome",

@@ -59,7 +59,7 @@ def _unused_run_dir(base: Path) -> Path:
 def _run(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
     from privfed import rounds_table, summary_table
-    from privfed.federation.simulation import run
+    from privfed.engines.inprocess import run
     from privfed.results import RunDirectory
 
     if args.help_config:

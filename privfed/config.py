@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,6 +169,11 @@ class TrainingConfig:
     optimizer: ClientOptimizer = _help("client optimizer", default=ClientOptimizer.ADAM)
     lr: float = _help("client learning rate", default=2e-2)
     prox_mu: float = _help("FedProx proximal coefficient (0 = off)", default=0.0)
+    physical_batch_size: int = _help("examples per forward/backward pass (0 = the whole Poisson batch at once); a "
+                                     "larger logical batch_size is processed in chunks of this size with the same "
+                                     "privacy (Opacus' BatchMemoryManager), so memory stays bounded", default=0)
+    device: str = _help("where the client runtime trains: auto (CUDA when present) | cpu | cuda | cuda:N",
+                        default="auto")
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class FederationConfig:
 
 
 PAILLIER_KEY_BITS = (2048, 3072, 4096)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -430,6 +437,9 @@ def validate(c: ExperimentConfig) -> None:
     _check(t.batch_size >= 1, "training.batch_size", "must be >= 1")
     _check(t.lr > 0, "training.lr", "must be > 0")
     _check(t.prox_mu >= 0, "training.prox_mu", "must be >= 0")
+    _check(t.physical_batch_size >= 0, "training.physical_batch_size", "must be >= 0 (0 = the whole batch at once)")
+    _check(DEVICE_PATTERN.fullmatch(t.device) is not None, "training.device",
+           f"got {t.device!r}; allowed: auto, cpu, cuda, cuda:N")
     _check(0.0 < f.client_fraction <= 1.0, "federation.client_fraction", "must be in (0, 1]")
     _check(f.server_lr > 0, "federation.server_lr", "must be > 0")
     _check(0.0 <= f.server_beta1 < 1.0, "federation.server_beta1", "must be in [0, 1)")

@@ -49,7 +49,7 @@ def write_report(runs: list[dict], out_dir: Path) -> str:
 def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progress: bool = True) -> list[dict]:
     """Run each ε and write the report. A finished run of the same config is reused, an interrupted one resumed,
     and one of a different config (the sweep's base changed) is run again in its place."""
-    from privfed.federation.simulation import run
+    from privfed.engines.inprocess import run
     from privfed.results import RESULTS, RunDirectory
 
     runs = []

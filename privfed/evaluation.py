@@ -32,17 +32,18 @@ def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int 
         raise ValueError("no held-out examples to evaluate on: raise data.test_fraction or data.eval_examples")
     if owners is not None and len(owners) != len(data):
         raise ValueError(f"{len(owners)} owners for {len(data)} held-out examples")
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     losses_all, weights_all, correct_all = [], [], []
     with torch.no_grad():
         for tensors in DataLoader(data, batch_size=batch_size):
-            batch = as_batch(tuple(tensors), explicit_positions)
+            batch = as_batch(tuple(t.to(device) for t in tensors), explicit_positions)
             logits = model(**model_inputs(batch)).logits
-            losses_all.append(loss_from_logits(logits, batch, task).double())
-            weights_all.append(token_counts(batch, task).double())
+            losses_all.append(loss_from_logits(logits, batch, task).double().cpu())
+            weights_all.append(token_counts(batch, task).double().cpu())
             if task is Task.CLASSIFICATION:
-                correct_all.append(logits.argmax(dim=-1) == batch["labels"])
+                correct_all.append((logits.argmax(dim=-1) == batch["labels"]).cpu())
     model.train(was_training)
     losses, weights = torch.cat(losses_all).numpy(), torch.cat(weights_all).numpy()
     correct = torch.cat(correct_all).numpy() if correct_all else np.zeros(len(losses), dtype=bool)

@@ -9,20 +9,21 @@ import csv
 import io
 import json
 import math
-import pickle
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from privfed.config import DpMode, ExperimentConfig, dump_yaml, load_config, to_dict
 from privfed.privacy.accounting import ACCOUNTANT_NAMES
 
 if TYPE_CHECKING:
     from privfed.federation.setup import Federation
-    from privfed.federation.simulation import RunState
+    from privfed.server.events import RunState
 
 CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
-    "checkpoint.pkl"
+    "checkpoint.npz"
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
                   "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon", "user_epsilon", "bytes_up", "bytes_down",
                   "bytes_up_per_client", "bytes_down_per_client", "aggregation_seconds", "seconds"]
@@ -73,7 +74,16 @@ class RunDirectory:
         return load_config(self.path / CONFIG)
 
     def save_checkpoint(self, state: RunState) -> None:
-        _atomic_write(self.path / CHECKPOINT, pickle.dumps(state))
+        """The run state as plain data in one file written atomically: arrays, plus JSON (rounds, notes, ledger)
+        stored as bytes. No pickle: loading it runs no code and it does not break when privfed's classes move."""
+        meta = {"completed_rounds": state.completed_rounds, "rows": state.rows, "notes": state.notes,
+                "initial": state.initial, "ledger": state.ledger.to_dicts(),
+                "strategy_keys": sorted(state.strategy_state)}
+        arrays = {f"strategy.{k}": v for k, v in state.strategy_state.items()}
+        buf = io.BytesIO()
+        np.savez(buf, global_vector=state.global_vector, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 **arrays)
+        _atomic_write(self.path / CHECKPOINT, buf.getvalue())
         _atomic_write(self.path / LEDGER, state.ledger.to_jsonl().encode())
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
@@ -83,10 +93,18 @@ class RunDirectory:
         _atomic_write(self.path / METRICS, buf.getvalue().encode())
 
     def load_checkpoint(self) -> RunState | None:
+        from privfed.privacy.ledger import Ledger
+        from privfed.server.events import RunState
+
         path = self.path / CHECKPOINT
         if not path.is_file():
             return None
-        return pickle.loads(path.read_bytes())
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(archive["meta"].tobytes())
+            return RunState(completed_rounds=meta["completed_rounds"], global_vector=archive["global_vector"],
+                            strategy_state={k: archive[f"strategy.{k}"] for k in meta["strategy_keys"]},
+                            ledger=Ledger.from_dicts(meta["ledger"]), rows=meta["rows"], notes=meta["notes"],
+                            initial=meta["initial"])
 
     def finish(self, results: dict) -> None:
         _atomic_write(self.path / RESULTS, (json.dumps(jsonable(results), indent=2) + "\n").encode())
@@ -116,7 +134,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         "config": to_dict(cfg),
         "versions": versions(),
         "model": {"source": cfg.model.source.value, "regime": cfg.model.regime.value,
-                  "trainable_tensors": len(fed.server_params), "trainable_parameters": fed.num_trainable,
+                  "trainable_tensors": len(fed.trainable_names), "trainable_parameters": fed.num_trainable,
                   "bytes_per_transfer": fed.num_trainable * 4, "trainable_names": fed.trainable_names},
         "partition": fed.partition_summary,
         "initial": state.initial,

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 import privfed
 from privfed.evaluation import evaluate
 from privfed.federation.setup import build_federation
-from privfed.federation.simulation import run
+from privfed.engines.inprocess import run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def causal_runs(tmp_path_factory):
 
 def test_per_client_metrics_equal_an_evaluation_on_that_clients_own_groups(tiny_causal):
     fed = build_federation(tiny_causal())
-    result = evaluate(fed.server_model, fed.test_data, fed.task, owners=fed.test_owners)
+    result = evaluate(fed.runtime.model, fed.test_data, fed.task, owners=fed.test_owners)
     owners = fed.test_owners
     assert owners is not None and len(owners) == len(fed.test_data)
     groups_of = {p["client"]: set(p["groups"]) for p in fed.partition_summary}
@@ -34,7 +34,7 @@ def test_per_client_metrics_equal_an_evaluation_on_that_clients_own_groups(tiny_
     for cid, metrics in result["per_client"].items():
         mine = np.flatnonzero(owners == int(cid))
         assert metrics["examples"] == len(mine) > 0
-        alone = evaluate(fed.server_model, TensorDataset(*(t[mine] for t in fed.test_data.tensors)), fed.task)
+        alone = evaluate(fed.runtime.model, TensorDataset(*(t[mine] for t in fed.test_data.tensors)), fed.task)
         assert metrics["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-9)
         assert metrics["eval_perplexity"] == pytest.approx(alone["eval_perplexity"], rel=1e-9)
         assert groups_of[int(cid)]  # the client owns natural groups, and its examples come from them

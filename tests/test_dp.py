@@ -11,21 +11,19 @@ from torch.utils.data import TensorDataset
 import privfed
 from privfed.config import Accountant, ClientOptimizer, Clipping
 from privfed.errors import ConfigError, PrivacyViolationError
+from privfed.client.runtime import build_optimizer
 from privfed.federation.setup import build_federation
-from privfed.federation.vectors import flatten
 from privfed.privacy.accounting import epsilon_of_history
-from privfed.privacy.dpsgd import DpSettings, PrivateTraining
+from privfed.privacy.dpsgd import DpSettings, DpSgdRound, wrap_for_dp
 
 
 def _one_step_update(cfg, sigma):
     """Update of client 0 after its first round from the initial global state, with noise multiplier sigma."""
     fed = build_federation(cfg)
-    client = fed.clients[0]
-    client.training.dp = dataclasses.replace(client.training.dp, noise_multiplier=sigma)
-    client.training.optimizer.noise_multiplier = sigma
-    update, _ = client.train_round(1, flatten(fed.server_params))
+    client = dataclasses.replace(fed.clients[0], noise_multiplier=sigma)
+    trained = fed.runtime.train(client, fed.shard(client), 1, fed.initial_vector, [])
     expected_batch = int(client.num_examples * client.sample_rate)
-    return update.delta, expected_batch
+    return trained.update.delta, expected_batch
 
 
 def test_noise_std_matches_sigma_c_over_b(tiny_classifier):
@@ -63,16 +61,20 @@ class _TwoHeads(nn.Module):
 def _toy_training(model, sigma, clipping=Clipping.PER_SAMPLE):
     data = TensorDataset(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.1)
-    return PrivateTraining(model, params, data, 8, opt, DpSettings(sigma, 1.0, Accountant.RDP, clipping))
+    dp = DpSettings(1.0, Accountant.RDP, clipping)
+    module = wrap_for_dp(model, params, dp)
+    return DpSgdRound(module, params, torch.optim.SGD(params, lr=0.1), data, 8, 0, sigma, dp, [])
+
+
+def _toy_loss(training):
+    return lambda tensors: training.module(tensors[0]).sum(dim=1)
 
 
 @pytest.mark.parametrize("clipping", list(Clipping))
 def test_tensor_without_per_sample_gradient_raises(clipping):
     training = _toy_training(_TwoHeads(), 1.0, clipping)
-    x, _ = next(iter(training.loader))
     with pytest.raises(PrivacyViolationError, match="no per-sample gradient"):
-        training.step(training.module(x).sum(dim=1))
+        training.step(_toy_loss(training))
 
 
 @pytest.mark.parametrize("regime", ["full", "lora", "prompt"])
@@ -108,10 +110,12 @@ def test_ghost_clipping_refuses_tied_weights_before_training():
 def test_step_that_adds_no_noise_raises(clipping):
     model = nn.Linear(4, 2)
     training = _toy_training(model, 1.0, clipping)
-    training.optimizer.step = lambda *a, **k: None  # a step that silently does nothing
-    x, _ = next(iter(training.loader))
+    def step_without_update(*args, **kwargs):  # accounts for the step, then silently changes nothing
+        training.optimizer.pre_step()
+
+    training.optimizer.step = step_without_update
     with pytest.raises(PrivacyViolationError, match="did not change"):
-        training.step(training.module(x).sum(dim=1))
+        training.step(_toy_loss(training))
 
 
 def test_results_epsilon_is_reproducible_and_within_target(tiny_classifier, tmp_path):
@@ -146,7 +150,7 @@ def test_dp_off_reports_infinite_epsilon(tiny_classifier, tmp_path):
     assert math.isinf(float(res["final"]["epsilon"]))
 
 
-def test_client_optimizer_enum_is_respected(tiny_classifier):
-    fed = build_federation(tiny_classifier("training.optimizer=sgd"))
-    assert fed.config.training.optimizer is ClientOptimizer.SGD
-    assert isinstance(fed.clients[0].training.inner_optimizer, torch.optim.SGD)
+def test_client_optimizer_enum_is_respected():
+    params = [nn.Parameter(torch.zeros(2))]
+    kinds = {kind: type(build_optimizer(kind, params, 0.1)) for kind in ClientOptimizer}
+    assert kinds == {ClientOptimizer.SGD: torch.optim.SGD, ClientOptimizer.ADAM: torch.optim.Adam}

@@ -13,7 +13,7 @@ from test_cli import _privfed, _tiny_config
 from privfed.config import Aggregation, AggregationConfig
 from privfed.errors import ConfigError
 from privfed.federation.paillier_aggregator import PaillierAggregator
-from privfed.federation.simulation import run
+from privfed.engines.inprocess import run
 from privfed.results import RunDirectory
 from privfed.secure.messages import MessageType, decode
 from privfed.secure.paillier import PaillierServer

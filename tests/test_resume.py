@@ -1,29 +1,30 @@
 """A run killed after a checkpoint resumes with ``--resume`` and ends exactly where an uninterrupted run ends."""
+import numpy as np
 import pytest
 
 import privfed
-from privfed.federation import simulation
+from privfed.results import CHECKPOINT, RunDirectory
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_path, monkeypatch):
+class DieInRound(privfed.Callback):
+    """Kills the run while round ``r`` is being measured, after round ``r - 1`` was checkpointed."""
+
+    def __init__(self, r: int):
+        self.r = r
+
+    def on_round_end(self, record, state):
+        if record.round == self.r:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_path):
     cfg = tiny_classifier("model.regime=lora", "privacy.mode=target_epsilon", "privacy.epsilon=4",
                           "training.rounds=3", "federation.client_fraction=0.67", "federation.strategy=fedadam",
                           "federation.server_lr=0.05")
     reference = privfed.run(cfg, tmp_path / "reference", progress=False)
 
-    real_evaluate = simulation.evaluate
-    calls = {"n": 0}
-
-    def dying_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # initial eval, round 1 eval, then die while finishing round 2
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(simulation, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        privfed.run(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(simulation, "evaluate", real_evaluate)
+        privfed.run(cfg, tmp_path / "killed", progress=False, callbacks=[DieInRound(2)])
     assert not (tmp_path / "killed" / "results.json").exists()
     assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == 2  # header + round 1
 
@@ -35,6 +36,16 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_p
     assert [c["steps"] for c in reference["privacy"]["clients"]] == \
         [c["steps"] for c in resumed["privacy"]["clients"]]
     assert (tmp_path / "killed" / "ledger.jsonl").read_text() == (tmp_path / "reference" / "ledger.jsonl").read_text()
+
+
+def test_checkpoint_is_plain_data(tiny_classifier, tmp_path):
+    """The checkpoint loads without pickle (no code runs on load) and holds the fedadam moments as arrays."""
+    cfg = tiny_classifier("model.regime=lora", "training.rounds=1", "federation.strategy=fedadam")
+    privfed.run(cfg, tmp_path / "r", progress=False)
+    with np.load(tmp_path / "r" / CHECKPOINT, allow_pickle=False) as archive:
+        assert {"global_vector", "meta", "strategy.m", "strategy.v"} <= set(archive.files)
+    state = RunDirectory(tmp_path / "r").load_checkpoint()
+    assert state.completed_rounds == 1 and state.strategy_state["m"].shape == state.global_vector.shape
 
 
 def test_same_seed_same_result_and_no_accidental_overwrite(tiny_classifier, tmp_path):

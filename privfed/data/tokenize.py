@@ -15,7 +15,8 @@ def tokenize(data: TextDataset, tokenizer: PreTrainedTokenizerBase, max_length: 
     tokenizer.padding_side = "right"  # as_batch trims trailing padding
     enc = tokenizer(list(data.texts), max_length=max_length, truncation=True, padding="max_length",
                     return_tensors="pt")
-    labels = torch.tensor(data.labels if data.labels is not None else [0] * len(data), dtype=torch.long)
+    labels = torch.tensor(data.labels if data.labels is not None else [0] * len(data), dtype=torch.long,
+                          device="cpu")  # datasets stay on the CPU; each batch moves to the model's device
     return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
 
 
@@ -36,6 +37,6 @@ def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False
         batch["attention_mask"] = mask[:, :keep].contiguous()
     if explicit_positions:
         ids = batch["input_ids"]
-        batch["position_ids"] = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids).contiguous()
+        batch["position_ids"] = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids).contiguous()
         batch["token_type_ids"] = torch.zeros_like(ids)
     return batch

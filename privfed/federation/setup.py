@@ -1,20 +1,28 @@
-"""Everything a run needs before round 1: data split into clients, the model in its regime, DP calibration."""
+"""Everything a run needs before round 1: the data split into clients, the model in its regime on its device, and
+each client's DP calibration.
+
+The training pool is tokenised once; a client is a :class:`~privfed.client.state.ClientState` holding the indices
+of its examples, and the one model lives in the :class:`~privfed.client.runtime.ClientRuntime`.
+"""
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
-from torch import nn
+import torch
 from torch.utils.data import TensorDataset
 
+from privfed.client.device import resolve_device
+from privfed.client.runtime import ClientRuntime
+from privfed.client.state import ClientState
 from privfed.config import DpMode, ExperimentConfig, Partition, Regime
+from privfed.errors import ConfigError
 from privfed.data.partition import describe, natural_owners, partition
 from privfed.data.sources import load_dataset
 from privfed.data.tokenize import tokenize
-from privfed.federation.client import Client
-from privfed.federation.vectors import derive_seed
+from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import Task, load_model
 from privfed.privacy.accounting import calibrate_noise
@@ -27,18 +35,23 @@ log = logging.getLogger(__name__)
 class Federation:
     config: ExperimentConfig
     task: Task
-    clients: list[Client]
-    server_model: nn.Module  # evaluation copy: never wrapped by Opacus
-    server_params: list[nn.Parameter]
+    clients: list[ClientState]
+    runtime: ClientRuntime  # the one model: trains every client and evaluates the global state
+    pool: TensorDataset  # the tokenised training examples of all clients; a client holds indices into it
     test_data: TensorDataset
     partition_summary: list[dict]
     trainable_names: list[str]
-    explicit_positions: bool
+    initial_vector: np.ndarray  # the global trainable state before round 1
     test_owners: np.ndarray | None = None  # natural partitions: the client owning each held-out example's group
 
     @property
     def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.server_params)
+        return self.initial_vector.size
+
+    def shard(self, client: ClientState) -> TensorDataset:
+        """The client's examples (a copy of its rows of the pool: small, and made only while it trains)."""
+        index = torch.from_numpy(client.shard)
+        return TensorDataset(*(t[index] for t in self.pool.tensors))
 
 
 def split_train_test(n: int, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -52,16 +65,24 @@ def planned_steps(cfg: ExperimentConfig) -> int:
     return cfg.training.rounds * cfg.training.local_steps
 
 
-def dp_settings_for(cfg: ExperimentConfig, sample_rate: float) -> DpSettings:
+def noise_multiplier_for(cfg: ExperimentConfig, sample_rate: float) -> float | None:
+    """The client's sigma: None without DP, the configured one, or calibrated to the target for its q."""
     pr = cfg.privacy
     if pr.mode is DpMode.OFF:
-        sigma = None
-    elif pr.mode is DpMode.FIXED_NOISE:
-        sigma = pr.noise_multiplier
-    else:
-        sigma = calibrate_noise(pr.epsilon, pr.delta, sample_rate, planned_steps(cfg), pr.accountant)
-    return DpSettings(noise_multiplier=sigma, max_grad_norm=pr.max_grad_norm, accountant=pr.accountant,
-                      clipping=pr.clipping)
+        return None
+    if pr.mode is DpMode.FIXED_NOISE:
+        return pr.noise_multiplier
+    return _calibrated(pr.epsilon, pr.delta, sample_rate, planned_steps(cfg), pr.accountant)
+
+
+_calibrated = functools.lru_cache(maxsize=256)(calibrate_noise)  # clients of equal q share one bisection
+
+
+def dp_settings_for(cfg: ExperimentConfig) -> DpSettings | None:
+    pr = cfg.privacy
+    if pr.mode is DpMode.OFF:
+        return None
+    return DpSettings(max_grad_norm=pr.max_grad_norm, accountant=pr.accountant, clipping=pr.clipping)
 
 
 def build_federation(cfg: ExperimentConfig) -> Federation:
@@ -74,24 +95,26 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     if cfg.data.eval_examples and len(test) > cfg.data.eval_examples:
         test = test.subset(np.sort(rng.choice(len(test), cfg.data.eval_examples, replace=False)))
     shards = partition(pool, cfg.partition, rng)
+    empty = [cid for cid, idx in enumerate(shards) if len(idx) == 0]
+    if empty:
+        raise ConfigError("partition.num_clients", f"{len(empty)} of {len(shards)} clients got no training example "
+                                                   f"({len(pool)} in the pool); use fewer clients or more data")
+    device = resolve_device(cfg.training.device)
 
     loaded = load_model(cfg.model.source, num_labels=max(1, len(data.label_names)),
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
-    base = apply_regime(loaded.model, cfg.model, loaded.task)
-    names = [n for n, _ in trainable_parameters(base)]
-    test_data = tokenize(test, loaded.tokenizer, cfg.data.max_length)
-
+    loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
+    model = apply_regime(loaded.model, cfg.model, loaded.task)
+    names = [n for n, _ in trainable_parameters(model)]
     explicit_positions = loaded.task is Task.CLASSIFICATION and cfg.model.regime in (Regime.FULL, Regime.PRETRAIN)
+    runtime = ClientRuntime(model, loaded.task, cfg.training, dp_settings_for(cfg), cfg.seed, explicit_positions)
+
     clients = []
     for cid, idx in enumerate(shards):
-        shard = tokenize(pool.subset(idx), loaded.tokenizer, cfg.data.max_length)
-        model = copy.deepcopy(base)
-        params = [p for _, p in trainable_parameters(model)]
-        sample_rate = poisson_sample_rate(len(shard), cfg.training.batch_size)
-        dp = dp_settings_for(cfg, sample_rate)
-        clients.append(Client(cid, model, params, shard, loaded.task, cfg.training, dp, cfg.seed,
-                              explicit_positions))
-    server_params = [p for _, p in trainable_parameters(base)]
+        sample_rate = poisson_sample_rate(len(idx), cfg.training.batch_size)
+        clients.append(ClientState(cid, np.asarray(idx, dtype=np.int64), sample_rate,
+                                   noise_multiplier_for(cfg, sample_rate)))
     owners = natural_owners(pool, shards, test.groups) if cfg.partition.scheme is Partition.NATURAL else None
-    return Federation(cfg, loaded.task, clients, base, server_params, test_data, describe(pool, shards), names,
-                      explicit_positions, owners)
+    return Federation(cfg, loaded.task, clients, runtime, tokenize(pool, loaded.tokenizer, cfg.data.max_length),
+                      tokenize(test, loaded.tokenizer, cfg.data.max_length), describe(pool, shards), names,
+                      flatten(runtime.params), owners)

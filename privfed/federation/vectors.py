@@ -17,7 +17,7 @@ def load_into(params: Sequence[torch.Tensor], vector: np.ndarray) -> None:
     expected = sum(p.numel() for p in params)
     if vector.shape != (expected,):
         raise ValueError(f"vector has shape {vector.shape}, the trainable tensors hold {expected} values")
-    flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
+    flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32)).to(params[0].device) if params else None
     offset = 0
     with torch.no_grad():
         for p in params:

@@ -38,5 +38,5 @@ def loss_from_logits(logits: torch.Tensor, batch: dict[str, torch.Tensor], task:
 def token_counts(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
     """Predicted tokens per example (1 per example for classification): the weights for corpus perplexity."""
     if task is Task.CLASSIFICATION:
-        return torch.ones(batch["input_ids"].shape[0])
+        return torch.ones(batch["input_ids"].shape[0], device=batch["input_ids"].device)
     return batch["attention_mask"][:, 1:].sum(dim=1).to(torch.float32)

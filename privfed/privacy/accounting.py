@@ -5,6 +5,7 @@ cross-check the result against Google's dp_accounting.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable
@@ -35,7 +36,15 @@ def history_of(events: Iterable[DpSgdEvent]) -> list[tuple[float, float, int]]:
 
 
 def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, kind: Accountant) -> float:
-    """Epsilon of a composed history; 0 for no steps and inf when any step had no noise."""
+    """Epsilon of a composed history; 0 for no steps and inf when any step had no noise.
+
+    Memoised: the clients of a federation share a handful of distinct histories, and every round reports each.
+    """
+    return _epsilon(tuple(tuple(h) for h in history), delta, kind)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, kind: Accountant) -> float:
     steps = [h for h in history if h[2] > 0]
     if not steps:
         return 0.0

@@ -1,34 +1,54 @@
-"""DP-SGD for one client through Opacus: made private once, reused every round, and checked at every step.
+"""DP-SGD through Opacus for a model that trains many clients in turn.
 
-The Opacus ``PrivacyEngine`` (and with it the accountant) is created once per client and lives for the whole run,
-so each round's steps compose with the earlier ones. Two checks make DP fail loudly instead of silently:
-every trainable tensor must receive a per-sample gradient (or, with ghost clipping, a per-sample gradient norm),
-and with noise on, every one must move after a step.
+The model is wrapped for per-sample gradients once (:func:`wrap_for_dp`), by whichever runtime holds it. Each
+client's round then gets its own Opacus ``DPOptimizer`` over a fresh inner optimizer, its own Poisson
+``DPDataLoader`` over its shard (split into physical chunks the way Opacus' ``BatchMemoryManager`` does, when
+asked) and an
+Opacus accountant rebuilt from that client's ledger history (:class:`DpSgdRound`). Nothing of a client survives the
+round in torch: its privacy state is its ledger.
+
+Three checks make DP fail loudly instead of silently: every trainable tensor must receive a per-sample gradient (or,
+with ghost clipping, a per-sample gradient norm); with noise on, every one must move after a step; and the
+accountant the optimizer stepped must agree with the ledger. An empty Poisson batch is still a noisy step of a zero
+clipped gradient, which is what the accounting assumes.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, get_optimizer_class
+from opacus.utils.batch_memory_manager import wrap_data_loader
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privfed.config import Accountant, Clipping
 from privfed.errors import ConfigError, PrivacyViolationError
+from privfed.privacy.accounting import new_accountant
+
+History = list[tuple[float, float, int]]
 
 
 @dataclass(frozen=True)
 class DpSettings:
-    """What one client's DP-SGD runs with (``noise_multiplier`` already calibrated; None = DP off)."""
+    """What every client's DP-SGD shares in a run (each client's noise multiplier is calibrated to its own q)."""
 
-    noise_multiplier: float | None
     max_grad_norm: float
     accountant: Accountant
     clipping: Clipping = Clipping.PER_SAMPLE
+
+    @property
+    def ghost(self) -> bool:
+        return self.clipping is Clipping.GHOST
 
 
 def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
@@ -36,13 +56,9 @@ def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
     return 1.0 / math.ceil(num_examples / batch_size)
 
 
-def _probe(params: list[nn.Parameter], entries: int = 64) -> list[torch.Tensor]:
-    """A copy of ~``entries`` evenly spaced values of every tensor.
-
-    Gaussian noise moves every value, so a tensor whose probed values are all unchanged after a noisy step got no
-    noise; probing instead of copying whole tensors keeps the check cheap for full fine-tuning (22 M values).
-    """
-    return [p.detach().reshape(-1)[::max(1, p.numel() // entries)].clone() for p in params]
+def expected_batch_size(num_examples: int, sample_rate: float) -> int:
+    """The divisor of Opacus' "mean" loss reduction, computed as ``PrivacyEngine.make_private`` does."""
+    return int(num_examples * sample_rate)
 
 
 def _refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter]) -> None:
@@ -60,104 +76,171 @@ def _refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter]) -> Non
                                               f"({' = '.join(tied[0])}); use per_sample")
 
 
-class PrivateTraining:
-    """The module to call, the optimizer to step and the loader to draw batches from, for one client."""
+def wrap_for_dp(model: nn.Module, params: list[nn.Parameter], dp: DpSettings) -> nn.Module:
+    """The model wrapped once for per-sample gradients (hooks) or norms (ghost clipping); reused by every client."""
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError("model.source", f"Opacus cannot compute per-sample gradients for this model: {errors[0]}")
+    if dp.ghost:
+        _refuse_tied_parameters(model, params)
+        wrapped: nn.Module = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                                  max_grad_norm=dp.max_grad_norm)
+    else:
+        wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    wrapped.forbid_grad_accumulation()  # Poisson batches: each step's per-sample gradients must be its own
+    return wrapped
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter], dataset: TensorDataset, batch_size: int,
-                 optimizer: torch.optim.Optimizer, dp: DpSettings):
-        self.params = params
-        self.dp = dp
-        self.sample_rate = poisson_sample_rate(len(dataset), batch_size)
-        if dp.noise_multiplier is None:
-            self.module: nn.Module = model
-            self.optimizer = optimizer
-            self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
-            self.engine = None
-            return
-        if self.ghost:
-            _refuse_tied_parameters(model, params)
-        loader = DataLoader(dataset, batch_size=batch_size)
-        with warnings.catch_warnings():  # seeded noise is documented (no torchcsprng); not worth a warning per client
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-            self.engine = PrivacyEngine(accountant=dp.accountant.value)
-            private = self.engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm, poisson_sampling=True, loss_reduction="mean",
-                grad_sample_mode="ghost" if self.ghost else "hooks")
-        # ghost mode also returns a loss wrapper for (logits, target) criteria; step() wraps per-example losses itself
-        self.module, self.optimizer, self.loader = private[0], private[1], private[-1]
+
+def _probe(params: list[nn.Parameter], entries: int = 64) -> list[torch.Tensor]:
+    """A copy of ~``entries`` evenly spaced values of every tensor.
+
+    Gaussian noise moves every value, so a tensor whose probed values are all unchanged after a noisy step got no
+    noise; probing instead of copying whole tensors keeps the check cheap for full fine-tuning (22 M values).
+    """
+    return [p.detach().reshape(-1)[::max(1, p.numel() // entries)].clone() for p in params]
+
+
+def _require(present: list[bool], what: str, hint: str) -> None:
+    missing = present.count(False)
+    if missing:
+        raise PrivacyViolationError(f"{missing} of {len(present)} trainable tensors got no {what} ({hint})")
+
+
+def _endless(loader: DataLoader) -> Iterator:
+    """Batches without end: a new pass (a new iterator, as a training loop would make) whenever one runs out."""
+    return itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
+
+
+NOT_HOOKED = "Opacus did not hook the layer that owns them; refusing to take a non-private step"
+
+# One physical batch in, its per-example losses out (shape [rows]); None for an empty batch.
+LossFunction = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+class DpSgdRound:
+    """One client's DP-SGD for one round on the shared wrapped model: each ``step(loss_of)`` is one Poisson step.
+
+    ``history`` is the client's earlier (noise multiplier, sample rate, steps) from its ledger; the Opacus
+    accountant stepped here starts from it, and :attr:`accountant_history` is what it ends with.
+    """
+
+    def __init__(self, module: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                 shard: TensorDataset, batch_size: int, physical_batch_size: int, noise_multiplier: float,
+                 dp: DpSettings, history: History):
+        self.module, self.params, self.dp = module, params, dp
+        self.noise_multiplier = noise_multiplier
+        self.sample_rate = poisson_sample_rate(len(shard), batch_size)
+        optimizer_class = get_optimizer_class(clipping="flat", distributed=False,
+                                              grad_sample_mode="ghost" if dp.ghost else "hooks")
+        self.optimizer: DPOptimizer = optimizer_class(
+            optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=expected_batch_size(len(shard), self.sample_rate), loss_reduction="mean")
+        self.accountant = new_accountant(dp.accountant)
+        self.accountant.history = list(history)
+        self.steps_taken = 0
+        hook = self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
+
+        def count_and_account(optim: DPOptimizer) -> None:
+            hook(optim)
+            self.steps_taken += 1
+
+        self.optimizer.attach_step_hook(count_and_account)
+        self.loader = DPDataLoader.from_data_loader(DataLoader(shard, batch_size=batch_size))
         if not math.isclose(self.loader.sample_rate, self.sample_rate):
             raise PrivacyViolationError(f"Opacus samples at q={self.loader.sample_rate}, privfed accounted for "
                                         f"q={self.sample_rate}")
+        # Opacus' BatchMemoryManager mechanism: the same Poisson batches, cut into physical chunks; the optimizer
+        # is told to skip (accumulate) until a logical batch's last chunk
+        loader = self.loader if not physical_batch_size else wrap_data_loader(
+            data_loader=self.loader, max_batch_size=physical_batch_size, optimizer=self.optimizer)
+        self._batches: Iterator = _endless(loader)
 
     @property
-    def ghost(self) -> bool:
-        return self.dp.clipping is Clipping.GHOST
+    def accountant_history(self) -> History:
+        return list(self.accountant.history)
 
-    @property
-    def inner_optimizer(self) -> torch.optim.Optimizer:
-        return getattr(self.optimizer, "original_optimizer", self.optimizer)
-
-    def reset_optimizer_state(self) -> None:
-        """Stateless clients (the FedAvg convention): Adam moments do not carry over between rounds."""
-        self.inner_optimizer.state.clear()
-
-    def step(self, per_example_loss: torch.Tensor) -> None:
-        """Backward on the batch-mean loss, verify per-sample gradients (or norms), step, verify the tensors moved.
-
-        ``per_example_loss`` has one entry per example: ghost clipping needs them separately for its second,
-        reweighted backward pass.
-        """
-        with warnings.catch_warnings():  # Opacus' hooks on frozen-input layers: expected, not actionable
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if self.engine is not None and self.ghost:
-                self._ghost_backward(per_example_loss)
-            else:
-                per_example_loss.mean().backward()
-        self._require_gradients()
-        noisy = self.engine is not None and (self.dp.noise_multiplier or 0.0) > 0
-        before = _probe(self.params) if noisy else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def step(self, loss_of: LossFunction) -> list[float]:
+        """One logical (Poisson) step; returns its mean example loss ([] for an empty batch)."""
+        losses: list[tuple[float, int]] = []  # (loss sum, rows) of each non-empty physical chunk
+        before = _probe(self.params) if self.noise_multiplier > 0 else None
+        taken = self.steps_taken
+        while self.steps_taken == taken:  # physical chunks until the optimizer takes the logical step
+            self._physical_step(next(self._batches), loss_of, losses)
         if before is not None:
             frozen = sum(bool(torch.equal(b, a)) for b, a in zip(before, _probe(self.params)))
             if frozen:
                 raise PrivacyViolationError(
                     f"{frozen} of {len(self.params)} trainable tensors did not change after a noisy DP-SGD step: "
                     "noise was not applied to them (is the model on its device before get_peft_model?)")
+        rows = sum(n for _, n in losses)
+        return [sum(total for total, _ in losses) / rows] if rows else []
 
-    def _ghost_backward(self, per_example_loss: torch.Tensor) -> None:
-        """Opacus' two-pass ghost clipping; a stale norm from the previous step must not stand in for this one."""
-        for p in self.params:
+    def _physical_step(self, tensors: list[torch.Tensor], loss_of: LossFunction,
+                       losses: list[tuple[float, int]]) -> None:
+        rows = tensors[0].shape[0]
+        with warnings.catch_warnings():  # Opacus' hooks on frozen-input layers: expected, not actionable
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if rows == 0:
+                self._empty_gradients()
+            else:
+                per_example = loss_of(tuple(tensors))
+                losses.append((float(per_example.detach().sum()), rows))
+                self._backward(per_example)
+        self._require_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, per_example: torch.Tensor) -> None:
+        if not self.dp.ghost:
+            per_example.mean().backward()
+            return
+        for p in self.params:  # a stale norm from the previous step must not stand in for this one
             p._norm_sample = None
         try:
-            DPTensorFastGradientClipping(self.module, self.optimizer, per_example_loss, "mean").backward()
+            DPTensorFastGradientClipping(self.module, self.optimizer, per_example, "mean").backward()
         except (AttributeError, TypeError):  # Opacus stacks the norms mid-backward: a missing one fails there
             self._require_gradients()
             raise
 
+    def _empty_gradients(self) -> None:
+        """An empty Poisson batch: zero clipped gradient, so the step that follows adds noise alone."""
+        for p in self.params:
+            if self.dp.ghost:
+                p._norm_sample = torch.zeros(0, device=p.device, dtype=p.dtype)
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+
     def _require_gradients(self) -> None:
-        """Every trainable tensor got what its mode clips or steps with: per-sample gradients, norms, or gradients."""
-        if self.engine is None:
-            self._require([p.grad is not None for p in self.params], "gradient",
-                          "the loss does not depend on them; refusing to report them as trained")
-        elif self.ghost:
-            self._require([getattr(p, "_norm_sample", None) is not None for p in self.params],
-                          "per-sample gradient norm")
+        """Every trainable tensor got what its mode clips with: per-sample gradients or per-sample norms."""
+        if self.dp.ghost:
+            _require([getattr(p, "_norm_sample", None) is not None for p in self.params], "per-sample gradient norm",
+                     NOT_HOOKED)
         else:
-            self._require([getattr(p, "grad_sample", None) is not None for p in self.params], "per-sample gradient")
+            _require([getattr(p, "grad_sample", None) is not None for p in self.params], "per-sample gradient",
+                     NOT_HOOKED)
 
-    def _require(self, present: list[bool], what: str,
-                 hint: str = "Opacus did not hook the layer that owns them; refusing to take a non-private step",
-                 ) -> None:
-        missing = present.count(False)
-        if missing:
-            raise PrivacyViolationError(f"{missing} of {len(self.params)} trainable tensors got no {what} ({hint})")
 
-    def restore_history(self, history: list[tuple[float, float, int]]) -> None:
-        """Resume: give the accountant the steps this client took before the run was interrupted."""
-        if self.engine is not None:
-            self.engine.accountant.history = list(history)
+class PlainRound:
+    """A client's round without DP: shuffled mini-batches of ``batch_size``, optionally in physical chunks."""
 
-    def accountant_history(self) -> list[tuple[float, float, int]]:
-        return list(self.engine.accountant.history) if self.engine is not None else []
+    def __init__(self, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, shard: TensorDataset,
+                 batch_size: int, physical_batch_size: int):
+        self.params, self.optimizer = params, optimizer
+        self._batches: Iterator = _endless(DataLoader(shard, batch_size=batch_size, shuffle=True))
+        self.chunk = physical_batch_size or batch_size
+
+    def step(self, loss_of: LossFunction) -> list[float]:
+        """One step on the next shuffled batch; returns its mean loss."""
+        tensors = next(self._batches)
+        rows = tensors[0].shape[0]
+        total = 0.0
+        for start in range(0, rows, self.chunk):
+            per_example = loss_of(tuple(t[start:start + self.chunk] for t in tensors))
+            (per_example.sum() / rows).backward()  # the chunks' gradients add up to the batch mean's
+            total += float(per_example.detach().sum())
+        _require([p.grad is not None for p in self.params], "gradient",
+                 "the loss does not depend on them; refusing to report them as trained")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return [total / rows]

@@ -64,24 +64,38 @@ class Ledger:
     """Ordered events of a run. Only appended to; serialised as one JSON object a line."""
 
     def __init__(self, events: Iterable[Event] = ()):
-        self._events: list[Event] = list(events)
+        self._events: list[Event] = []
+        self._by_client: dict[int, list[Event]] = {}  # per-client look-ups stay cheap with thousands of clients
+        for event in events:
+            self.append(event)
 
     def append(self, event: Event) -> None:
         self._events.append(event)
+        self._by_client.setdefault(event.client, []).append(event)
 
     @property
     def events(self) -> tuple[Event, ...]:
         return tuple(self._events)
 
+    def _of(self, client: int | None) -> list[Event]:
+        return self._events if client is None else self._by_client.get(client, [])
+
     def dp_sgd(self, client: int | None = None) -> list[DpSgdEvent]:
-        return [e for e in self._events if isinstance(e, DpSgdEvent) and (client is None or e.client == client)]
+        return [e for e in self._of(client) if isinstance(e, DpSgdEvent)]
 
     def distributed_dp(self, client: int | None = None) -> list[DistributedDpEvent]:
-        return [e for e in self._events
-                if isinstance(e, DistributedDpEvent) and (client is None or e.client == client)]
+        return [e for e in self._of(client) if isinstance(e, DistributedDpEvent)]
+
+    @classmethod
+    def from_dicts(cls, raws: Iterable[dict]) -> Ledger:
+        """The inverse of :meth:`to_dicts`."""
+        return cls(_KINDS[raw["kind"]](**raw) for raw in raws)
+
+    def to_dicts(self) -> list[dict]:
+        return [asdict(e) for e in self._events]
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(asdict(e)) + "\n" for e in self._events)
+        return "".join(json.dumps(e) + "\n" for e in self.to_dicts())
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -90,9 +104,4 @@ class Ledger:
 
     @classmethod
     def read(cls, path: Path) -> Ledger:
-        events = []
-        for line in path.read_text().splitlines():
-            if line.strip():
-                raw = json.loads(line)
-                events.append(_KINDS[raw["kind"]](**raw))
-        return cls(events)
+        return cls.from_dicts(json.loads(line) for line in path.read_text().splitlines() if line.strip())

@@ -17,7 +17,7 @@ class ServerStrategy(abc.ABC):
     @abc.abstractmethod
     def apply(self, global_vector: np.ndarray, mean_update: np.ndarray) -> np.ndarray: ...
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -49,8 +49,9 @@ class _AdaptiveStrategy(ServerStrategy):
         self.v = self._second_moment(self.v, mean_update * mean_update)
         return global_vector + c.server_lr * self.m / (np.sqrt(self.v) + c.server_tau)
 
-    def state_dict(self) -> dict:
-        return {"m": self.m, "v": self.v}
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The moments, once the first update made them (plain arrays: they go into the checkpoint)."""
+        return {} if self.m is None or self.v is None else {"m": self.m, "v": self.v}
 
     def load_state_dict(self, state: dict) -> None:
         self.m, self.v = state.get("m"), state.get("v")

@@ -1,0 +1,1 @@
+"""Callbacks that observe a run: evaluation, privacy reporting, checkpoints, progress."""

@@ -1,0 +1,25 @@
+"""Evaluate the global model before round 1 and after every round, on the held-out examples."""
+from __future__ import annotations
+
+from privfed.evaluation import evaluate
+from privfed.federation.setup import Federation
+from privfed.server.events import Callback, RoundRecord, RunStarted, RunState
+
+
+class GlobalEvaluation(Callback):
+    """Loads the global state into the runtime's model (in process: the same one model) and scores it."""
+
+    def __init__(self, federation: Federation):
+        self.fed = federation
+
+    def _evaluate(self, state: RunState) -> dict:
+        self.fed.runtime.load(state.global_vector)
+        return evaluate(self.fed.runtime.model, self.fed.test_data, self.fed.task,
+                        explicit_positions=self.fed.runtime.explicit_positions, owners=self.fed.test_owners)
+
+    def on_run_start(self, event: RunStarted) -> None:
+        if not event.resumed:
+            event.state.initial = self._evaluate(event.state)
+
+    def on_round_end(self, record: RoundRecord, state: RunState) -> None:
+        record.evaluation = self._evaluate(state)

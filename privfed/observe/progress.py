@@ -1,0 +1,70 @@
+"""The progress bar over client rounds and the one-line summary printed after each round."""
+from __future__ import annotations
+
+import logging
+
+from tqdm.auto import tqdm
+
+from privfed.server.events import Callback, ClientSkipped, ClientTrained, RoundRecord, RunStarted, RunState
+
+log = logging.getLogger(__name__)
+
+
+def aggregation_note(row: dict) -> str:
+    """' [secagg: 5/5 summed, 2 dropped, ...]' for the round line; empty for plain rounds without dropouts."""
+    details = row.get("aggregation") or {}
+    if "protocol" not in details and not row.get("dropouts"):
+        return ""
+    parts = [f"{row['clients_aggregated']}/{row['clients_trained']} summed"]
+    if row.get("dropouts"):
+        parts.append(f"{row['dropouts']} dropped")
+    if details.get("dropouts_recovered"):
+        parts.append(f"{details['dropouts_recovered']} masks recovered")
+    if "word_bits" in details:
+        parts.append(f"{details['word_bits']}-bit words")
+    if "slots_per_ciphertext" in details:
+        parts.append(f"{details['slots_per_ciphertext']} values/ciphertext, "
+                     f"{details.get('encrypt_seconds', 0):.1f} s encrypt/client")
+    if "protocol" in details:
+        parts.append(f"{row['bytes_up_per_client'] / 1e6:.2f} MB up/client")
+    return f" [{details.get('protocol', 'plain')}: {', '.join(parts)}]"
+
+
+class Progress(Callback):
+    """A tqdm bar of client rounds (off with ``enabled=False``); round lines and notes go through it."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def on_run_start(self, event: RunStarted) -> None:
+        if event.plan:
+            if self.enabled:
+                tqdm.write(event.plan)
+            else:
+                log.info(event.plan)
+        self.bar = tqdm(total=event.rounds * event.clients_per_round,
+                        initial=event.state.completed_rounds * event.clients_per_round, disable=not self.enabled,
+                        desc="client rounds", unit="client", dynamic_ncols=True)
+
+    def on_client_trained(self, event: ClientTrained) -> None:
+        self.bar.set_postfix_str(f"round {event.round}, client {event.update.client}")
+        self.bar.update(1)
+
+    def on_client_skipped(self, event: ClientSkipped) -> None:
+        self.bar.update(1)
+
+    def on_round_committed(self, record: RoundRecord, state: RunState) -> None:
+        row = state.rows[-1]
+        abort = (row.get("aggregation") or {}).get("abort_reason")
+        if abort:
+            self.bar.write(f"round {record.round}: aggregation aborted: {abort}")
+        metric = "eval_accuracy" if "eval_accuracy" in row else "eval_perplexity"
+        self.bar.write(f"round {record.round}: {metric}={row[metric]:.4f} eval_loss={row['eval_loss']:.4f} "
+                       f"epsilon={row['epsilon']:.3f}"
+                       + (f" user_epsilon={row['user_epsilon']:.3f}" if "user_epsilon" in row else "")
+                       + aggregation_note(row)
+                       + (f" ({record.clients_skipped} skipped)" if record.clients_skipped else ""))
+
+    def on_run_end(self, results: dict) -> None:
+        self.bar.close()

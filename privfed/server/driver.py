@@ -1,0 +1,168 @@
+"""The round driver: sample clients, broadcast the global state, drive the aggregation protocol, apply the strategy.
+
+It knows the client side only through :class:`ClientSide` (in process today; one node per organisation behind a
+network engine) and reports everything else through typed events to callbacks, so evaluation, checkpoints,
+printing, audits and attacks never branch inside the loop. Every random choice of round r derives from
+(seed, r, ...), so a run resumed from its last checkpoint continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from privfed.client.runtime import TrainedRound
+from privfed.config import ExperimentConfig
+from privfed.federation.vectors import derive_seed
+from privfed.privacy.ledger import SkippedEvent
+from privfed.server.events import (
+    Callback,
+    ClientSkipped,
+    ClientTrained,
+    RoundRecord,
+    RoundStarted,
+    RunStarted,
+    RunState,
+)
+from privfed.server.strategies import ServerStrategy
+
+
+def clients_per_round(cfg: ExperimentConfig, num_clients: int) -> int:
+    return max(1, round(cfg.federation.client_fraction * num_clients))
+
+
+def sample_clients(cfg: ExperimentConfig, round_idx: int, num_clients: int) -> list[int]:
+    rng = np.random.default_rng(derive_seed(cfg.seed, round_idx, 0x5A3B1E))
+    return sorted(int(c) for c in rng.choice(num_clients, size=clients_per_round(cfg, num_clients), replace=False))
+
+
+def sample_dropouts(cfg: ExperimentConfig, round_idx: int, participants: list[int]) -> frozenset[int]:
+    """The simulated dropouts of a round: round(fraction * participants) of them, drawn from (seed, round)."""
+    k = round(cfg.aggregation.dropout_fraction * len(participants))
+    if k == 0:
+        return frozenset()
+    rng = np.random.default_rng(derive_seed(cfg.seed, round_idx, 0xD809))
+    return frozenset(int(c) for c in rng.choice(participants, size=k, replace=False))
+
+
+def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, weight_cap: int) -> np.ndarray:
+    """What a client hands to aggregation: ``[w * delta, w]``, so the sum gives the weighted mean update.
+
+    FedAvg weights w = n_i / n_max (n_max, the largest client, plays the public weight cap of DP-FedAvg) keep every
+    transmitted value within the encoding's range. Under distributed DP the update is clipped to L2 norm S and
+    weighted 1: a client's influence on the sum must be bounded by S whatever its size.
+    """
+    if cfg.privacy.distributed_noise > 0:
+        norm = float(np.linalg.norm(delta))
+        clipped = delta * min(1.0, cfg.privacy.update_clip / norm) if norm > 0 else delta
+        return np.append(clipped.astype(np.float64), 1.0)
+    weight = num_examples / weight_cap
+    return np.append(delta.astype(np.float64) * weight, weight)
+
+
+class ClientSide(abc.ABC):
+    """The clients as the driver reaches them. Each client checks its own budget and records its own events."""
+
+    @property
+    @abc.abstractmethod
+    def num_clients(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def weight_cap(self) -> int:
+        """The largest client's example count: the public FedAvg weight cap."""
+
+    @abc.abstractmethod
+    def refusal(self, client: int, round_idx: int) -> SkippedEvent | None:
+        """The client's budget check for the round (recorded in its ledger when it refuses)."""
+
+    @abc.abstractmethod
+    def train(self, client: int, round_idx: int, global_vector: np.ndarray) -> TrainedRound:
+        """Local training from the global state (the client records its DP event and checks its accountant)."""
+
+    @abc.abstractmethod
+    def record_aggregation(self, round_idx: int, outcome) -> None:
+        """After the sum: contributors record what entering it cost them (distributed-DP noise shares)."""
+
+
+class RoundDriver:
+    def __init__(self, cfg: ExperimentConfig, clients: ClientSide, backend, strategy: ServerStrategy,
+                 callbacks: Sequence[Callback]):
+        self.cfg, self.clients, self.backend, self.strategy = cfg, clients, backend, strategy
+        self.callbacks = list(callbacks)
+
+    def _emit(self, method: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, method)(*args)
+
+    def run(self, state: RunState, resumed: bool) -> RunState:
+        """Rounds ``state.completed_rounds + 1 .. cfg.training.rounds``; ``state`` is updated in place."""
+        if resumed:
+            self.strategy.load_state_dict(state.strategy_state)
+        self._emit("on_run_start", RunStarted(state, resumed, self.backend.plan(), self.cfg.training.rounds,
+                                              clients_per_round(self.cfg, self.clients.num_clients)))
+        for r in range(state.completed_rounds + 1, self.cfg.training.rounds + 1):
+            self._round(r, state)
+        return state
+
+    def _round(self, r: int, state: RunState) -> None:
+        start = time.perf_counter()
+        sampled = sample_clients(self.cfg, r, self.clients.num_clients)
+        self.backend.prepare_round(r, sampled)
+        self._emit("on_round_start", RoundStarted(r, tuple(sampled)))
+        participants = []
+        for cid in sampled:
+            skipped = self.clients.refusal(cid, r)
+            if skipped is None:
+                participants.append(cid)
+            else:
+                state.notes.append(f"round {r}: client {cid} did not train: epsilon would reach "
+                                   f"{skipped.epsilon_if_trained:.3f} > budget {skipped.budget:g}")
+                self._emit("on_client_skipped", ClientSkipped(r, skipped))
+        trained: dict[int, TrainedRound] = {}
+
+        def provide_update(cid: int) -> np.ndarray:
+            result = self.clients.train(cid, r, state.global_vector)
+            trained[cid] = result
+            self._emit("on_client_trained", ClientTrained(r, result.update, result.event))
+            return contribution(self.cfg, result.update.delta, result.update.num_examples, self.clients.weight_cap)
+
+        aggregation, bytes_down_protocol = None, 0
+        if participants:
+            dropouts = sample_dropouts(self.cfg, r, participants)
+            outcome = self._secure_sum(r, participants, provide_update, dropouts)
+            bytes_down_protocol = outcome.bytes_down_per_client * len(trained)
+            aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": len(dropouts),
+                           "bytes_up_per_client": outcome.bytes_up_per_client,
+                           "bytes_down_per_client": outcome.bytes_down_per_client + state.global_vector.size * 4,
+                           "aggregation_seconds": outcome.seconds, "aggregation": outcome.details}
+            if outcome.total is None:
+                reason = outcome.details.get("abort_reason") or "aborted"
+                state.notes.append(f"round {r}: aggregation aborted ({reason}); the global model is unchanged")
+            else:
+                mean_update = (outcome.total[:-1] / outcome.total[-1]).astype(np.float32)
+                state.global_vector = self.strategy.apply(state.global_vector, mean_update).astype(np.float32)
+                self.clients.record_aggregation(r, outcome)
+        else:
+            state.notes.append(f"round {r}: no client trained; the global model is unchanged")
+        losses = [t.update.train_loss for t in trained.values()]
+        weights = [t.update.num_examples for t in trained.values()]
+        record = RoundRecord(
+            round=r, clients_trained=len(trained), clients_skipped=len(sampled) - len(participants),
+            train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
+            bytes_up=aggregation["bytes_up_per_client"] * len(trained) if aggregation else 0,
+            bytes_down=len(sampled) * state.global_vector.size * 4 + bytes_down_protocol,
+            seconds=0.0, aggregation=aggregation)
+        self._emit("on_round_end", record, state)
+        record.seconds = time.perf_counter() - start
+        state.rows.append(record.as_row())
+        state.completed_rounds = r
+        state.strategy_state = self.strategy.state_dict()
+        self._emit("on_round_committed", record, state)
+
+    def _secure_sum(self, r: int, participants: list[int], provide_update, dropouts: frozenset[int]):
+        contributions = {cid: provide_update(cid) for cid in participants}
+        return self.backend.aggregate(r, contributions, dropouts)
