@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from privfed.aggregation import AggregationBackend as Aggregator
+from privfed.aggregation import make_backend as make_aggregator
 from privfed.config import DpMode, ExperimentConfig
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.evaluation import evaluate
-from privfed.federation.aggregation import Aggregator, make_aggregator
 from privfed.federation.setup import Federation, build_federation
 from privfed.federation.strategies import ServerStrategy, make_strategy
 from privfed.federation.vectors import derive_seed, flatten, load_into
