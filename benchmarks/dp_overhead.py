@@ -17,23 +17,23 @@ import time
 import warnings
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from privfed.config import Accountant, Clipping, ModelConfig, ModelSource, Regime
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
-from privfed.privacy.dpsgd import DpSettings, PrivateTraining
+from privfed.privacy.dpsgd import DpSettings, DpSgdRound, PlainRound, wrap_for_dp
 
 CASES = [(ModelSource.MINILM, Regime.LORA), (ModelSource.MINILM, Regime.PROMPT), (ModelSource.MINILM, Regime.FULL),
          (ModelSource.TINY_LLAMA, Regime.LORA), (ModelSource.TINY_LLAMA, Regime.PROMPT),
          (ModelSource.TINY_LLAMA, Regime.FULL)]
 
 
-def _time_step(training: PrivateTraining, batch: dict, task) -> float:
+def _time_step(training: DpSgdRound | PlainRound, module, explicit: bool, task) -> float:
     start = time.perf_counter()
-    training.step(per_example_loss(training.module, batch, task))
+    training.step(lambda tensors: per_example_loss(module, as_batch(tensors, explicit), task))
     return time.perf_counter() - start
 
 
@@ -45,18 +45,21 @@ def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, 
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=g)
     data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g))
     explicit = regime is Regime.FULL and loaded.task.value == "classification"
-    batch = as_batch(next(iter(DataLoader(data, batch_size=batch_size))), explicit)
-    trainings = {}
-    for label, sigma, clipping in (("plain_s", None, Clipping.PER_SAMPLE), ("per_sample_s", 1.0, Clipping.PER_SAMPLE),
-                                   ("ghost_s", 1.0, Clipping.GHOST)):
+    trainings = {}  # label -> (training, the module it calls): the whole batch every step (q = 1)
+    for label, clipping in (("plain_s", None), ("per_sample_s", Clipping.PER_SAMPLE), ("ghost_s", Clipping.GHOST)):
         m = copy.deepcopy(model)
         params = [p for _, p in trainable_parameters(m)]
-        trainings[label] = PrivateTraining(m, params, data, batch_size, torch.optim.Adam(params, lr=1e-4),
-                                           DpSettings(sigma, 1.0, Accountant.RDP, clipping))
+        optimizer = torch.optim.Adam(params, lr=1e-4)
+        if clipping is None:
+            trainings[label] = (PlainRound(params, optimizer, data, batch_size, 0), m)
+        else:
+            dp = DpSettings(1.0, Accountant.RDP, clipping)
+            module = wrap_for_dp(m, params, dp)
+            trainings[label] = (DpSgdRound(module, params, optimizer, data, batch_size, 0, 1.0, dp, []), module)
     times: dict[str, list[float]] = {label: [] for label in trainings}
     for i in range(steps + 1):
-        for label, training in trainings.items():
-            t = _time_step(training, batch, loaded.task)
+        for label, (training, module) in trainings.items():
+            t = _time_step(training, module, explicit, loaded.task)
             if i:  # the first step of each warms up allocators and hooks
                 times[label].append(t)
     result = {"model": source.value, "regime": regime.value,

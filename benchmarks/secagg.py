@@ -28,11 +28,11 @@ import numpy as np
 from benchmark_table import table  # benchmarks/benchmark_table.py, beside this script
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privfed.config import DropoutStage
-from privfed.secure.graph import effective_degree, round_threshold, suggested_degree
+from privfed.aggregation import InProcessTransport, run_protocol
+from privfed.aggregation.secagg import SecAggBackend
+from privfed.config import Aggregation, AggregationConfig, DropoutStage
+from privfed.secure.graph import suggested_degree
 from privfed.secure.primitives import MaskStream, fresh_secret
-from privfed.secure.secagg import RoundParameters, SecAggClient, SecAggServer
-from privfed.secure.simulate import run_round
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -81,23 +81,25 @@ def flower_comparison(d: int, k: int, repeats: int) -> dict:
 
 
 def full_round(n: int, d: int, drop_fraction: float) -> dict:
-    degree = suggested_degree(n)
-    effective = effective_degree(n, degree)
-    session = os.urandom(16)
-    params = RoundParameters(session, 1, tuple(range(n)), effective, round_threshold(n, degree, 0.6), 32, d)
+    cfg = AggregationConfig(method=Aggregation.SECAGG, neighbours=suggested_degree(n),
+                            dropout_stage=DropoutStage.MASKED_INPUT)
+    backend = SecAggBackend(cfg, n, d)
     rng = np.random.default_rng(n)
-    clients = {c: SecAggClient(c, rng.integers(0, 2**32, d, dtype=np.uint32), session, 1) for c in range(n)}
+    updates = {c: rng.uniform(-1, 1, d) for c in range(n)}
     dropped = rng.choice(n, size=max(1, round(drop_fraction * n)), replace=False)
-    server = SecAggServer(params)
+    server = backend.server_half(1, list(range(n)))
+    clients = {c: backend.client_half(1, c) for c in range(n)}
     start = time.perf_counter()
-    outcome, _ = run_round(server, clients, {int(c): DropoutStage.MASKED_INPUT for c in dropped})
+    outcome = run_protocol(server, InProcessTransport(clients, updates.get,
+                                                      {int(c): DropoutStage.MASKED_INPUT for c in dropped}))
     wall = time.perf_counter() - start
-    client_seconds = [c.timer.seconds for c in clients.values()]
-    return {"n": n, "d": d, "k": effective or n - 1, "threshold": params.threshold, "dropped": len(dropped),
-            "recovered": len(outcome.recovered_dropouts), "server_s": server.timer.seconds,
-            "client_s_mean": statistics.mean(client_seconds), "round_wall_s": wall,
-            "server_per_nlogn_us": server.timer.seconds / (n * math.log2(n)) * 1e6,
-            "server_per_n2_us": server.timer.seconds / n ** 2 * 1e6,
+    details = backend.complete(outcome, clients).details
+    server_s = details["server_crypto_seconds"]
+    return {"n": n, "d": d, "k": details["neighbours"], "threshold": details["threshold"], "dropped": len(dropped),
+            "recovered": details["dropouts_recovered"], "server_s": server_s,
+            "client_s_mean": details["client_crypto_seconds"], "round_wall_s": wall,
+            "server_per_nlogn_us": server_s / (n * math.log2(n)) * 1e6,
+            "server_per_n2_us": server_s / n ** 2 * 1e6,
             "bytes_up_per_client": statistics.mean(c.bytes_sent for c in clients.values())}
 
 

@@ -47,7 +47,8 @@ from privfed.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
-    from privfed.federation.aggregation import AggregationOutcome, Aggregator
+    from privfed.aggregation import AggregationBackend as Aggregator
+    from privfed.aggregation import AggregationOutcome
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.report import plots
     from privfed.secure.packing import SlotLayout
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
         Callback,
         ClientSkipped,
         ClientTrained,
+        RoundAggregated,
         RoundRecord,
         RoundStarted,
         RunStarted,
@@ -67,12 +69,13 @@ _LAZY = {
     "plots": "privfed.report.plots",
     "ServerView": "privfed.federation.server_view:ServerView",
     "ReceivedMessage": "privfed.federation.server_view:ReceivedMessage",
-    "Aggregator": "privfed.federation.aggregation:Aggregator",
-    "AggregationOutcome": "privfed.federation.aggregation:AggregationOutcome",
+    "Aggregator": "privfed.aggregation.base:AggregationBackend",
+    "AggregationOutcome": "privfed.aggregation.base:AggregationOutcome",
     "SlotLayout": "privfed.secure.packing:SlotLayout",
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
     **{name: f"privfed.server.events:{name}" for name in
-       ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundRecord", "RunState")},
+       ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundAggregated",
+        "RoundRecord", "RunState")},
 }
 
 
@@ -150,17 +153,19 @@ def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_
     whose keys depend on the back-end) and fills the view with what the server received. Vectors hold
     ``vector_length`` values in [-clip_range, clip_range]. ``plan()`` is the cost line a run prints first;
     ``prepare_round(round, clients)`` starts Paillier's obfuscators early (in training, while clients train);
-    ``close()``, or a ``with`` block, stops Paillier's worker processes.
+    ``close()``, or a ``with`` block, stops Paillier's worker processes. The back-end also makes each round's
+    client and server halves, which talk only in bytes (``server_half``, ``client_half``; see
+    :mod:`privfed.aggregation`).
     """
+    from privfed.aggregation import make_backend
     from privfed.config import validate_aggregation
-    from privfed.federation.aggregation import make_aggregator as _make
 
     validate_aggregation(aggregation)
     if num_clients < 1 or vector_length < 1:
         raise ValueError(f"make_aggregator needs num_clients >= 1 and vector_length >= 1, got {num_clients} and "
                          f"{vector_length}")
-    return _make(aggregation, max_clients=num_clients, vector_length=vector_length,
-                 client_ids=list(range(num_clients)), progress=progress)
+    return make_backend(aggregation, max_clients=num_clients, vector_length=vector_length,
+                        client_ids=list(range(num_clients)), progress=progress)
 
 
 __all__ = [
@@ -168,6 +173,7 @@ __all__ = [
     "Callback",
     "ClientSkipped",
     "ClientTrained",
+    "RoundAggregated",
     "RoundRecord",
     "RoundStarted",
     "RunStarted",

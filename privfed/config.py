@@ -95,7 +95,8 @@ class Strategy(enum.Enum):
 
 
 class Aggregation(enum.Enum):
-    """How client updates are summed. Every back-end sits behind the same ``Aggregator`` interface."""
+    """How client updates are summed. Every back-end is a client half and a server half per round, talking in
+    bytes (``privfed.aggregation``)."""
 
     PLAIN = "plain"  # the server sees each float32 update
     SECAGG = "secagg"  # pairwise masking (SecAgg / SecAgg+): the server learns only the sum

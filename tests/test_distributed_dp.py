@@ -7,7 +7,7 @@ import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from privfed.config import Aggregation, AggregationConfig
-from privfed.federation.aggregation import SecAggAggregator
+from privfed.aggregation.secagg import SecAggBackend
 from privfed.privacy.distributed import ORDERS, SkellamShare, user_epsilon
 
 
@@ -30,7 +30,7 @@ def test_skellam_is_noisier_accounted_for_coarse_steps():
 def test_shares_sum_to_the_full_noise_and_are_not_skipped():
     cfg = AggregationConfig(method=Aggregation.SECAGG, clip_range=1.0, value_bits=20)
     d = 20_000
-    agg = SecAggAggregator(cfg, max_clients=4, vector_length=d + 1, distributed_noise=1.0, update_clip=0.5)
+    agg = SecAggBackend(cfg, max_clients=4, vector_length=d + 1, distributed_noise=1.0, update_clip=0.5)
     contributions = {c: np.append(np.zeros(d), 1.0) for c in range(4)}
     outcome = agg.aggregate(1, contributions)
     noise = outcome.total[:-1]

@@ -12,7 +12,7 @@ from test_cli import _privfed, _tiny_config
 
 from privfed.config import Aggregation, AggregationConfig
 from privfed.errors import ConfigError
-from privfed.federation.paillier_aggregator import PaillierAggregator
+from privfed.aggregation.paillier import PaillierBackend
 from privfed.engines.inprocess import run
 from privfed.results import RunDirectory
 from privfed.secure.messages import MessageType, decode
@@ -56,7 +56,7 @@ def test_every_upload_is_paillier_ciphertext_of_that_clients_update(tiny_classif
 
     monkeypatch.setattr(PaillierServer, "receive", spy)
     cfg = tiny_classifier(*PAILLIER_2048).aggregation
-    aggregator = PaillierAggregator(cfg, max_clients=3, vector_length=500, client_ids=[0, 1, 2])
+    aggregator = PaillierBackend(cfg, max_clients=3, vector_length=500, client_ids=[0, 1, 2])
     try:
         rng = np.random.default_rng(0)
         updates = {c: np.append(rng.normal(0, 0.1, 499), 1.0) for c in range(3)}
@@ -87,7 +87,7 @@ def test_dropouts_before_upload_are_left_out_and_after_upload_still_count(tiny_c
 
 def test_more_clients_than_the_packing_allows_are_refused_before_encrypting(tiny_classifier):
     cfg = tiny_classifier(*PAILLIER_2048).aggregation
-    aggregator = PaillierAggregator(cfg, max_clients=2, vector_length=10, client_ids=[0, 1, 2])
+    aggregator = PaillierBackend(cfg, max_clients=2, vector_length=10, client_ids=[0, 1, 2])
     try:
         with pytest.raises(ValueError, match="at most 2"):
             aggregator.aggregate(1, {c: np.zeros(10) for c in range(3)})
@@ -99,7 +99,7 @@ def test_more_clients_than_the_packing_allows_are_refused_before_encrypting(tiny
 def test_an_overflowing_configuration_fails_before_any_key_or_training():
     cfg = AggregationConfig(method=Aggregation.PAILLIER, value_bits=53)
     with pytest.raises(ConfigError, match="aggregation.value_bits"):
-        PaillierAggregator(cfg, max_clients=2 ** 12, vector_length=10, client_ids=list(range(2 ** 12)))
+        PaillierBackend(cfg, max_clients=2 ** 12, vector_length=10, client_ids=list(range(2 ** 12)))
 
 
 def test_a_key_file_is_used_as_is(tiny_classifier, tmp_path):
@@ -148,7 +148,7 @@ def test_paillier_settings_are_checked(tiny_classifier, override, key):
 
 def test_a_2048_bit_key_prints_its_security_level(tiny_classifier, caplog):
     with caplog.at_level(logging.WARNING):
-        aggregator = PaillierAggregator(tiny_classifier(*PAILLIER_2048).aggregation, 3, 10, [0, 1, 2])
+        aggregator = PaillierBackend(tiny_classifier(*PAILLIER_2048).aggregation, 3, 10, [0, 1, 2])
     aggregator.close()
     assert "112-bit security" in caplog.text and "3072" in caplog.text
     assert "ciphertexts" in aggregator.plan() and "MB up" in aggregator.plan()

@@ -86,8 +86,8 @@ def test_configuration_errors_come_before_training(tiny_classifier, tmp_path):
 
 def test_a_lone_contributor_is_never_revealed():
     from privfed.config import Aggregation, AggregationConfig
-    from privfed.federation.aggregation import SecAggAggregator
+    from privfed.aggregation.secagg import SecAggBackend
 
-    agg = SecAggAggregator(AggregationConfig(method=Aggregation.SECAGG), max_clients=3, vector_length=4)
+    agg = SecAggBackend(AggregationConfig(method=Aggregation.SECAGG), max_clients=3, vector_length=4)
     outcome = agg.aggregate(1, {0: np.ones(4)})
     assert outcome.total is None and "needs 2" in outcome.details["abort_reason"]

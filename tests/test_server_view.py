@@ -59,7 +59,7 @@ def test_paillier_view_holds_randomised_ciphertexts():
     with privfed.make_aggregator(cfg, num_clients=4, vector_length=VECTOR) as agg:
         outcome = agg.aggregate(1, {0: same, 1: same, 2: -same}, view=view)
         n = agg.key.n
-    assert view.kinds() == {"PAILLIER_INPUT": 3}
+    assert view.kinds() == {"PAILLIER_INPUT": 3, "PAILLIER_DECRYPTED": 1}  # + the decryptor's plaintext sum
     for c in range(3):
         ciphertexts = view.uploads[c]
         assert len(ciphertexts) == outcome.details["ciphertexts_per_client"]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from privfed.federation.aggregation import make_aggregator as make_backend  # TEMP until the halves land
+from privfed.aggregation import make_backend
+from privfed.aggregation.base import AggregationOutcome
 from privfed.client import budget
 from privfed.client.runtime import TrainedRound
 from privfed.config import DpMode, ExperimentConfig
@@ -64,7 +65,7 @@ class InProcessClients(ClientSide):
                 raise PrivacyViolationError(f"client {client}: Opacus' accountant and the ledger disagree")
         return result
 
-    def record_aggregation(self, round_idx: int, outcome) -> None:
+    def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
         if outcome.noise is not None:
             for cid in outcome.contributors:
                 self.ledger.append(outcome.noise.event(cid, round_idx))

@@ -1,1 +1,1 @@
-"""Clients, server strategies, aggregation and the in-process round loop."""
+"""Clients, server strategies, the server view and the in-process round loop (aggregation: privfed.aggregation)."""

@@ -3,9 +3,10 @@
 Pass a fresh :class:`ServerView` to ``Aggregator.aggregate(..., view=...)`` and it fills with every message a
 client sends the server during that round (sender, type, size) and, per client, the vector the server could read
 from its upload: the float32 update itself under ``plain``, the masked words under ``secagg``, the Paillier
-ciphertexts under ``paillier``. (Paillier's one-off key hand-out happens when the aggregator is built, before any
-round, and is not part of a round's view.) Recording is opt-in and lives outside the server objects, which keep
-only running sums.
+ciphertexts under ``paillier`` (whose decrypting client also returns the plaintext sum, PAILLIER_DECRYPTED).
+(Paillier's one-off key hand-out happens when the aggregator is built, before any round, and is not part of a
+round's view.) Recording is opt-in and lives outside the server halves, which keep only running sums: the
+transport's tap files each message, decoded by the server half as the server could read it.
 """
 from __future__ import annotations
 

@@ -38,7 +38,9 @@ class MessageType(enum.IntEnum):
     UNMASK_REQUEST = 9  # server -> client: who survived, who dropped (and the signatures)
     UNMASK_SHARES = 10  # client -> server: self-mask seed shares of survivors, key shares of the dropped
     PAILLIER_INPUT = 11  # client -> server: a packed, Paillier-encrypted vector
-    PAILLIER_SUM = 12  # server -> clients: the product of the inputs' ciphertexts (the encrypted sum)
+    PAILLIER_SUM = 12  # server -> decrypting client: the product of the inputs' ciphertexts (the encrypted sum)
+    INPUT_REQUEST = 13  # server -> client (paillier): the round is open, send your input
+    PAILLIER_DECRYPTED = 14  # decrypting client -> server: the plaintext sum of the contributors' inputs
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ SCHEMAS: dict[MessageType, dict[str, Check]] = {
                                  "slots": is_int, "ciphertexts": is_bytes()},
     MessageType.PAILLIER_SUM: {"key": is_bytes(32), "length": is_int, "value_bits": is_int, "slot_bits": is_int,
                                "slots": is_int, "ciphertexts": is_bytes(), "contributors": is_int_list},
+    MessageType.INPUT_REQUEST: {},
+    MessageType.PAILLIER_DECRYPTED: {"sum": is_bytes(), "contributors": is_int_list},
 }
 
 
@@ -115,9 +119,13 @@ def encode(message: Message) -> bytes:
                           message.body], use_bin_type=True)
 
 
-def decode(raw: bytes, *, max_bytes: int, session: bytes, round_idx: int,
+def decode(raw: bytes, *, max_bytes: int, session: bytes | None, round_idx: int,
            sender: int | None = None, allowed: Collection[MessageType] | None = None) -> Message:
-    """Parse and check one message. ``sender``: who the channel says sent it (must match the envelope)."""
+    """Parse and check one message. ``sender``: who the channel says sent it (must match the envelope).
+
+    ``session=None`` is for the message that opens a round on a client: the server chose the session id, so any
+    well-formed one (``SESSION_BYTES`` bytes) is accepted and returned in the message for the client to hold to.
+    """
     if not isinstance(raw, (bytes, bytearray)):
         raise ProtocolError(f"a message must be bytes, got {type(raw).__name__}")
     if len(raw) > max_bytes:
@@ -140,7 +148,9 @@ def decode(raw: bytes, *, max_bytes: int, session: bytes, round_idx: int,
     if allowed is not None and kind not in allowed:
         expected = ", ".join(t.name for t in allowed)
         raise ProtocolError(f"out-of-order message: got {kind.name}, expected {expected}")
-    if msg_session != session:
+    if session is None and not is_bytes(SESSION_BYTES)(msg_session):
+        raise ProtocolError(f"{kind.name} carries no {SESSION_BYTES}-byte session id")
+    if session is not None and msg_session != session:
         raise ProtocolError(f"{kind.name} belongs to another session (replayed or misrouted)")
     if msg_round != round_idx:
         raise ProtocolError(f"{kind.name} is for round {msg_round!r}, this is round {round_idx} (replayed?)")

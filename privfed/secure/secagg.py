@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -105,19 +105,83 @@ class CryptoTimer:
 
 
 class SecAggClient:
-    """One client's side of one round. ``words`` is its already-encoded vector in Z_2^k."""
+    """One client's side of one round. Its encoded vector (words of Z_2^k) may come at any time before the routed
+    shares arrive: keys are agreed and shared without it. The session id is the one the server's SETUP carries."""
 
-    def __init__(self, client_id: int, words: np.ndarray, session: bytes, round_idx: int,
-                 identity: Ed25519PrivateKey | None = None, directory: dict[int, bytes] | None = None):
+    def __init__(self, client_id: int, round_idx: int, identity: Ed25519PrivateKey | None = None,
+                 directory: Mapping[int, bytes] | None = None):
         self.id = client_id
-        self._words = words
-        self.session, self.round = session, round_idx
-        self._identity, self._directory = identity, directory or {}
+        self.round = round_idx
+        self.session: bytes | None = None  # set by SETUP
+        self._words: np.ndarray | None = None
+        self._identity, self._directory = identity, directory if directory is not None else {}
         self.stage = ClientStage.AWAIT_SETUP
         self.timer = CryptoTimer()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.revealed: dict[int, str] = {}  # peer -> "seed" | "key": what this client disclosed about it
+
+    def set_words(self, words: np.ndarray) -> None:
+        """The encoded vector to mask; accepted until the masked input is sent, checked against SETUP then."""
+        if self.stage not in (ClientStage.AWAIT_SETUP, ClientStage.AWAIT_PEER_KEYS, ClientStage.AWAIT_SHARES):
+            raise ProtocolError(f"client {self.id}: its masked input has been sent; the vector can no longer change")
+        self._words = words
+
+    # ------------------------------------------------------------ state, for a client that is a new process per message
+    def export_state(self) -> bytes:
+        """Everything needed to continue the round elsewhere (msgpack; private keys as raw bytes). The identity key
+        and the directory are not included: they are the client's long-term PKI material, supplied on restore."""
+        state: dict = {"id": self.id, "round": self.round, "session": self.session, "stage": self.stage.value,
+                       "seconds": self.timer.seconds, "bytes_sent": self.bytes_sent,
+                       "bytes_received": self.bytes_received, "revealed": self.revealed,
+                       "words": None if self._words is None else [self._words.dtype.itemsize * 8,
+                                                                  self._words.tobytes()]}
+        if self.stage is not ClientStage.AWAIT_SETUP:
+            p = self.params
+            state.update(params=[p.participants, p.degree, p.threshold, p.word_bits, p.length, p.consistency],
+                         cipher_sk=crypto.private_bytes(self._cipher_sk), mask_sk=crypto.private_bytes(self._mask_sk))
+        if self.stage not in (ClientStage.AWAIT_SETUP, ClientStage.AWAIT_PEER_KEYS):
+            state.update(peer_keys={p: list(k) for p, k in self.peer_keys.items()}, seed=self._seed,
+                         held={p: [list(seed), None if key is None else list(key)]
+                               for p, (seed, key) in self.held.items()})
+        if self.stage in (ClientStage.AWAIT_CONSISTENCY, ClientStage.AWAIT_UNMASK, ClientStage.DONE):
+            state["sharers"] = sorted(self.sharers)
+        if hasattr(self, "signed_survivors"):
+            state["signed_survivors"] = self.signed_survivors
+        return msgpack.packb(state, use_bin_type=True)
+
+    @classmethod
+    def restore(cls, blob: bytes, identity: Ed25519PrivateKey | None = None,
+                directory: Mapping[int, bytes] | None = None) -> SecAggClient:
+        """The client :meth:`export_state` saved, continuing where it stopped."""
+        try:
+            state = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+            client = cls(state["id"], state["round"], identity, directory)
+            client.session, client.stage = state["session"], ClientStage(state["stage"])
+            client.timer.seconds = state["seconds"]
+            client.bytes_sent, client.bytes_received = state["bytes_sent"], state["bytes_received"]
+            client.revealed = state["revealed"]
+            if state["words"] is not None:
+                bits, raw = state["words"]
+                client._words = np.frombuffer(raw, dtype=word_dtype(bits)).copy()
+            if "params" in state:
+                participants, degree, threshold, word_bits, length, consistency = state["params"]
+                client._start(RoundParameters(client.session, client.round, tuple(participants), degree, threshold,
+                                              word_bits, length, consistency))
+                client._cipher_sk = crypto.private_from_bytes(state["cipher_sk"])
+                client._mask_sk = crypto.private_from_bytes(state["mask_sk"])
+            if "peer_keys" in state:
+                client.peer_keys = {p: tuple(k) for p, k in state["peer_keys"].items()}
+                client._seed = state["seed"]
+                client.held = {p: (tuple(seed), None if key is None else tuple(key))
+                               for p, (seed, key) in state["held"].items()}
+            if "sharers" in state:
+                client.sharers = set(state["sharers"])
+            if "signed_survivors" in state:
+                client.signed_survivors = state["signed_survivors"]
+        except (KeyError, ValueError, TypeError, msgpack.UnpackException) as err:
+            raise ProtocolError(f"not a saved SecAgg client state: {type(err).__name__}: {err}") from None
+        return client
 
     # ------------------------------------------------------------ plumbing
     def _send(self, kind: MessageType, body: dict) -> bytes:
@@ -146,27 +210,24 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stages
     def _on_setup(self, raw: bytes) -> bytes:
-        body = self._expect(raw, T.SETUP, SMALL_MESSAGE_BYTES + 16 * (1 << 16)).body
+        message = self._expect(raw, T.SETUP, SMALL_MESSAGE_BYTES + 16 * (1 << 16))
+        body = message.body
         participants = tuple(sorted(body["participants"]))
         if any(not 0 <= c < 2 ** 63 for c in participants) or body["degree"] < 0 or body["degree"] % 2:
             raise ProtocolError(f"client {self.id}: setup names impossible ids or an odd/negative graph degree")
         if self.id not in participants:
             raise ProtocolError(f"client {self.id} is not among the round's participants")
-        if body["word_bits"] not in (32, 64) or body["length"] != self._words.size \
-                or word_dtype(body["word_bits"]) != self._words.dtype:
-            raise ProtocolError(f"setup asks for {body['length']} words of {body['word_bits']} bits; this client "
-                                f"holds {self._words.size} of {self._words.dtype.itemsize * 8}")
+        if body["word_bits"] not in (32, 64) or body["length"] < 1:
+            raise ProtocolError(f"setup asks for {body['length']} words of {body['word_bits']} bits")
         if body["consistency"] and (self._identity is None or not self._directory):
             raise ProtocolError("the consistency check needs an identity key and the directory of public keys")
-        self.params = RoundParameters(self.session, self.round, participants, body["degree"], body["threshold"],
-                                      body["word_bits"], body["length"], body["consistency"])
-        self.graph = neighbour_graph(list(participants), self.params.degree, self.session)
-        self.neighbours = set(self.graph[self.id])
+        self._start(RoundParameters(message.session, self.round, participants, body["degree"], body["threshold"],
+                                    body["word_bits"], body["length"], body["consistency"]))
         holders = len(self.neighbours) + 1
         if not holders / 2 < self.params.threshold <= holders:
             raise ProtocolError(f"client {self.id}: threshold {self.params.threshold} for {holders} share holders "
                                 "is not a majority; a server could then learn both shares of a client")
-        self.max_bytes = max_message_bytes(self.params)
+        self.session = message.session
         self._cipher_sk, cipher_pk = crypto.new_key_pair()
         self._mask_sk, mask_pk = crypto.new_key_pair()
         signature = b""
@@ -175,6 +236,13 @@ class SecAggClient:
                                                         [self.id, cipher_pk, mask_pk]))
         self.stage = ClientStage.AWAIT_PEER_KEYS
         return self._send(T.ADVERTISE_KEYS, {"cipher_key": cipher_pk, "mask_key": mask_pk, "signature": signature})
+
+    def _start(self, params: RoundParameters) -> None:
+        """Adopt the round's parameters (from SETUP, or from a saved state) and what follows from them."""
+        self.params = params
+        self.graph = neighbour_graph(list(params.participants), params.degree, params.session)
+        self.neighbours = set(self.graph[self.id])
+        self.max_bytes = max_message_bytes(params)
 
     def _on_peer_keys(self, raw: bytes) -> bytes:
         peers = self._expect(raw, T.PEER_KEYS, self.max_bytes).body["peers"]
@@ -210,6 +278,11 @@ class SecAggClient:
 
     def _on_shares(self, raw: bytes) -> bytes:
         routed = self._expect(raw, T.ROUTED_SHARES, self.max_bytes).body["shares"]
+        if self._words is None:
+            raise ProtocolError(f"client {self.id}: asked for its masked input, but it has no vector to send")
+        if self._words.shape != (self.params.length,) or self._words.dtype != word_dtype(self.params.word_bits):
+            raise ProtocolError(f"setup asks for {self.params.length} words of {self.params.word_bits} bits; client "
+                                f"{self.id} holds {self._words.size} of {self._words.dtype.itemsize * 8}")
         if not set(routed) <= set(self.peer_keys):
             raise ProtocolError(f"client {self.id}: shares from clients whose keys it never saw")
         if len(routed) + 1 < self.params.threshold:  # else a server could unmask this client from its own seed
@@ -232,8 +305,7 @@ class SecAggClient:
                                     f"{seed_share[0]}/{key_share[0]}, expected {my_index}")
             self.held[sender] = (tuple(seed_share), tuple(key_share))
         self.sharers = set(routed)
-        y = self._words.copy()
-        del self._words  # the unmasked vector is not kept past this point
+        y, self._words = self._words.copy(), None  # the unmasked vector is not kept past this point
         stream = MaskStream()
         stream.add(y, self._seed)
         for peer in sorted(self.sharers):

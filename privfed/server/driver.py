@@ -14,14 +14,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome
 from privfed.client.runtime import TrainedRound
 from privfed.config import ExperimentConfig
+from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
 from privfed.privacy.ledger import SkippedEvent
 from privfed.server.events import (
     Callback,
     ClientSkipped,
     ClientTrained,
+    RoundAggregated,
     RoundRecord,
     RoundStarted,
     RunStarted,
@@ -84,12 +87,12 @@ class ClientSide(abc.ABC):
         """Local training from the global state (the client records its DP event and checks its accountant)."""
 
     @abc.abstractmethod
-    def record_aggregation(self, round_idx: int, outcome) -> None:
+    def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
         """After the sum: contributors record what entering it cost them (distributed-DP noise shares)."""
 
 
 class RoundDriver:
-    def __init__(self, cfg: ExperimentConfig, clients: ClientSide, backend, strategy: ServerStrategy,
+    def __init__(self, cfg: ExperimentConfig, clients: ClientSide, backend: AggregationBackend, strategy: ServerStrategy,
                  callbacks: Sequence[Callback]):
         self.cfg, self.clients, self.backend, self.strategy = cfg, clients, backend, strategy
         self.callbacks = list(callbacks)
@@ -133,7 +136,9 @@ class RoundDriver:
         aggregation, bytes_down_protocol = None, 0
         if participants:
             dropouts = sample_dropouts(self.cfg, r, participants)
-            outcome = self._secure_sum(r, participants, provide_update, dropouts)
+            view = ServerView() if any(c.needs_server_view for c in self.callbacks) else None
+            outcome = self.backend.run_round(r, participants, provide_update, dropouts, view)
+            self._emit("on_aggregated", RoundAggregated(r, outcome, view))
             bytes_down_protocol = outcome.bytes_down_per_client * len(trained)
             aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": len(dropouts),
                            "bytes_up_per_client": outcome.bytes_up_per_client,
@@ -163,6 +168,3 @@ class RoundDriver:
         state.strategy_state = self.strategy.state_dict()
         self._emit("on_round_committed", record, state)
 
-    def _secure_sum(self, r: int, participants: list[int], provide_update, dropouts: frozenset[int]):
-        contributions = {cid: provide_update(cid) for cid in participants}
-        return self.backend.aggregate(r, contributions, dropouts)

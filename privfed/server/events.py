@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from privfed.aggregation.base import AggregationOutcome
 from privfed.client.state import ClientUpdate
+from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
 
 
@@ -58,6 +60,13 @@ class ClientSkipped:
     event: SkippedEvent  # the client's own budget check refused the round
 
 
+@dataclass(frozen=True)
+class RoundAggregated:
+    round: int
+    outcome: AggregationOutcome  # the sum (None when the round aborted) and the protocol's details
+    view: ServerView | None  # what the server received, when a callback asked for it (``needs_server_view``)
+
+
 @dataclass
 class RoundRecord:
     """One round as reported: counts and bytes from the driver, metrics from the callbacks."""
@@ -86,7 +95,14 @@ class RoundRecord:
 
 
 class Callback:
-    """Receives a run's events; every method is optional. Callbacks must not change the global model."""
+    """Receives a run's events; every method is optional. Callbacks must not change the global model.
+
+    A callback that sets ``needs_server_view`` gets, in :meth:`on_aggregated`, a
+    :class:`~privfed.federation.server_view.ServerView` of each round: every message the server received and each
+    upload as the server could read it (recording costs memory, so it is opt-in).
+    """
+
+    needs_server_view: bool = False
 
     def on_run_start(self, event: RunStarted) -> None: ...
 
@@ -95,6 +111,8 @@ class Callback:
     def on_client_trained(self, event: ClientTrained) -> None: ...
 
     def on_client_skipped(self, event: ClientSkipped) -> None: ...
+
+    def on_aggregated(self, event: RoundAggregated) -> None: ...
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
         """Measure: fill in ``record``. ``state.global_vector`` is already the new global model."""

@@ -1,0 +1,31 @@
+"""Secure sums as a client half and a server half per round, talking only in bytes (see :mod:`.base`).
+
+:func:`make_backend` builds the back-end ``cfg.method`` names; :mod:`.transport` moves a round's messages.
+"""
+from __future__ import annotations
+
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.paillier import PaillierBackend
+from privfed.aggregation.plain import PlainBackend
+from privfed.aggregation.secagg import SecAggBackend
+from privfed.aggregation.transport import InProcessTransport, Transport, run_protocol
+from privfed.config import Aggregation, AggregationConfig
+
+BACKENDS: dict[Aggregation, type[AggregationBackend]] = {
+    Aggregation.PLAIN: PlainBackend,
+    Aggregation.SECAGG: SecAggBackend,
+    Aggregation.PAILLIER: PaillierBackend,
+}
+
+
+def make_backend(cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
+                 distributed_noise: float = 0.0, update_clip: float = 0.0,
+                 progress: bool = False) -> AggregationBackend:
+    """The back-end ``cfg.method`` names, sized for rounds of up to ``max_clients`` of the federation's clients."""
+    return BACKENDS[cfg.method].for_run(cfg, max_clients=max_clients, vector_length=vector_length,
+                                        client_ids=client_ids, distributed_noise=distributed_noise,
+                                        update_clip=update_clip, progress=progress)
+
+
+__all__ = ["BACKENDS", "AggregationBackend", "AggregationOutcome", "ClientHalf", "InProcessTransport",
+           "ServerHalf", "Transport", "make_backend", "run_protocol"]

@@ -1,0 +1,202 @@
+"""The halves of a secure sum, and the back-end that makes them: the interface every aggregation method implements.
+
+A round is one :class:`ServerHalf` and one :class:`ClientHalf` per participant that talk only in bytes. The server
+half opens the round with a batch of messages, takes the clients' replies, and closes each stage with
+:meth:`ServerHalf.advance` until it returns no more messages; then :meth:`ServerHalf.outcome` is the sum (or why
+there is none). How the bytes travel is a :class:`~privfed.aggregation.transport.Transport`'s business, so the same
+halves run in process (simulation, tests, notebooks) and behind a network. Under secagg and paillier the server half
+only ever receives bytes and folds them into running sums: it holds no individual update by construction.
+
+An :class:`AggregationBackend` is made once per run: it fixes the encoding, the key material and the worker pools
+for rounds of up to ``max_clients`` clients, and makes each round's halves. Its :meth:`~AggregationBackend.aggregate`
+runs a whole round in process on given vectors, for notebooks, tests and the simulation's round loop.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from privfed.aggregation.transport import InProcessTransport, recording_tap, run_protocol
+from privfed.config import AggregationConfig, DropoutStage
+from privfed.privacy.distributed import SkellamShare
+
+if TYPE_CHECKING:
+    from privfed.federation.server_view import ServerView
+
+
+@dataclass(frozen=True)
+class AggregationOutcome:
+    total: np.ndarray | None  # None: the round aborted and the global model must stay as it is
+    contributors: tuple[int, ...]
+    bytes_up_per_client: int  # mean over the round's participants (one that never uploaded counts 0)
+    bytes_down_per_client: int  # protocol messages only (the model broadcast is counted by the round loop)
+    seconds: float
+    details: dict = field(default_factory=dict)
+    noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
+
+    @classmethod
+    def aborted(cls, reason: str, started: float, details: dict | None = None) -> AggregationOutcome:
+        """A round that released nothing: the global model stays as it is, ``details["abort_reason"]`` says why."""
+        return cls(None, (), 0, 0, time.perf_counter() - started, {**(details or {}), "abort_reason": reason})
+
+
+class ClientHalf(abc.ABC):
+    """One client's side of one round's secure sum. Lives where the client's update is."""
+
+    client_id: int
+    bytes_sent: int
+    bytes_received: int
+
+    @abc.abstractmethod
+    def set_update(self, vector: np.ndarray) -> None:
+        """The client's contribution (float64, length vector_length, last entry = its weight). Encodes it at once
+        (clip, stochastic rounding, distributed-DP noise share, packing/encryption where applicable) and keeps no
+        float copy."""
+
+    @abc.abstractmethod
+    def handle(self, raw: bytes) -> bytes:
+        """A server message -> the reply; ProtocolError on anything wrong (the client then leaves the round)."""
+
+    @abc.abstractmethod
+    def export_state(self) -> bytes:
+        """Everything needed to continue in another process (:meth:`restore` rebuilds the half from it). Long-term
+        key material (identity keys, the Paillier key pair) is not included: the back-end supplies it."""
+
+    @classmethod
+    @abc.abstractmethod
+    def restore(cls, blob: bytes, backend: AggregationBackend) -> ClientHalf:
+        """The half :meth:`export_state` saved, continuing where it stopped; ProtocolError if ``blob`` is not one."""
+
+    @abc.abstractmethod
+    def report(self) -> dict:
+        """What only the client measured this round (encoding error, its crypto seconds), for
+        :meth:`AggregationBackend.complete`; in a deployment this is the client's own telemetry."""
+
+
+class ServerHalf(abc.ABC):
+    """The server's side of one round. Holds running sums only, never an individual update (secagg/paillier)."""
+
+    @abc.abstractmethod
+    def open(self) -> dict[int, bytes]:
+        """The first messages, client id -> bytes ({} when the round cannot even start; see :meth:`outcome`)."""
+
+    @property
+    @abc.abstractmethod
+    def requests_input(self) -> bool:
+        """True when the batch last returned by open()/advance() is the one whose replies carry the clients' inputs
+        (a driver trains a client just before delivering it that message)."""
+
+    @property
+    @abc.abstractmethod
+    def stage(self) -> DropoutStage:
+        """The protocol stage of the batch last returned: a client simulated to drop at stage S answers no batch
+        of stage S or later (see :data:`privfed.aggregation.transport.STAGE_ORDER`)."""
+
+    @abc.abstractmethod
+    def receive(self, sender: int, raw: bytes) -> None:
+        """Take one client's reply to the current batch; ProtocolError if it does not belong."""
+
+    @abc.abstractmethod
+    def advance(self) -> dict[int, bytes]:
+        """Close the stage (clients that did not reply are dropped) -> the next batch; {} when the round is over."""
+
+    @abc.abstractmethod
+    def outcome(self) -> AggregationOutcome:
+        """The sum (float64) or an aborted outcome, with details; valid once :meth:`advance` has returned {}."""
+
+    @abc.abstractmethod
+    def readable(self, raw: bytes) -> tuple[str, np.ndarray | None]:
+        """What the server can read in a client's message: its type name ("MALFORMED" if unparseable) and, for the
+        message carrying the client's input, that input as the server sees it (else None). For a ServerView."""
+
+
+class AggregationBackend(abc.ABC):
+    """One per run: the encoding, key material, worker pools and sizing that every round's halves share. Usable as
+    a context manager, which closes it."""
+
+    client_type: ClassVar[type[ClientHalf]]  # the class of its client halves, whose ``restore`` rebuilds one
+    cfg: AggregationConfig
+    max_clients: int
+    vector_length: int
+
+    @classmethod
+    @abc.abstractmethod
+    def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
+                distributed_noise: float, update_clip: float, progress: bool) -> AggregationBackend:
+        """The back-end for a run whose rounds have up to ``max_clients`` of the clients ``client_ids``."""
+
+    def __enter__(self) -> AggregationBackend:  # noqa: PYI034 (typing.Self needs Python 3.11; privfed supports 3.10)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def plan(self) -> str:
+        """A line on what aggregation will cost per round, printed before the run starts ("" when negligible)."""
+        return ""
+
+    def prepare_round(self, round_idx: int, client_ids: list[int]) -> None:
+        """Called before the round's clients train: a back-end may start client-side work that needs no update."""
+
+    def close(self) -> None:
+        """Release what the back-end holds (worker processes); called once the run ends, even after an error."""
+
+    @abc.abstractmethod
+    def server_half(self, round_idx: int, participants: list[int]) -> ServerHalf:
+        """The server's side of round ``round_idx`` among ``participants`` (public material only)."""
+
+    @abc.abstractmethod
+    def client_half(self, round_idx: int, client_id: int) -> ClientHalf:
+        """Client ``client_id``'s side of round ``round_idx``; it needs its update only when asked for its input."""
+
+    def restore_client(self, blob: bytes) -> ClientHalf:
+        """A client half from :meth:`ClientHalf.export_state`'s bytes, in this (or another) process."""
+        return self.client_type.restore(blob, self)
+
+    def complete(self, outcome: AggregationOutcome, clients: Mapping[int, ClientHalf]) -> AggregationOutcome:
+        """``outcome`` with what the clients measured (their :meth:`ClientHalf.report`) added to its details."""
+        return replace(outcome, details={**outcome.details, **self._client_details(
+            [clients[c].report() for c in sorted(clients)])})
+
+    def _client_details(self, reports: list[dict]) -> dict:
+        """The round's client reports -> detail fields (none for a back-end whose clients measure nothing)."""
+        return {}
+
+    def aggregate(self, round_idx: int, contributions: Mapping[int, np.ndarray],
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
+        """Sum ``contributions`` (client id -> float vector), revealing only the sum to the server: the halves of
+        one round, run in process over an :class:`~privfed.aggregation.transport.InProcessTransport`.
+
+        ``dropouts``: clients that vanish during the round, at ``cfg.dropout_stage``. ``view``, if given, records
+        every message the server receives and each client's upload as the server could read it. Refused before
+        any vector is touched (ValueError): no inputs, more clients than the back-end was sized for (their sum
+        could overflow the encoding), vectors of another length, a view already holding another round.
+        """
+        if not contributions:
+            raise ValueError("no contributions to sum")
+        if len(contributions) > self.max_clients:
+            raise ValueError(f"{len(contributions)} clients in a round, but the back-end was sized for at most "
+                             f"{self.max_clients}: their sum could overflow the encoding")
+        wrong = {c: np.shape(v) for c, v in contributions.items() if np.shape(v) != (self.vector_length,)}
+        if wrong:
+            raise ValueError(f"every vector must have shape ({self.vector_length},); got {wrong}")
+        if view is not None and view.messages:
+            raise ValueError("this ServerView already holds a round; pass a fresh ServerView() to each round")
+        return self.run_round(round_idx, sorted(contributions), contributions.get, dropouts, view)
+
+    def run_round(self, round_idx: int, participants: list[int], provide_update: Callable[[int], np.ndarray | None],
+                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
+        """One round of the halves in this process. Each participant's update is asked for, through
+        ``provide_update(client)``, just before its input message: key agreement runs before any client trains,
+        and a client that drops out earlier never trains. ``dropouts`` leave at ``cfg.dropout_stage``."""
+        server = self.server_half(round_idx, participants)
+        clients = {c: self.client_half(round_idx, c) for c in participants}
+        transport = InProcessTransport(clients, provide_update,
+                                       {c: self.cfg.dropout_stage for c in dropouts if c in clients},
+                                       None if view is None else recording_tap(view, server))
+        return self.complete(run_protocol(server, transport), clients)
