@@ -271,8 +271,8 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
             return value
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if annotation is float:
-        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"):
-            return math.inf
+        if isinstance(value, str):
+            return _float_text(key, value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(key, f"expected a number, got {value!r}")
@@ -281,6 +281,15 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
             return value
         raise ConfigError(key, f"expected a string, got {value!r}")
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error, not user error
+
+
+def _float_text(key: str, text: str) -> float:
+    """A number YAML left as a string: ``inf`` and, because PyYAML follows YAML 1.1, ``1e-5`` (no dot, no sign)."""
+    word = text.strip().lower()
+    try:
+        return math.inf if word in ("inf", "infinity", ".inf") else float(word)
+    except ValueError:
+        raise ConfigError(key, f"expected a number, got {text!r}") from None
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
@@ -406,6 +415,43 @@ def validate_aggregation(a: AggregationConfig) -> None:
     _check(not a.key_file or a.method is Aggregation.PAILLIER, "aggregation.key_file", "applies to paillier only")
 
 
+PRV_MIN_DELTA, PRV_MAX_EPSILON, PRV_MIN_NOISE = 1e-12, 100.0, 0.1
+
+
+def validate_prv(pr: PrivacyConfig) -> None:
+    """Keep Opacus' PRV accountant inside the range where its discretised computation works.
+
+    Outside it Opacus raises mid-run ("Floating point errors will dominate", "Discrete mean differs significantly")
+    or searches for minutes; RDP has no such limits, so every message points there.
+    """
+    if pr.accountant is not Accountant.PRV or pr.mode is DpMode.OFF:
+        return
+    _check(pr.delta >= PRV_MIN_DELTA, "privacy.delta",
+           f"must be >= {PRV_MIN_DELTA:g} with accountant prv (float error dominates below); got {pr.delta:g}: "
+           "raise it or use privacy.accountant=rdp")
+    _check(pr.mode is not DpMode.TARGET_EPSILON or pr.epsilon <= PRV_MAX_EPSILON, "privacy.epsilon",
+           f"must be <= {PRV_MAX_EPSILON:g} with accountant prv (it cannot account for the tiny noise that larger "
+           f"targets need); got {pr.epsilon:g}: lower it or use privacy.accountant=rdp")
+    _check(pr.mode is not DpMode.FIXED_NOISE or pr.noise_multiplier == 0 or pr.noise_multiplier >= PRV_MIN_NOISE,
+           "privacy.noise_multiplier", f"must be 0 or >= {PRV_MIN_NOISE:g} with accountant prv (it cannot account "
+           f"for less noise); got {pr.noise_multiplier:g}: raise it or use privacy.accountant=rdp")
+
+
+BERT_POSITIONS = 512  # position embeddings of MiniLM (its config.json) and of tiny_bert (models/sources.py)
+
+
+def validate_positions(d: DataConfig, m: ModelConfig, bert: bool) -> None:
+    """A BERT encoder has one learned position embedding per token slot; longer inputs crash inside transformers.
+
+    The soft prompt's virtual tokens take slots too. (The LLaMA sources use rotary positions: no such limit.)
+    """
+    virtual = m.prompt_tokens if m.regime is Regime.PROMPT else 0
+    _check(not bert or d.max_length + virtual <= BERT_POSITIONS, "data.max_length",
+           f"{m.source.value} reads at most {BERT_POSITIONS} positions, but data.max_length={d.max_length}"
+           + (f" plus model.prompt_tokens={virtual}" if virtual else "") + " needs more; lower "
+           + ("them" if virtual else "it"))
+
+
 def validate(c: ExperimentConfig) -> None:
     """Reject impossible values up front, naming the key and the allowed range."""
     d, p, m, pr, t, f, a = c.data, c.partition, c.model, c.privacy, c.training, c.federation, c.aggregation
@@ -433,6 +479,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
     _check(pr.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
     _check(pr.max_epsilon > 0, "privacy.max_epsilon", "must be > 0 (inf = no cap)")
+    validate_prv(pr)
     _check(t.rounds >= 1, "training.rounds", "must be >= 1")
     _check(t.local_steps >= 1, "training.local_steps", "must be >= 1")
     _check(t.batch_size >= 1, "training.batch_size", "must be >= 1")
@@ -455,6 +502,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(pr.distributed_noise == 0 or pr.update_clip <= a.clip_range, "privacy.update_clip",
            f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
     classification = m.source in (ModelSource.MINILM, ModelSource.TINY_BERT)
+    validate_positions(d, m, classification)
     _check(classification == (d.dataset is Dataset.BBC_NEWS), "model.source",
            "classifiers (minilm, tiny_bert) go with bbc_news; causal LMs (smollm2, tiny_llama) with "
            "chatterbot or fortunes")

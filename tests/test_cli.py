@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import TINY_CLASSIFIER
 
@@ -93,3 +94,37 @@ def test_sweep_with_secagg_and_distributed_dp_writes_table_csv_and_plot(tmp_path
     assert again.returncode == 0 and again.stdout.count("tiny-bert-eps") == 2
     bad = _privfed("sweep", "--epsilons", "3,-1", cwd=tmp_path)
     assert bad.returncode == 2 and "--epsilons" in bad.stderr
+
+
+def _run_in_process(capsys, out, *overrides):
+    """``privfed run`` on the built-in demo config with ``overrides``, in this process: (exit status, stderr)."""
+    from privfed.cli import main
+
+    args = ["run", "--out", str(out), "--no-progress"]
+    for item in ("data.max_examples=120", "data.eval_examples=16", *overrides):
+        args += ["--set", item]
+    capsys.readouterr()
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", [
+    ("model.source=tiny_bert",),
+    ("model.source=tiny_llama", "data.dataset=chatterbot", "partition.scheme=natural"),
+])
+def test_demo_lora_layers_beyond_a_tiny_model_are_one_config_error_line(capsys, tmp_path, overrides):
+    out = tmp_path / "out"
+    code, err = _run_in_process(capsys, out, "model.regime=lora", *overrides)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("privfed: config error: model.lora_layers: asks for layers [2, 3, 4, 5]")
+    assert "has 2 layers (0..1)" in err and "[] for all layers" in err
+    assert not out.exists()
+
+
+def test_unreachable_epsilon_is_one_config_error_line(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, err = _run_in_process(capsys, out, "model.source=tiny_bert", "model.regime=full", "privacy.epsilon=0.01")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("privfed: config error: privacy.epsilon: target 0.01 is below 0.103")
+    assert "privacy.accountant=prv" in err and "privacy.mode=fixed_noise" in err
+    assert not out.exists()

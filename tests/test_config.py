@@ -65,3 +65,54 @@ def test_configs_are_frozen():
 def test_override_into_a_value_is_an_error():
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_exponent_numbers_that_yaml_reads_as_strings_are_numbers():
+    cfg = load_config(overrides=["privacy.delta=1e-5", "federation.server_tau=1E-9", "privacy.max_epsilon=.inf"])
+    assert cfg.privacy.delta == 1e-5 and cfg.federation.server_tau == 1e-9 and math.isinf(cfg.privacy.max_epsilon)
+    with pytest.raises(ConfigError, match="privacy.delta: expected a number, got 'tiny'"):
+        load_config(overrides=["privacy.delta=tiny"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["privacy.delta=1e-13"], "privacy.delta"),
+    (["privacy.epsilon=1000"], "privacy.epsilon"),
+    (["privacy.mode=fixed_noise", "privacy.noise_multiplier=0.01"], "privacy.noise_multiplier"),
+])
+def test_prv_accountant_is_kept_inside_its_working_range(overrides, key):
+    with pytest.raises(ConfigError, match="privacy.accountant=rdp") as err:
+        load_config(overrides=["privacy.accountant=prv", *overrides])
+    assert err.value.key == key
+    load_config(overrides=["privacy.accountant=rdp", *overrides])  # RDP has no such limits
+
+
+def test_unreachable_epsilon_target_is_a_config_error():
+    from privfed.config import Accountant
+    from privfed.privacy.accounting import calibrate_noise
+
+    with pytest.raises(ConfigError, match=r"target 0.01 is below 0.103, the least the rdp accountant") as err:
+        calibrate_noise(0.01, 1e-5, 0.5, 24, Accountant.RDP)  # RDP's floor: no noise, rate or step count helps
+    assert err.value.key == "privacy.epsilon" and "privacy.accountant=prv" in str(err.value)
+    with pytest.raises(ConfigError, match=r"target 0.001 is too small for 1 DP-SGD steps at sampling rate 1:") as err:
+        calibrate_noise(1e-3, 1e-5, 1.0, 1, Accountant.PRV)  # Opacus' "The privacy budget is too low."
+    assert err.value.key == "privacy.epsilon" and "training.local_steps" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["model.source=tiny_bert", "data.max_length=513"], "tiny_bert reads at most 512 positions, but "
+                                                        "data.max_length=513 needs more; lower it"),
+    (["data.max_length=500", "model.regime=prompt", "model.prompt_tokens=16"],
+     "data.max_length=500 plus model.prompt_tokens=16 needs more; lower them"),
+])
+def test_bert_inputs_fit_its_position_embeddings(overrides, fragment):
+    from transformers import BertConfig
+
+    from privfed import assets
+    from privfed.config import BERT_POSITIONS
+
+    assert BertConfig.from_pretrained(assets.minilm_dir()).max_position_embeddings == BERT_POSITIONS
+    with pytest.raises(ConfigError, match=fragment) as err:
+        load_config(overrides=overrides)
+    assert err.value.key == "data.max_length"
+    load_config(overrides=["model.source=tiny_llama", "data.dataset=chatterbot", "partition.scheme=iid",
+                           "data.max_length=2048"])  # rotary positions: no limit

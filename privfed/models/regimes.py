@@ -10,6 +10,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from privfed.config import ModelConfig, Regime
+from privfed.errors import ConfigError
 from privfed.models.sources import Task
 
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
@@ -46,6 +47,20 @@ def _peft(model: nn.Module, config) -> nn.Module:
         return get_peft_model(model, config)
 
 
+def check_lora_layers(model: nn.Module, cfg: ModelConfig) -> None:
+    """Refuse ``model.lora_layers`` that name layers the loaded model lacks.
+
+    peft would fail deep inside ``get_peft_model`` with a traceback (or, for a partial overlap, silently adapt
+    fewer layers than asked); the layer count is only known once the model is loaded, so it is checked here.
+    """
+    count = model.config.num_hidden_layers
+    missing = sorted({i for i in cfg.lora_layers if i >= count})
+    if missing:
+        raise ConfigError("model.lora_layers", f"asks for layers {list(cfg.lora_layers)}, but {cfg.source.value} has "
+                          f"{count} layers (0..{count - 1}), so {missing} do not exist; use indices below {count}, "
+                          "or [] for all layers")
+
+
 def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set on exactly the tensors of the regime.
 
@@ -61,6 +76,7 @@ def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
         targets = LORA_TARGETS.get(arch)
         if targets is None:
             raise ValueError(f"no LoRA target modules known for architecture {arch!r}")
+        check_lora_layers(model, cfg)
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
                           layers_to_transform=list(cfg.lora_layers) or None, bias="none")
         peft_model = _peft(model, lora)

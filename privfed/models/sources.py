@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from privfed import assets
-from privfed.config import ModelSource
+from privfed.config import BERT_POSITIONS, ModelSource
 from privfed.models.pooling import use_mean_pooling
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def tiny_llama_config(vocab_size: int, pad_token_id: int) -> LlamaConfig:
 def tiny_bert_config(vocab_size: int, num_labels: int) -> BertConfig:
     """A 2-layer BERT classifier: for fast tests."""
     return BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=512, num_labels=num_labels,
+                      num_attention_heads=4, max_position_embeddings=BERT_POSITIONS, num_labels=num_labels,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
