@@ -72,7 +72,8 @@ class ClientRuntime:
         self.load(global_vector)
         anchor = torch.from_numpy(global_vector.copy()).to(self.device) if cfg.prox_mu > 0 else None
         optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
-        self.module.train()
+        if not self.model.training:  # evaluation restores train mode; Opacus records nothing in eval mode
+            self.module.train()
         if client.noise_multiplier is None:
             local: DpSgdRound | PlainRound = PlainRound(self.params, optimizer, shard, cfg.batch_size,
                                                         cfg.physical_batch_size)

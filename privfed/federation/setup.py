@@ -25,7 +25,7 @@ from privfed.data.tokenize import tokenize
 from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import Task, load_model
-from privfed.privacy.accounting import calibrate_noise
+from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
 from privfed.privacy.dpsgd import DpSettings, poisson_sample_rate
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def noise_multiplier_for(cfg: ExperimentConfig, sample_rate: float) -> float | N
     if pr.mode is DpMode.OFF:
         return None
     if pr.mode is DpMode.FIXED_NOISE:
+        # the accountant must be able to count this client's planned steps: find out now, not mid-run
+        epsilon_of_history([(pr.noise_multiplier, sample_rate, planned_steps(cfg))], pr.delta, pr.accountant)
         return pr.noise_multiplier
     return _calibrated(pr.epsilon, pr.delta, sample_rate, planned_steps(cfg), pr.accountant)
 

@@ -125,11 +125,11 @@ class RoundDriver:
                 state.notes.append(f"round {r}: client {cid} did not train: epsilon would reach "
                                    f"{skipped.epsilon_if_trained:.3f} > budget {skipped.budget:g}")
                 self._emit("on_client_skipped", ClientSkipped(r, skipped))
-        trained: dict[int, TrainedRound] = {}
+        trained: dict[int, tuple[float, int]] = {}  # (train loss, examples): a round keeps no update once summed
 
         def provide_update(cid: int) -> np.ndarray:
             result = self.clients.train(cid, r, state.global_vector)
-            trained[cid] = result
+            trained[cid] = (result.update.train_loss, result.update.num_examples)
             self._emit("on_client_trained", ClientTrained(r, result.update, result.event))
             return contribution(self.cfg, result.update.delta, result.update.num_examples, self.clients.weight_cap)
 
@@ -153,8 +153,8 @@ class RoundDriver:
                 self.clients.record_aggregation(r, outcome)
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
-        losses = [t.update.train_loss for t in trained.values()]
-        weights = [t.update.num_examples for t in trained.values()]
+        losses = [loss for loss, _ in trained.values()]
+        weights = [n for _, n in trained.values()]
         record = RoundRecord(
             round=r, clients_trained=len(trained), clients_skipped=len(sampled) - len(participants),
             train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
