@@ -58,8 +58,6 @@ def _unused_run_dir(base: Path) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
-    from privfed import rounds_table, summary_table
-    from privfed.engines.inprocess import run
     from privfed.results import RunDirectory
 
     if args.help_config:
@@ -75,6 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = cfgmod.load_config(args.config, args.overrides)
         out = args.out or _unused_run_dir(Path("runs") / cfg.name)
+    from privfed import rounds_table, summary_table  # torch, transformers, Opacus: only once the config is valid
+    from privfed.engines.inprocess import run
+
     results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
     from privfed.report.plots import plot_rounds
 

@@ -205,7 +205,7 @@ class AggregationConfig:
     value_bits: int = _help("encoding: signed fixed-point bits per value (word: 32 or 64 bits, chosen to fit)",
                             default=20)
     consistency_check: bool = _help("secagg: extra signed round against an active server", default=False)
-    dropout_fraction: float = _help("simulated: share of each round's trained clients that drop", default=0.0)
+    dropout_fraction: float = _help("simulated: share of each round's participants that drop (at dropout_stage)", default=0.0)
     dropout_stage: DropoutStage = _help("simulated: advertise_keys | share_keys | masked_input | unmasking",
                                         default=DropoutStage.UNMASKING)
     key_bits: int = _help("paillier: modulus bits, 2048 | 3072 | 4096 (2048 only until 2030 per NIST)",

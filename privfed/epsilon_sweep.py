@@ -60,7 +60,7 @@ def sweep(base: ExperimentConfig, epsilons: list[float], out_dir: Path, *, progr
         if same_config and (run_dir.path / RESULTS).is_file():
             runs.append(read_results(run_dir.path))
             continue
-        resumable = same_config and run_dir.load_checkpoint() is not None
+        resumable = same_config and run_dir.has_checkpoint()  # a pre-0.2 pickle checkpoint is run over
         runs.append(run(cfg, run_dir.path, resume=resumable, overwrite=True, progress=progress))
     write_report(runs, out_dir)
     return runs

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privfed.config import DpMode, ExperimentConfig, dump_yaml, load_config, to_dict
-from privfed.privacy.accounting import ACCOUNTANT_NAMES
+from privfed.errors import ConfigError
 
 if TYPE_CHECKING:
     from privfed.federation.setup import Federation
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
     "checkpoint.npz"
+LEGACY_CHECKPOINT = "checkpoint.pkl"  # written by privfed < 0.2; refused, never unpickled
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
                   "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon", "user_epsilon", "bytes_up", "bytes_down",
                   "bytes_up_per_client", "bytes_down_per_client", "aggregation_seconds", "seconds"]
@@ -66,7 +67,7 @@ class RunDirectory:
 
     def start(self, cfg: ExperimentConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, RESULTS, METRICS, LEDGER):
+        for name in (CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, METRICS, LEDGER):
             (self.path / name).unlink(missing_ok=True)
         _atomic_write(self.path / CONFIG, dump_yaml(cfg).encode())
 
@@ -92,12 +93,18 @@ class RunDirectory:
             writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
         _atomic_write(self.path / METRICS, buf.getvalue().encode())
 
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
     def load_checkpoint(self) -> RunState | None:
         from privfed.privacy.ledger import Ledger
         from privfed.server.events import RunState
 
         path = self.path / CHECKPOINT
         if not path.is_file():
+            if (self.path / LEGACY_CHECKPOINT).is_file():
+                raise ConfigError("--resume", f"{self.path} holds a checkpoint of privfed before 0.2 (a pickle), "
+                                              "which this version does not load; start the run over (--overwrite)")
             return None
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes())
@@ -112,6 +119,8 @@ class RunDirectory:
 
 def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], seconds: float,
                   user_epsilons: dict[int, float]) -> dict:
+    from privfed.privacy.accounting import ACCOUNTANT_NAMES  # Opacus: imported only when a run has ended
+
     cfg = fed.config
     pr = cfg.privacy
     clients = []

@@ -20,7 +20,7 @@ from privfed.config import Accountant, Clipping
 from privfed.engines.inprocess import InProcessClients
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.federation.setup import build_federation
-from privfed.privacy.dpsgd import DpSettings, DpSgdRound, wrap_for_dp
+from privfed.privacy.dpsgd import DpSettings, DpSgdRound, expected_batch_size, wrap_for_dp
 from privfed.privacy.ledger import Ledger
 
 MANY = ("partition.scheme=iid", "partition.num_clients=60", "data.max_examples=300", "model.regime=lora",
@@ -49,22 +49,23 @@ def test_empty_and_undersized_poisson_batches_train(tiny_causal, tmp_path, batch
     assert all(c["steps"] == 3 for c in res["privacy"]["clients"])
 
 
-def _toy_round(seed: int, sigma: float, lr: float = 1.0) -> tuple[DpSgdRound, nn.Linear, list[int]]:
+def _toy_round(seed: int, sigma: float, clipping: Clipping, physical: int) -> tuple[DpSgdRound, nn.Linear]:
     torch.manual_seed(seed)
     model = nn.Linear(200, 10)
     params = list(model.parameters())
-    dp = DpSettings(1.0, Accountant.RDP, Clipping.PER_SAMPLE)
+    dp = DpSettings(1.0, Accountant.RDP, clipping)
     data = TensorDataset(torch.randn(20, 200))
-    rows: list[int] = []
-    return DpSgdRound(wrap_for_dp(model, params, dp), params, torch.optim.SGD(params, lr=lr), data, 1, 0, sigma,
-                      dp, []), model, rows
+    return DpSgdRound(wrap_for_dp(model, params, dp), params, torch.optim.SGD(params, lr=1.0), data, 1, physical,
+                      sigma, dp, []), model
 
 
-def test_an_empty_batch_is_a_noisy_step_of_zero_gradient():
+@pytest.mark.parametrize("physical", [0, 2])
+@pytest.mark.parametrize("clipping", list(Clipping))
+def test_an_empty_batch_is_a_noisy_step_of_zero_gradient(clipping, physical):
     """q = 1/20 over 20 examples: some seed draws nobody. That step must still be taken, accounted, and be pure
-    noise: delta = -lr * N(0, (sigma C)^2) / expected batch (1 here)."""
+    noise: delta = -lr * N(0, (sigma C)^2) / expected batch (1 here), whichever clipping and chunking."""
     for seed in range(100):
-        training, model, _ = _toy_round(seed, sigma=2.0)
+        training, model = _toy_round(seed, 2.0, clipping, physical)
         seen: list[int] = []
 
         def loss_of(tensors, training=training, seen=seen):
@@ -84,20 +85,39 @@ def test_an_empty_batch_is_a_noisy_step_of_zero_gradient():
     pytest.fail("no seed in 100 drew an empty Poisson batch at q = 1/20 over 20 examples")
 
 
+def test_expected_batch_size_is_exact():
+    """n * q in integers: floating point gives 49 * (1/49) = 0.999... -> 0, a division by zero in Opacus."""
+    assert [expected_batch_size(n, b) for n, b in [(49, 1), (98, 2), (345, 64), (3, 16), (64, 64)]] == [1, 2, 57, 3, 64]
+
+
 @pytest.mark.parametrize("clipping", list(Clipping))
 def test_physical_batches_give_the_same_private_step(tiny_classifier, clipping):
     """A logical Poisson batch cut into chunks of 5 (Opacus' batch memory manager) is the same step: same
     sampling, same clipped sum, same noise."""
-    deltas = {}
+    deltas, rows = {}, {}
     for physical in (0, 5):
         cfg = tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
                               "training.batch_size=32", "training.local_steps=2", "training.optimizer=sgd",
                               f"privacy.clipping={clipping.value}", f"training.physical_batch_size={physical}")
         fed = build_federation(cfg)
         client = fed.clients[0]
+        rows[physical] = []
+        fed.runtime.model.register_forward_pre_hook(
+            lambda _, args, kwargs, seen=rows[physical]: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
         deltas[physical] = fed.runtime.train(client, fed.shard(client), 1, fed.initial_vector, []).update.delta
+    assert len(rows[0]) == 2 and max(rows[0]) > 5  # two logical batches, each in one pass
+    assert max(rows[5]) <= 5 and sum(rows[5]) == sum(rows[0]) and len(rows[5]) > 2  # the same rows, in chunks
     assert np.linalg.norm(deltas[0]) > 0
     np.testing.assert_allclose(deltas[5], deltas[0], atol=1e-6)
+
+
+def test_bytes_count_every_participant_when_some_drop_before_uploading(tiny_classifier, tmp_path):
+    """1 of 3 drops before its input: it never trains, sends nothing, and the bytes are the two uploads."""
+    res = privfed.run(tiny_classifier("training.rounds=1", "aggregation.dropout_fraction=0.34",
+                                      "aggregation.dropout_stage=masked_input"), tmp_path, progress=False)
+    row, values = res["rounds"][0], res["model"]["trainable_parameters"] + 1
+    assert row["dropouts"] == 1 and row["clients_trained"] == row["clients_aggregated"] == 2
+    assert row["bytes_up"] == 2 * 4 * values
 
 
 def test_accountant_and_ledger_must_agree(tiny_classifier):
@@ -124,7 +144,8 @@ def test_device_setting():
 
 
 TRAINING_PATH = ["privfed/client", "privfed/privacy/dpsgd.py", "privfed/data/tokenize.py", "privfed/models/losses.py",
-                 "privfed/models/regimes.py", "privfed/evaluation.py", "privfed/federation/vectors.py"]
+                 "privfed/models/regimes.py", "privfed/models/pooling.py", "privfed/evaluation.py",
+                 "privfed/observe/evaluation.py", "privfed/federation/vectors.py"]
 CONSTRUCTORS = {"zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "tensor", "eye", "linspace"}
 
 
@@ -136,8 +157,9 @@ def test_training_path_creates_no_cpu_only_tensors():
     offenders = []
     for path in files:
         tree = ast.parse(path.read_text())
-        moved = {id(node.func.value) for node in ast.walk(tree)
-                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to"}
+        moved = {id(node.func.value) for node in ast.walk(tree)  # x.to(<something naming a device>)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to"
+                 and any("device" in ast.unparse(arg) for arg in node.args)}
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
@@ -147,5 +169,5 @@ def test_training_path_creates_no_cpu_only_tensors():
                 offenders.append(f"{path.name}:{node.lineno} torch.{name} without device=")
             if name == "from_numpy" and id(node) not in moved:
                 offenders.append(f"{path.name}:{node.lineno} torch.from_numpy without .to(device)")
-    assert len(files) >= 8
+    assert len(files) >= 10
     assert not offenders, offenders

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from privfed import assets
 from privfed.cli import main
+from privfed.config import load_config
+from privfed.errors import ConfigError
 
 CAUSAL_DATASETS = ["chatterbot"] + (["fortunes"] if assets.FORTUNES_DIR.is_dir() else [])  # fortunes: apt, optional
 
@@ -67,7 +70,7 @@ COMMON = {
 
 # One key at a time gets a value that validation must refuse, at or just past its boundary.
 INVALID = [
-    "data.max_length=7", "data.max_length=513", "data.max_length=2049", "data.test_fraction=0", "data.test_fraction=1",
+    "data.max_length=7", "data.max_length=2049", "data.test_fraction=0", "data.test_fraction=1",
     "data.eval_examples=-1", "data.max_examples=-1", "data.languages=[]", "data.dataset=imdb",
     "partition.scheme=random", "partition.num_clients=-1", "partition.alpha=0", "partition.min_examples=0",
     "model.source=gpt2", "model.regime=adapter", "model.lora_rank=0", "model.lora_alpha=0", "model.lora_layers=[-1]",
@@ -84,8 +87,11 @@ INVALID = [
 ]
 
 
+BERT_ONLY_INVALID = ["data.max_length=513"]  # a BERT has 512 positions; the LLaMA sources have no such limit
+
+
 @st.composite
-def overrides(draw) -> list[str]:
+def overrides(draw) -> tuple[list[str], str | None]:
     """``--set`` arguments for one tiny run: a model and matching data, every other key drawn from COMMON."""
     source = draw(st.sampled_from(["tiny_llama", "tiny_bert"]))
     if source == "tiny_bert":  # a classifier: bbc_news, no pre-training (validation's rules, tested elsewhere)
@@ -100,28 +106,43 @@ def overrides(draw) -> list[str]:
     if "aggregation.method=secagg" in chosen:  # the consistency check and distributed DP apply to secagg only
         chosen.append(f"aggregation.consistency_check={str(draw(st.booleans())).lower()}")
         chosen.append(f"privacy.distributed_noise={draw(st.sampled_from([0.0, 0.5]))}")
-    bad = draw(st.sampled_from(INVALID)) if draw(st.integers(0, 3)) == 0 else None  # one run in 4 gets one
-    return ["model.source=" + source, *data, *chosen, "training.rounds=1", "training.local_steps=1",
-            *([bad] if bad else [])]
+    invalid = INVALID + (BERT_ONLY_INVALID if source == "tiny_bert" else [])
+    bad = draw(st.sampled_from(invalid)) if draw(st.integers(0, 3)) == 0 else None  # one run in 4 gets one
+    valid = ["model.source=" + source, *data, *chosen, "training.rounds=1", "training.local_steps=1"]
+    return valid, bad
 
 
 _runs = itertools.count()
 
 
+def _loads(overrides: list[str]) -> bool:
+    try:
+        load_config(overrides=overrides)
+    except ConfigError:
+        return False
+    return True
+
+
 @settings(max_examples=16, deadline=None, derandomize=True, print_blob=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(sets=overrides())
-def test_random_config_runs_or_is_one_config_error_line(sets, tmp_path, capsys):
+@given(drawn=overrides())
+def test_random_config_runs_or_is_one_config_error_line(drawn, tmp_path, capsys):
+    valid, bad = drawn
+    if bad is not None and _loads(valid):  # the invalid value must be what is refused, and by name
+        with pytest.raises(ConfigError) as refused:
+            load_config(overrides=[*valid, bad])
+        assert refused.value.key.split("[")[0] == bad.split("=")[0]
     out = tmp_path / f"run{next(_runs)}"
     capsys.readouterr()
     args = ["run", "--out", str(out), "--no-progress"]
-    for item in sets:
+    for item in [*valid, *([bad] if bad else [])]:
         args += ["--set", item]
     code = main(args)  # batch sizes down to 1 draw empty Poisson batches: they must train, not crash
     err = capsys.readouterr().err
     event("ran" if code == 0 else f"refused: {err.split(':')[2].strip()}")  # --hypothesis-show-statistics
     if code == 0:
+        assert bad is None, f"{bad} was accepted"
         assert (out / "results.json").is_file()
         return
     assert code == 2, err

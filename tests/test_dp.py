@@ -14,7 +14,7 @@ from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.client.runtime import build_optimizer
 from privfed.federation.setup import build_federation
 from privfed.privacy.accounting import epsilon_of_history
-from privfed.privacy.dpsgd import DpSettings, DpSgdRound, wrap_for_dp
+from privfed.privacy.dpsgd import DpSettings, DpSgdRound, expected_batch_size, wrap_for_dp
 
 
 def _one_step_update(cfg, sigma):
@@ -22,7 +22,7 @@ def _one_step_update(cfg, sigma):
     fed = build_federation(cfg)
     client = dataclasses.replace(fed.clients[0], noise_multiplier=sigma)
     trained = fed.runtime.train(client, fed.shard(client), 1, fed.initial_vector, [])
-    expected_batch = int(client.num_examples * client.sample_rate)
+    expected_batch = expected_batch_size(client.num_examples, cfg.training.batch_size)
     return trained.update.delta, expected_batch
 
 

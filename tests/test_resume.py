@@ -39,13 +39,23 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_p
 
 
 def test_checkpoint_is_plain_data(tiny_classifier, tmp_path):
-    """The checkpoint loads without pickle (no code runs on load) and holds the fedadam moments as arrays."""
+    """The checkpoint loads without pickle (no code runs on load), holds the fedadam moments as arrays, and gives
+    back the rounds (epsilon = inf without DP), notes and ledger exactly."""
     cfg = tiny_classifier("model.regime=lora", "training.rounds=1", "federation.strategy=fedadam")
-    privfed.run(cfg, tmp_path / "r", progress=False)
+    res = privfed.run(cfg, tmp_path / "r", progress=False)
     with np.load(tmp_path / "r" / CHECKPOINT, allow_pickle=False) as archive:
         assert {"global_vector", "meta", "strategy.m", "strategy.v"} <= set(archive.files)
     state = RunDirectory(tmp_path / "r").load_checkpoint()
     assert state.completed_rounds == 1 and state.strategy_state["m"].shape == state.global_vector.shape
+    assert state.rows == res["rounds"] and state.rows[0]["epsilon"] == float("inf")
+    assert state.notes == res["notes"] and state.initial == res["initial"]
+    assert state.ledger.to_jsonl() == (tmp_path / "r" / "ledger.jsonl").read_text()
+
+
+def test_a_pre_0_2_pickle_checkpoint_is_refused_not_unpickled(tmp_path):
+    (tmp_path / "checkpoint.pkl").write_bytes(b"not even a pickle")
+    with pytest.raises(privfed.ConfigError, match="--overwrite"):
+        RunDirectory(tmp_path).load_checkpoint()
 
 
 def test_same_seed_same_result_and_no_accidental_overwrite(tiny_classifier, tmp_path):

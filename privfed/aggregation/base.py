@@ -9,7 +9,8 @@ only ever receives bytes and folds them into running sums: it holds no individua
 
 An :class:`AggregationBackend` is made once per run: it fixes the encoding, the key material and the worker pools
 for rounds of up to ``max_clients`` clients, and makes each round's halves. Its :meth:`~AggregationBackend.aggregate`
-runs a whole round in process on given vectors, for notebooks, tests and the simulation's round loop.
+runs a whole round in process on given vectors (notebooks, tests); :meth:`AggregationBackend.run_round` is what the
+round driver of the in-process engine calls, asking each client for its update only when its input message is due.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class AggregationOutcome:
     seconds: float
     details: dict = field(default_factory=dict)
     noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
+    bytes_up_total: int = 0  # every protocol byte the clients sent the server this round (exact, for totals)
+    bytes_down_total: int = 0  # every protocol byte the server sent the clients this round
 
     @classmethod
     def aborted(cls, reason: str, started: float, details: dict | None = None) -> AggregationOutcome:

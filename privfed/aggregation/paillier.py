@@ -98,6 +98,10 @@ class PaillierClientHalf(ClientHalf):
         except KeyMismatchError as err:
             raise ProtocolError(f"client {self.client_id}: {err}") from None
         self.seconds["decrypt"] += time.perf_counter() - tick
+        if len(contributors) < 2 or self.client_id not in contributors or not self.uploaded:
+            # else a server could send one client's ciphertexts as a "sum" and have them decrypted
+            raise ProtocolError(f"client {self.client_id}: refuses to decrypt a sum of {sorted(contributors)}: a sum "
+                                "must hold 2 or more inputs, its own among them")
         return encode(Message(T.PAILLIER_DECRYPTED, self.session, self.round, self.client_id, {
             "sum": sums.astype(sum_dtype(b.layout)).tobytes(), "contributors": list(contributors)}))
 
@@ -233,7 +237,9 @@ class PaillierServerHalf(ServerHalf):
             total=self.total, contributors=tuple(contributors),
             bytes_up_per_client=(sum(self.received.values()) + self.setup_up) // len(self.participants),
             bytes_down_per_client=max(self.sent.values()) + self.setup_down,  # the decryptor's: the encrypted sum
-            seconds=time.perf_counter() - self.started, details=details)
+            seconds=time.perf_counter() - self.started, details=details,
+            bytes_up_total=sum(self.received.values()) + self.setup_up,
+            bytes_down_total=sum(self.sent.values()) + self.setup_down * len(self.participants))
 
     def readable(self, raw: bytes) -> tuple[str, np.ndarray | None]:
         try:

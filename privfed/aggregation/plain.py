@@ -98,7 +98,8 @@ class PlainServer(ServerHalf):
         return AggregationOutcome(total=self.total, contributors=tuple(sorted(self.arrived)),
                                   bytes_up_per_client=self.size * len(self.arrived) // len(self.participants),
                                   bytes_down_per_client=0, seconds=time.perf_counter() - self.started,
-                                  details={"dropouts": len(self.participants) - len(self.arrived)})
+                                  details={"dropouts": len(self.participants) - len(self.arrived)},
+                                  bytes_up_total=self.size * len(self.arrived))
 
     def readable(self, raw: bytes) -> tuple[str, np.ndarray | None]:
         if len(raw) != self.size:

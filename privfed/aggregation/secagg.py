@@ -192,7 +192,9 @@ class SecAggServerHalf(ServerHalf):
         return AggregationOutcome(total=self.total, contributors=self.contributors,
                                   bytes_up_per_client=sum(self.received.values()) // n,
                                   bytes_down_per_client=sum(self.sent.values()) // n,
-                                  seconds=time.perf_counter() - self.started, details=details, noise=self.share)
+                                  seconds=time.perf_counter() - self.started, details=details, noise=self.share,
+                                  bytes_up_total=sum(self.received.values()),
+                                  bytes_down_total=sum(self.sent.values()))
 
     def readable(self, raw: bytes) -> tuple[str, np.ndarray | None]:
         params = self.server.params

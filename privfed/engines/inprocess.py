@@ -39,6 +39,7 @@ class InProcessClients(ClientSide):
     def __init__(self, federation: Federation, ledger: Ledger):
         self.fed, self.ledger = federation, ledger
         self.cfg = federation.config
+        self._weight_cap = max(c.num_examples for c in federation.clients)
 
     @property
     def num_clients(self) -> int:
@@ -46,7 +47,7 @@ class InProcessClients(ClientSide):
 
     @property
     def weight_cap(self) -> int:
-        return max(c.num_examples for c in self.fed.clients)
+        return self._weight_cap
 
     def refusal(self, client: int, round_idx: int) -> SkippedEvent | None:
         event = budget.refusal(self.fed.clients[client], self.ledger, round_idx, self.cfg.training.local_steps,
@@ -99,14 +100,17 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
                            distributed_noise=cfg.privacy.distributed_noise, update_clip=cfg.privacy.update_clip,
                            progress=progress)
     dp = cfg.privacy.mode is not DpMode.OFF
-    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), Checkpointer(run_dir),
-           Progress(progress)]
+    bar = Progress(progress)
+    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), Checkpointer(run_dir), bar]
     driver = RoundDriver(cfg, InProcessClients(fed, state.ledger), backend, make_strategy(cfg.federation),
                          [*own, *callbacks])
     with backend:
         if not resumed:
             run_dir.start(cfg)
-        driver.run(state, resumed)
+        try:
+            driver.run(state, resumed)
+        finally:
+            bar.close()
     results = build_results(fed, state, client_epsilons(cfg.privacy, client_ids, state.ledger, dp),
                             time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger))
     run_dir.finish(results)

@@ -1,1 +1,1 @@
-"""Clients, server strategies, the server view and the in-process round loop (aggregation: privfed.aggregation)."""
+"""What a run needs before round 1 (data, model, clients), the server's view of a round, and flat vectors."""

@@ -65,7 +65,7 @@ def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set on exactly the tensors of the regime.
 
     The model must already be on its device before ``get_peft_model`` (Opacus issue #820: otherwise LoRA
-    silently never updates under DP); privfed trains on the CPU, so it is.
+    silently never updates under DP); :func:`privfed.federation.setup.build_federation` moves it first.
     """
     if cfg.regime in (Regime.PRETRAIN, Regime.FULL):
         for p in model.parameters():

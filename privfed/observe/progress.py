@@ -5,7 +5,15 @@ import logging
 
 from tqdm.auto import tqdm
 
-from privfed.server.events import Callback, ClientSkipped, ClientTrained, RoundRecord, RunStarted, RunState
+from privfed.server.events import (
+    Callback,
+    ClientSkipped,
+    ClientTrained,
+    RoundRecord,
+    RoundStarted,
+    RunStarted,
+    RunState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ class Progress(Callback):
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar: tqdm | None = None
+        self.left_in_round = 0
 
     def on_run_start(self, event: RunStarted) -> None:
         if event.plan:
@@ -47,14 +56,23 @@ class Progress(Callback):
                         initial=event.state.completed_rounds * event.clients_per_round, disable=not self.enabled,
                         desc="client rounds", unit="client", dynamic_ncols=True)
 
+    def on_round_start(self, event: RoundStarted) -> None:
+        self.left_in_round = len(event.sampled)
+
     def on_client_trained(self, event: ClientTrained) -> None:
         self.bar.set_postfix_str(f"round {event.round}, client {event.update.client}")
-        self.bar.update(1)
+        self._advance()
 
     def on_client_skipped(self, event: ClientSkipped) -> None:
+        self._advance()
+
+    def _advance(self) -> None:
         self.bar.update(1)
+        self.left_in_round -= 1
 
     def on_round_committed(self, record: RoundRecord, state: RunState) -> None:
+        self.bar.update(self.left_in_round)  # sampled clients that dropped out before training
+        self.left_in_round = 0
         row = state.rows[-1]
         abort = (row.get("aggregation") or {}).get("abort_reason")
         if abort:
@@ -67,4 +85,9 @@ class Progress(Callback):
                        + (f" ({record.clients_skipped} skipped)" if record.clients_skipped else ""))
 
     def on_run_end(self, results: dict) -> None:
-        self.bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """Also called when a run fails, so the terminal is left clean."""
+        if self.bar is not None:
+            self.bar.close()

@@ -56,9 +56,13 @@ def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
     return 1.0 / math.ceil(num_examples / batch_size)
 
 
-def expected_batch_size(num_examples: int, sample_rate: float) -> int:
-    """The divisor of Opacus' "mean" loss reduction, computed as ``PrivacyEngine.make_private`` does."""
-    return int(num_examples * sample_rate)
+def expected_batch_size(num_examples: int, batch_size: int) -> int:
+    """The divisor of Opacus' "mean" loss reduction: n * q rounded down, as ``PrivacyEngine.make_private`` means it.
+
+    Computed in integers: Opacus' ``int(n * q)`` in floating point gives 0 for (n, B) = (49, 1) (49 * (1/49) is
+    0.999...), which would divide the step by zero, and 1 instead of 2 for (98, 2), which would double it.
+    """
+    return num_examples // math.ceil(num_examples / batch_size)
 
 
 def _refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter]) -> None:
@@ -134,7 +138,7 @@ class DpSgdRound:
                                               grad_sample_mode="ghost" if dp.ghost else "hooks")
         self.optimizer: DPOptimizer = optimizer_class(
             optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=expected_batch_size(len(shard), self.sample_rate), loss_reduction="mean")
+            expected_batch_size=expected_batch_size(len(shard), batch_size), loss_reduction="mean")
         self.accountant = new_accountant(dp.accountant)
         self.accountant.history = list(history)
         self.steps_taken = 0

@@ -133,13 +133,13 @@ class RoundDriver:
             self._emit("on_client_trained", ClientTrained(r, result.update, result.event))
             return contribution(self.cfg, result.update.delta, result.update.num_examples, self.clients.weight_cap)
 
-        aggregation, bytes_down_protocol = None, 0
+        aggregation, bytes_up, bytes_down_protocol = None, 0, 0
         if participants:
             dropouts = sample_dropouts(self.cfg, r, participants)
             view = ServerView() if any(c.needs_server_view for c in self.callbacks) else None
             outcome = self.backend.run_round(r, participants, provide_update, dropouts, view)
             self._emit("on_aggregated", RoundAggregated(r, outcome, view))
-            bytes_down_protocol = outcome.bytes_down_per_client * len(trained)
+            bytes_up, bytes_down_protocol = outcome.bytes_up_total, outcome.bytes_down_total
             aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": len(dropouts),
                            "bytes_up_per_client": outcome.bytes_up_per_client,
                            "bytes_down_per_client": outcome.bytes_down_per_client + state.global_vector.size * 4,
@@ -158,7 +158,7 @@ class RoundDriver:
         record = RoundRecord(
             round=r, clients_trained=len(trained), clients_skipped=len(sampled) - len(participants),
             train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
-            bytes_up=aggregation["bytes_up_per_client"] * len(trained) if aggregation else 0,
+            bytes_up=bytes_up,
             bytes_down=len(sampled) * state.global_vector.size * 4 + bytes_down_protocol,
             seconds=0.0, aggregation=aggregation)
         self._emit("on_round_end", record, state)
