@@ -171,3 +171,31 @@ def test_training_path_creates_no_cpu_only_tensors():
                 offenders.append(f"{path.name}:{node.lineno} torch.from_numpy without .to(device)")
     assert len(files) >= 10
     assert not offenders, offenders
+
+
+def test_callbacks_see_every_event_and_an_opt_in_server_view(tiny_classifier, tmp_path):
+    """A callback that asks for the server's view of a round gets it (masked words under secagg); the others
+    cost nothing. Every sampled client is reported once, as trained or skipped."""
+
+    class Watcher(privfed.Callback):
+        needs_server_view = True
+
+        def __init__(self):
+            self.trained, self.views, self.records = [], [], []
+
+        def on_client_trained(self, event):
+            self.trained.append((event.round, event.update.client, event.event is not None))
+
+        def on_aggregated(self, event):
+            self.views.append(event.view)
+
+        def on_round_committed(self, record, state):
+            self.records.append((record.round, state.completed_rounds, record.evaluation["eval_accuracy"]))
+
+    watcher = Watcher()
+    res = privfed.run(tiny_classifier("model.regime=lora", "privacy.mode=fixed_noise", "training.rounds=2",
+                                      "aggregation=secagg"), tmp_path, progress=False, callbacks=[watcher])
+    assert watcher.trained == [(r, c, True) for r in (1, 2) for c in range(3)]
+    assert [v.kinds()["MASKED_INPUT"] for v in watcher.views] == [3, 3]
+    assert all(len(v.uploads) == 3 for v in watcher.views)
+    assert watcher.records == [(r, r, res["rounds"][r - 1]["eval_accuracy"]) for r in (1, 2)]
