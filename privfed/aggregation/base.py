@@ -20,14 +20,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
+import msgpack
 import numpy as np
 
 from privfed.aggregation.transport import InProcessTransport, recording_tap, run_protocol
-from privfed.config import AggregationConfig, DropoutStage
+from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.privacy.distributed import SkellamShare
+from privfed.secure.messages import ProtocolError
 
 if TYPE_CHECKING:
     from privfed.federation.server_view import ServerView
+
+
+STATE_ERRORS = (KeyError, ValueError, TypeError, msgpack.UnpackException)  # what a malformed saved state raises
+
+
+def saved_state(blob: bytes, protocol: Aggregation) -> dict:
+    """A client half's exported state, checked to be one of ``protocol``'s (ProtocolError otherwise)."""
+    try:
+        state = msgpack.unpackb(blob, raw=False)
+        if not isinstance(state, dict) or state.get("protocol") != protocol.value:
+            raise ValueError(f"a {state.get('protocol') if isinstance(state, dict) else type(state).__name__} state")
+    except STATE_ERRORS as err:
+        raise ProtocolError(f"not a saved {protocol.value} client state: {err}") from None
+    return state
 
 
 @dataclass(frozen=True)

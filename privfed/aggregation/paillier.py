@@ -19,7 +19,14 @@ import time
 import msgpack
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.base import (
+    STATE_ERRORS,
+    AggregationBackend,
+    AggregationOutcome,
+    ClientHalf,
+    ServerHalf,
+    saved_state,
+)
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
@@ -117,10 +124,8 @@ class PaillierClientHalf(ClientHalf):
 
     @classmethod
     def restore(cls, blob: bytes, backend: PaillierBackend) -> PaillierClientHalf:
+        state = saved_state(blob, Aggregation.PAILLIER)
         try:
-            state = msgpack.unpackb(blob, raw=False)
-            if state["protocol"] != Aggregation.PAILLIER.value:
-                raise ValueError(f"a {state['protocol']} state")
             half = cls(backend, state["id"], state["round"])
             half.session, half.uploaded = state["session"], state["uploaded"]
             if state["ciphertexts"] is not None:
@@ -128,7 +133,7 @@ class PaillierClientHalf(ClientHalf):
             half.stats = None if state["stats"] is None else EncodingStats(*state["stats"])
             half.seconds = dict(state["seconds"])
             half.bytes_sent, half.bytes_received = state["bytes"]
-        except (KeyError, ValueError, TypeError, msgpack.UnpackException) as err:
+        except STATE_ERRORS as err:
             raise ProtocolError(f"not a saved paillier client state: {err}") from None
         return half
 

@@ -11,7 +11,14 @@ import time
 import msgpack
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.base import (
+    STATE_ERRORS,
+    AggregationBackend,
+    AggregationOutcome,
+    ClientHalf,
+    ServerHalf,
+    saved_state,
+)
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.secure.messages import ProtocolError
 
@@ -45,13 +52,11 @@ class PlainClient(ClientHalf):
 
     @classmethod
     def restore(cls, blob: bytes, backend: AggregationBackend) -> PlainClient:
+        state = saved_state(blob, Aggregation.PLAIN)
         try:
-            state = msgpack.unpackb(blob, raw=False)
-            if state["protocol"] != Aggregation.PLAIN.value:
-                raise ValueError(f"a {state['protocol']} state")
             client = cls(state["id"], backend.vector_length, state["payload"])
             client.bytes_sent = state["bytes_sent"]
-        except (KeyError, ValueError, TypeError, msgpack.UnpackException) as err:
+        except STATE_ERRORS as err:
             raise ProtocolError(f"not a saved plain client state: {err}") from None
         return client
 

@@ -18,7 +18,14 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.base import (
+    STATE_ERRORS,
+    AggregationBackend,
+    AggregationOutcome,
+    ClientHalf,
+    ServerHalf,
+    saved_state,
+)
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.privacy.distributed import SkellamShare
 from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
@@ -95,12 +102,10 @@ class SecAggClientHalf(ClientHalf):
 
     @classmethod
     def restore(cls, blob: bytes, backend: SecAggBackend) -> SecAggClientHalf:
+        state = saved_state(blob, Aggregation.SECAGG)
         try:
-            state = msgpack.unpackb(blob, raw=False)
-            if state["protocol"] != Aggregation.SECAGG.value:
-                raise ValueError(f"a {state['protocol']} state")
             client_id = msgpack.unpackb(state["client"], raw=False, strict_map_key=False)["id"]
-        except (KeyError, ValueError, TypeError, msgpack.UnpackException) as err:
+        except STATE_ERRORS as err:
             raise ProtocolError(f"not a saved secagg client state: {err}") from None
         identity, directory = backend.identity(client_id)
         half = cls(backend, SecAggClient.restore(state["client"], identity, directory))
