@@ -244,7 +244,7 @@ def smollm2_worker(n: int) -> dict:
 def in_subprocess(*args: str) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True,
-                          env=env)
+                          env=env, check=False)  # a failed worker is reported below, with its stderr
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker {' '.join(args)} failed (exit {proc.returncode})")

@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
 import privfed
+from privfed.engines.inprocess import run
 from privfed.evaluation import evaluate
 from privfed.federation.setup import build_federation
-from privfed.engines.inprocess import run
 
 
 @pytest.fixture(scope="module")

@@ -99,8 +99,8 @@ def test_unreachable_epsilon_target_is_a_config_error():
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["model.source=tiny_bert", "data.max_length=513"], "tiny_bert reads at most 512 positions, but "
-                                                        "data.max_length=513 needs more; lower it"),
+    (["model.source=tiny_bert", "data.max_length=513"], ("tiny_bert reads at most 512 positions, but "
+                                                         "data.max_length=513 needs more; lower it")),
     (["data.max_length=500", "model.regime=prompt", "model.prompt_tokens=16"],
      "data.max_length=500 plus model.prompt_tokens=16 needs more; lower them"),
 ])

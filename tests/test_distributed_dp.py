@@ -6,8 +6,8 @@ import math
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from privfed.config import Aggregation, AggregationConfig
 from privfed.aggregation.secagg import SecAggBackend
+from privfed.config import Aggregation, AggregationConfig
 from privfed.privacy.distributed import ORDERS, SkellamShare, user_epsilon
 
 

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import privfed
+from privfed.client.runtime import build_optimizer
 from privfed.config import Accountant, ClientOptimizer, Clipping
 from privfed.errors import ConfigError, PrivacyViolationError
-from privfed.client.runtime import build_optimizer
 from privfed.federation.setup import build_federation
 from privfed.privacy.accounting import epsilon_of_history
 from privfed.privacy.dpsgd import DpSettings, DpSgdRound, expected_batch_size, wrap_for_dp

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from test_cli import _privfed, _tiny_config
 
-from privfed.config import Aggregation, AggregationConfig
-from privfed.errors import ConfigError
 from privfed.aggregation.paillier import PaillierBackend
+from privfed.config import Aggregation, AggregationConfig
 from privfed.engines.inprocess import run
+from privfed.errors import ConfigError
 from privfed.results import RunDirectory
 from privfed.secure.messages import MessageType, decode
 from privfed.secure.paillier import PaillierServer

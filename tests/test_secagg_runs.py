@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from privfed.errors import ConfigError
 from privfed.engines.inprocess import run
+from privfed.errors import ConfigError
 from privfed.results import RunDirectory
 
 
@@ -85,8 +85,8 @@ def test_configuration_errors_come_before_training(tiny_classifier, tmp_path):
 
 
 def test_a_lone_contributor_is_never_revealed():
-    from privfed.config import Aggregation, AggregationConfig
     from privfed.aggregation.secagg import SecAggBackend
+    from privfed.config import Aggregation, AggregationConfig
 
     agg = SecAggBackend(AggregationConfig(method=Aggregation.SECAGG), max_clients=3, vector_length=4)
     outcome = agg.aggregate(1, {0: np.ones(4)})

@@ -18,10 +18,10 @@ from privfed.client.device import resolve_device
 from privfed.client.runtime import ClientRuntime
 from privfed.client.state import ClientState
 from privfed.config import DpMode, ExperimentConfig, Partition, Regime
-from privfed.errors import ConfigError
 from privfed.data.partition import describe, natural_owners, partition
 from privfed.data.sources import load_dataset
 from privfed.data.tokenize import tokenize
+from privfed.errors import ConfigError
 from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import Task, load_model
