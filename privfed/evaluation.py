@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import loss_from_logits, model_inputs, token_counts
-from privfed.models.sources import Task
+from privfed.config import Task
 
 
 def _metrics(loss_sum: float, weight: float, correct: int, count: int, task: Task) -> dict[str, float]:

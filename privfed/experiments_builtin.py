@@ -8,7 +8,7 @@ DEMO_CONFIG = """
 name: demo-minilm-lora-bbc
 seed: 0
 data:
-  dataset: bbc_news
+  source: bbc_news
   max_length: 64
   eval_examples: 400
 partition:

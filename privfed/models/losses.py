@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from privfed.models.sources import Task
+from privfed.config import Task
 
 
 def per_example_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:

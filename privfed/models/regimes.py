@@ -11,7 +11,7 @@ from torch import nn
 
 from privfed.config import ModelConfig, Regime
 from privfed.errors import ConfigError
-from privfed.models.sources import Task
+from privfed.config import Task
 
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
 
