@@ -19,16 +19,16 @@ import warnings
 import torch
 from torch.utils.data import TensorDataset
 
-from privfed.config import Accountant, Clipping, ModelConfig, ModelSource, Regime
+from privfed.config import Accountant, Clipping, ModelConfig, Regime, Task
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.dpsgd import DpSettings, DpSgdRound, PlainRound, wrap_for_dp
 
-CASES = [(ModelSource.MINILM, Regime.LORA), (ModelSource.MINILM, Regime.PROMPT), (ModelSource.MINILM, Regime.FULL),
-         (ModelSource.TINY_LLAMA, Regime.LORA), (ModelSource.TINY_LLAMA, Regime.PROMPT),
-         (ModelSource.TINY_LLAMA, Regime.FULL)]
+CASES = [("minilm", Regime.LORA), ("minilm", Regime.PROMPT), ("minilm", Regime.FULL),
+         ("tiny_llama", Regime.LORA), ("tiny_llama", Regime.PROMPT), ("tiny_llama", Regime.FULL)]
+TASKS = {"minilm": Task.CLASSIFICATION, "tiny_llama": Task.CAUSAL_LM}
 
 
 def _time_step(training: DpSgdRound | PlainRound, module, explicit: bool, task) -> float:
@@ -37,10 +37,11 @@ def _time_step(training: DpSgdRound | PlainRound, module, explicit: bool, task) 
     return time.perf_counter() - start
 
 
-def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, steps: int) -> dict:
+def measure(source: str, regime: Regime, seq_len: int, batch_size: int, steps: int) -> dict:
     """Plain and DP steps alternate (A/B/C/A/B/C...) so drifting background load hits all equally."""
-    loaded = load_model(source, num_labels=5, random_init=False, seed=0)
-    model = apply_regime(loaded.model, ModelConfig(source=source, regime=regime), loaded.task)
+    model_cfg = ModelConfig(source=source, regime=regime)
+    loaded = load_model(model_cfg, TASKS[source], num_labels=5, random_init=False, seed=0)
+    model = apply_regime(loaded.model, model_cfg, loaded.task)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=g)
     data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g))
@@ -62,7 +63,7 @@ def measure(source: ModelSource, regime: Regime, seq_len: int, batch_size: int, 
             t = _time_step(training, module, explicit, loaded.task)
             if i:  # the first step of each warms up allocators and hooks
                 times[label].append(t)
-    result = {"model": source.value, "regime": regime.value,
+    result = {"model": source, "regime": regime.value,
               "trainable": sum(p.numel() for _, p in trainable_parameters(model))}
     result.update({label: statistics.median(ts) for label, ts in times.items()})
     result["per_sample_ratio"] = result["per_sample_s"] / result["plain_s"]

@@ -146,11 +146,11 @@ def bare_data(cfg):
     import numpy as np
 
     from privfed.data.partition import partition
-    from privfed.data.sources import load_dataset
+    from privfed.data.sources import load_data
     from privfed.federation.setup import split_train_test
     from privfed.federation.vectors import derive_seed
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xDA7A))
-    data = load_dataset(cfg.data.dataset, cfg.data.languages)
+    data = load_data(cfg.data)
     assert not cfg.data.max_examples
     train_idx, test_idx = split_train_test(len(data), cfg.data.test_fraction, rng)
     pool = data.subset(train_idx)

@@ -142,7 +142,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
     return {
         "config": to_dict(cfg),
         "versions": versions(),
-        "model": {"source": cfg.model.source.value, "regime": cfg.model.regime.value,
+        "model": {"source": cfg.model.source, "regime": cfg.model.regime.value,
                   "trainable_tensors": len(fed.trainable_names), "trainable_parameters": fed.num_trainable,
                   "bytes_per_transfer": fed.num_trainable * 4, "trainable_names": fed.trainable_names},
         "partition": fed.partition_summary,

@@ -12,7 +12,7 @@ from privfed.config import ExperimentConfig, apply_overrides, from_dict
 TINY_CLASSIFIER = {
     "name": "tiny-bert",
     "seed": 1,
-    "data": {"dataset": "bbc_news", "max_length": 32, "max_examples": 240, "eval_examples": 60},
+    "data": {"source": "bbc_news", "max_length": 32, "max_examples": 240, "eval_examples": 60},
     "partition": {"scheme": "dirichlet", "num_clients": 3, "alpha": 1.0},
     "model": {"source": "tiny_bert", "regime": "full"},
     "privacy": {"mode": "off"},
@@ -22,7 +22,7 @@ TINY_CLASSIFIER = {
 TINY_CAUSAL = {
     "name": "tiny-llama",
     "seed": 2,
-    "data": {"dataset": "chatterbot", "max_length": 32, "max_examples": 300, "eval_examples": 60},
+    "data": {"source": "chatterbot", "max_length": 32, "max_examples": 300, "eval_examples": 60},
     "partition": {"scheme": "natural", "num_clients": 3},
     "model": {"source": "tiny_llama", "regime": "pretrain"},
     "privacy": {"mode": "off"},

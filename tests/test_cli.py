@@ -110,7 +110,7 @@ def _run_in_process(capsys, out, *overrides):
 
 @pytest.mark.parametrize("overrides", [
     ("model.source=tiny_bert",),
-    ("model.source=tiny_llama", "data.dataset=chatterbot", "partition.scheme=natural"),
+    ("model.source=tiny_llama", "data.source=chatterbot", "partition.scheme=natural"),
 ])
 def test_demo_lora_layers_beyond_a_tiny_model_are_one_config_error_line(capsys, tmp_path, overrides):
     out = tmp_path / "out"

@@ -5,7 +5,6 @@ import pytest
 from privfed.config import (
     DpMode,
     ExperimentConfig,
-    ModelSource,
     Regime,
     apply_overrides,
     from_dict,
@@ -17,7 +16,7 @@ from privfed.errors import ConfigError
 
 def test_demo_config_is_valid_and_round_trips():
     cfg = load_config()
-    assert cfg.model.source is ModelSource.MINILM and cfg.model.regime is Regime.LORA
+    assert cfg.model.source == "minilm" and cfg.model.regime is Regime.LORA
     assert cfg.privacy.mode is DpMode.TARGET_EPSILON
     assert from_dict(to_dict(cfg)) == cfg
 
@@ -37,8 +36,10 @@ def test_overrides_are_parsed_as_yaml():
     ("training.rounds=0", "training.rounds", ">= 1"),
     ("privacy.colour=red", "privacy.colour", "allowed: accountant, clipping, delta"),
     ("federation.client_fraction=1.5", "federation.client_fraction", "(0, 1]"),
-    ("model.source=smollm2", "model.source", "causal LMs"),
-    ("model.regime=pretrain", "model.regime", "causal LM source"),
+    ("model.task=causal_lm", "model.task", "minilm is a classification model"),
+    ("model.regime=pretrain", "model.regime", "pretrain needs a causal LM"),
+    ("data.records=chat", "data.records", "bbc_news can be read as text"),
+    ("data.source=", "data.source", "got neither"),
 ])
 def test_bad_values_name_the_key_and_allowed_values(override, key, fragment):
     with pytest.raises(ConfigError) as err:
@@ -108,11 +109,11 @@ def test_bert_inputs_fit_its_position_embeddings(overrides, fragment):
     from transformers import BertConfig
 
     from privfed import assets
-    from privfed.config import BERT_POSITIONS
+    from privfed.models.catalog import BERT_POSITIONS
 
     assert BertConfig.from_pretrained(assets.minilm_dir()).max_position_embeddings == BERT_POSITIONS
     with pytest.raises(ConfigError, match=fragment) as err:
         load_config(overrides=overrides)
     assert err.value.key == "data.max_length"
-    load_config(overrides=["model.source=tiny_llama", "data.dataset=chatterbot", "partition.scheme=iid",
+    load_config(overrides=["model.source=tiny_llama", "data.source=chatterbot", "partition.scheme=iid",
                            "data.max_length=2048"])  # rotary positions: no limit

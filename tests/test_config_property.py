@@ -71,7 +71,7 @@ COMMON = {
 # One key at a time gets a value that validation must refuse, at or just past its boundary.
 INVALID = [
     "data.max_length=7", "data.max_length=2049", "data.test_fraction=0", "data.test_fraction=1",
-    "data.eval_examples=-1", "data.max_examples=-1", "data.languages=[]", "data.dataset=imdb",
+    "data.eval_examples=-1", "data.max_examples=-1", "data.languages=[]", "data.source=imdb",
     "partition.scheme=random", "partition.num_clients=-1", "partition.alpha=0", "partition.min_examples=0",
     "model.source=gpt2", "model.regime=adapter", "model.lora_rank=0", "model.lora_alpha=0", "model.lora_layers=[-1]",
     "model.prompt_tokens=0", "privacy.mode=on", "privacy.epsilon=0", "privacy.epsilon=nan", "privacy.delta=0",
@@ -95,10 +95,10 @@ def overrides(draw) -> tuple[list[str], str | None]:
     """``--set`` arguments for one tiny run: a model and matching data, every other key drawn from COMMON."""
     source = draw(st.sampled_from(["tiny_llama", "tiny_bert"]))
     if source == "tiny_bert":  # a classifier: bbc_news, no pre-training (validation's rules, tested elsewhere)
-        data = ["data.dataset=bbc_news", "partition.scheme=" + draw(st.sampled_from(["iid", "dirichlet", "natural"])),
+        data = ["data.source=bbc_news", "partition.scheme=" + draw(st.sampled_from(["iid", "dirichlet", "natural"])),
                 "model.regime=" + draw(st.sampled_from(["full", "lora", "prompt"]))]
     else:
-        data = ["data.dataset=" + draw(st.sampled_from(CAUSAL_DATASETS)),
+        data = ["data.source=" + draw(st.sampled_from(CAUSAL_DATASETS)),
                 "partition.scheme=" + draw(st.sampled_from(["iid", "natural"])),
                 "data.languages=" + draw(st.sampled_from(["[english]", "[english]", "[english, spanish]"])),
                 "model.regime=" + draw(st.sampled_from(["pretrain", "full", "lora", "prompt"]))]

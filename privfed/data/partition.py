@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 
 from privfed.config import Partition, PartitionConfig
-from privfed.data.sources import TextDataset
+from privfed.data.records import TextDataset
 from privfed.errors import ConfigError
 
 

@@ -1,36 +1,13 @@
-"""Read the offline text datasets into a :class:`TextDataset` (texts, optional labels, natural groups)."""
+"""Read ``data.source`` into a :class:`~privfed.data.records.TextDataset` (texts or chats, optional labels,
+natural groups)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import yaml
 
 from privfed import assets
-from privfed.config import Dataset
+from privfed.config import DataConfig
+from privfed.data.records import TextDataset
 from privfed.errors import MissingAssetError
-
-
-@dataclass(frozen=True)
-class TextDataset:
-    """Raw examples. ``labels`` is None for causal-LM data; ``groups`` names each example's natural source."""
-
-    texts: tuple[str, ...]
-    labels: tuple[int, ...] | None
-    groups: tuple[str, ...]
-    label_names: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def subset(self, indices: np.ndarray) -> TextDataset:
-        idx = [int(i) for i in indices]
-        return TextDataset(
-            texts=tuple(self.texts[i] for i in idx),
-            labels=None if self.labels is None else tuple(self.labels[i] for i in idx),
-            groups=tuple(self.groups[i] for i in idx),
-            label_names=self.label_names,
-        )
 
 
 def load_bbc_news() -> TextDataset:
@@ -85,9 +62,10 @@ def load_fortunes() -> TextDataset:
     return TextDataset(tuple(texts), None, tuple(groups))
 
 
-def load_dataset(dataset: Dataset, languages: tuple[str, ...] = ("english",)) -> TextDataset:
-    if dataset is Dataset.BBC_NEWS:
+def load_data(data: DataConfig) -> TextDataset:
+    """The examples ``data`` names (built-in datasets only, so far)."""
+    if data.source == "bbc_news":
         return load_bbc_news()
-    if dataset is Dataset.CHATTERBOT:
-        return load_chatterbot(languages)
+    if data.source == "chatterbot":
+        return load_chatterbot(data.languages)
     return load_fortunes()

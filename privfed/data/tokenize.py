@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
-from privfed.data.sources import TextDataset
+from privfed.data.records import TextDataset
 
 FIELDS = ("input_ids", "attention_mask", "labels")
 
@@ -13,7 +13,7 @@ FIELDS = ("input_ids", "attention_mask", "labels")
 def tokenize(data: TextDataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TensorDataset:
     """A TensorDataset of (input_ids, attention_mask, labels); labels are 0 for causal-LM data (unused)."""
     tokenizer.padding_side = "right"  # as_batch trims trailing padding
-    enc = tokenizer(list(data.texts), max_length=max_length, truncation=True, padding="max_length",
+    enc = tokenizer(list(data.examples), max_length=max_length, truncation=True, padding="max_length",
                     return_tensors="pt")
     labels = torch.tensor(data.labels if data.labels is not None else [0] * len(data), dtype=torch.long,
                           device="cpu")  # datasets stay on the CPU; each batch moves to the model's device

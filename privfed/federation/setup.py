@@ -17,14 +17,15 @@ from torch.utils.data import TensorDataset
 from privfed.client.device import resolve_device
 from privfed.client.runtime import ClientRuntime
 from privfed.client.state import ClientState
-from privfed.config import DpMode, ExperimentConfig, Partition, Regime
+from privfed.config import DpMode, ExperimentConfig, Partition, Regime, Task
 from privfed.data.partition import describe, natural_owners, partition
-from privfed.data.sources import load_dataset
+from privfed.data.sources import load_data
 from privfed.data.tokenize import tokenize
 from privfed.errors import ConfigError
 from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.regimes import apply_regime, trainable_parameters
-from privfed.models.sources import Task, load_model
+from privfed.models.catalog import resolve_task
+from privfed.models.sources import load_model
 from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
 from privfed.privacy.dpsgd import DpSettings, poisson_sample_rate
 
@@ -89,7 +90,7 @@ def dp_settings_for(cfg: ExperimentConfig) -> DpSettings | None:
 
 def build_federation(cfg: ExperimentConfig) -> Federation:
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xDA7A))
-    data = load_dataset(cfg.data.dataset, cfg.data.languages)
+    data = load_data(cfg.data)
     if cfg.data.max_examples and len(data) > cfg.data.max_examples:
         data = data.subset(np.sort(rng.choice(len(data), cfg.data.max_examples, replace=False)))
     train_idx, test_idx = split_train_test(len(data), cfg.data.test_fraction, rng)
@@ -103,7 +104,7 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
                                                    f"({len(pool)} in the pool); use fewer clients or more data")
     device = resolve_device(cfg.training.device)
 
-    loaded = load_model(cfg.model.source, num_labels=max(1, len(data.label_names)),
+    loaded = load_model(cfg.model, resolve_task(cfg), num_labels=max(1, len(data.label_names)),
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
     loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
     model = apply_regime(loaded.model, cfg.model, loaded.task)

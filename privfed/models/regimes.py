@@ -56,7 +56,7 @@ def check_lora_layers(model: nn.Module, cfg: ModelConfig) -> None:
     count = model.config.num_hidden_layers
     missing = sorted({i for i in cfg.lora_layers if i >= count})
     if missing:
-        raise ConfigError("model.lora_layers", f"asks for layers {list(cfg.lora_layers)}, but {cfg.source.value} has "
+        raise ConfigError("model.lora_layers", f"asks for layers {list(cfg.lora_layers)}, but {cfg.source} has "
                           f"{count} layers (0..{count - 1}), so {missing} do not exist; use indices below {count}, "
                           "or [] for all layers")
 

@@ -1,7 +1,6 @@
 """Build networks and tokenizers from offline sources only (package folders, a cached GGUF conversion, configs)."""
 from __future__ import annotations
 
-import enum
 import logging
 import shutil
 from dataclasses import dataclass
@@ -22,23 +21,11 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from privfed import assets
-from privfed.config import BERT_POSITIONS, ModelSource
+from privfed.config import ModelConfig, Task
+from privfed.models.catalog import BERT_POSITIONS
 from privfed.models.pooling import use_mean_pooling
 
 log = logging.getLogger(__name__)
-
-
-class Task(enum.Enum):
-    CLASSIFICATION = "classification"
-    CAUSAL_LM = "causal_lm"
-
-
-TASK_OF_SOURCE = {
-    ModelSource.MINILM: Task.CLASSIFICATION,
-    ModelSource.TINY_BERT: Task.CLASSIFICATION,
-    ModelSource.SMOLLM2: Task.CAUSAL_LM,
-    ModelSource.TINY_LLAMA: Task.CAUSAL_LM,
-}
 
 
 @dataclass
@@ -48,8 +35,8 @@ class LoadedModel:
     task: Task
 
 
-def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
-    if source is ModelSource.SMOLLM2:
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    if source == "smollm2":
         tok = AutoTokenizer.from_pretrained(smollm2_dir())
         tok.pad_token = tok.eos_token  # SmolLM2 has no pad token; eos is the standard choice
     else:  # MiniLM's WordPiece tokenizer also serves the tiny random models
@@ -99,7 +86,7 @@ def tiny_bert_config(vocab_size: int, num_labels: int) -> BertConfig:
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def load_model(source: ModelSource, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
+def load_model(cfg: ModelConfig, task: Task, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
     """The network in train mode (Opacus records no activations in eval mode), float32, on the CPU.
 
     ``random_init`` builds the architecture from its config with fresh weights (the pre-training regime).
@@ -109,25 +96,25 @@ def load_model(source: ModelSource, num_labels: int, random_init: bool, seed: in
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return _load_model(source, num_labels, random_init, seed)
+        return _load_model(cfg.source, num_labels, random_init, seed)
     finally:
         hf_logging.set_verbosity(previous)
         hf_logging.enable_progress_bar()
 
 
-def _load_model(source: ModelSource, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
+def _load_model(source: str, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     tok = load_tokenizer(source)
-    task = TASK_OF_SOURCE[source]
-    if source is ModelSource.MINILM:
+    task = Task.CLASSIFICATION if source in ("minilm", "tiny_bert") else Task.CAUSAL_LM
+    if source == "minilm":
         path = assets.minilm_dir()
         if random_init:
             model = BertForSequenceClassification(BertConfig.from_pretrained(path, num_labels=num_labels))
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    elif source is ModelSource.TINY_BERT:
+    elif source == "tiny_bert":
         model = BertForSequenceClassification(tiny_bert_config(len(tok), num_labels))
-    elif source is ModelSource.SMOLLM2:
+    elif source == "smollm2":
         path = smollm2_dir()
         if random_init:
             model = LlamaForCausalLM(LlamaConfig.from_pretrained(path))
