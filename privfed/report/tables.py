@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -38,7 +39,7 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
         key = quality_key(res)
         rows.append({
             "run": cfg["name"],
-            "model": f"{cfg['model']['source']}/{cfg['model']['regime']}",
+            "model": f"{Path(cfg['model']['source']).name}/{cfg['model']['regime']}",  # a folder: its name
             "clients": len(res["partition"]),
             "rounds": len(res["rounds"]),
             "target ε": privacy["target_epsilon"] if privacy["target_epsilon"] is not None else
