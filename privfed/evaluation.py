@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from privfed.config import Task
 from privfed.data.tokenize import as_batch
 from privfed.models.losses import loss_from_logits, model_inputs, token_counts
-from privfed.config import Task
 
 
 def _metrics(loss_sum: float, weight: float, correct: int, count: int, task: Task) -> dict[str, float]:

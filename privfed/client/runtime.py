@@ -17,12 +17,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privfed.client.state import ClientState, ClientUpdate
-from privfed.config import ClientOptimizer, TrainingConfig
+from privfed.config import ClientOptimizer, Task, TrainingConfig
 from privfed.data.tokenize import as_batch
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import trainable_parameters
-from privfed.config import Task
 from privfed.privacy.dpsgd import DpSettings, DpSgdRound, History, PlainRound, wrap_for_dp
 from privfed.privacy.ledger import DpSgdEvent
 

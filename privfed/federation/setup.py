@@ -23,8 +23,8 @@ from privfed.data.sources import load_data
 from privfed.data.tokenize import tokenize
 from privfed.errors import ConfigError
 from privfed.federation.vectors import derive_seed, flatten
-from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.catalog import resolve_task
+from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
 from privfed.privacy.dpsgd import DpSettings, poisson_sample_rate

@@ -9,9 +9,8 @@ from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from privfed.config import ModelConfig, Regime
+from privfed.config import ModelConfig, Regime, Task
 from privfed.errors import ConfigError
-from privfed.config import Task
 
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
 
