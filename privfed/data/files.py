@@ -56,7 +56,7 @@ def load_files(data: DataConfig) -> TextDataset:
             gathered = Examples()
             for i, client in enumerate(data.clients):
                 key = f"data.clients[{i}].path"
-                own = _gather(_tables(_existing(client.path, key), key, data, cache), data)
+                own = _read(client.path, key, data, cache)
                 if not own.examples:
                     raise ConfigError(key, f"client {client.id!r} has no examples left in {client.path} "
                                            f"(rows dropped: {_dropped_text(own)})")
@@ -64,7 +64,7 @@ def load_files(data: DataConfig) -> TextDataset:
                 gathered.extend(own)
             where = "data.clients"
         else:
-            gathered = _gather(_tables(_existing(data.source, "data.source"), "data.source", data, cache), data)
+            gathered = _read(data.source, "data.source", data, cache)
             where = data.source
     if not gathered.examples:
         raise ConfigError("data.source", f"{data.source} holds no examples (rows dropped: "
@@ -80,9 +80,10 @@ def load_files(data: DataConfig) -> TextDataset:
                        chat=data.records is not RecordFormat.TEXT)
 
 
-def _gather(tables: Iterator[Table], data: DataConfig) -> Examples:
+def _read(text: str, key: str, data: DataConfig, cache: str) -> Examples:
+    """The examples of one configured path (``key`` names it in errors)."""
     out = Examples()
-    for table in tables:
+    for table in _tables(_existing(text, key), key, data, cache):
         out.extend(extract(table, data))
     return out
 
