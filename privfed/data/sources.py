@@ -1,12 +1,16 @@
 """Read ``data.source`` into a :class:`~privfed.data.records.TextDataset` (texts or chats, optional labels,
-natural groups)."""
+natural groups): a built-in dataset through its entry in :data:`BUILTIN_LOADERS` (keyed exactly like
+:data:`~privfed.data.catalog.BUILTIN_DATASETS`), anything else from local files (:mod:`privfed.data.files`)."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import yaml
 
 from privfed import assets
-from privfed.config import DataConfig
-from privfed.data.records import TextDataset
+from privfed.config import DataConfig, RecordFormat
+from privfed.data.files import load_files
+from privfed.data.records import Chat, Message, TextDataset
 from privfed.errors import MissingAssetError
 
 
@@ -23,13 +27,15 @@ def load_bbc_news() -> TextDataset:
     return TextDataset(tuple(texts), tuple(labels), tuple(classes[y] for y in labels), tuple(classes))
 
 
-def load_chatterbot(languages: tuple[str, ...]) -> TextDataset:
-    """Chatterbot dialogues: each conversation becomes one example, grouped by ``language/topic``.
+def load_chatterbot(languages: tuple[str, ...], records: RecordFormat = RecordFormat.TEXT) -> TextDataset:
+    """Chatterbot dialogues: each conversation of at least two turns becomes one example, grouped by topic.
 
-    With one language the natural groups are its topic files; with several, the languages themselves.
+    ``records`` text joins the turns by newlines; chat makes them alternating user and assistant turns, starting
+    with the user. With one language the natural groups are its topic files; with several, the languages themselves.
     """
     root = assets.chatterbot_dir()
-    texts, groups = [], []
+    examples: list[str | Chat] = []
+    groups = []
     for language in languages:
         folder = root / language
         if not folder.is_dir():
@@ -40,9 +46,13 @@ def load_chatterbot(languages: tuple[str, ...]) -> TextDataset:
             for conversation in doc.get("conversations") or []:
                 turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
                 if len(turns) >= 2:
-                    texts.append("\n".join(turns))
+                    examples.append(_alternating(turns) if records is RecordFormat.CHAT else "\n".join(turns))
                     groups.append(language if len(languages) > 1 else path.stem)
-    return TextDataset(tuple(texts), None, tuple(groups))
+    return TextDataset(tuple(examples), None, tuple(groups), chat=records is RecordFormat.CHAT)  # type: ignore[arg-type]
+
+
+def _alternating(turns: list[str]) -> Chat:
+    return tuple(Message("user" if i % 2 == 0 else "assistant", turn) for i, turn in enumerate(turns))
 
 
 def load_fortunes() -> TextDataset:
@@ -62,10 +72,14 @@ def load_fortunes() -> TextDataset:
     return TextDataset(tuple(texts), None, tuple(groups))
 
 
+BUILTIN_LOADERS: dict[str, Callable[[DataConfig], TextDataset]] = {
+    "bbc_news": lambda data: load_bbc_news(),
+    "chatterbot": lambda data: load_chatterbot(data.languages, data.records),
+    "fortunes": lambda data: load_fortunes(),
+}
+
+
 def load_data(data: DataConfig) -> TextDataset:
-    """The examples ``data`` names (built-in datasets only, so far)."""
-    if data.source == "bbc_news":
-        return load_bbc_news()
-    if data.source == "chatterbot":
-        return load_chatterbot(data.languages)
-    return load_fortunes()
+    """The examples ``data`` names: a built-in dataset, or local files (``data.source`` a path, or ``data.clients``)."""
+    loader = BUILTIN_LOADERS.get(data.source)
+    return loader(data) if loader is not None else load_files(data)
