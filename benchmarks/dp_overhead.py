@@ -41,7 +41,7 @@ def measure(source: str, regime: Regime, seq_len: int, batch_size: int, steps: i
     """Plain and DP steps alternate (A/B/C/A/B/C...) so drifting background load hits all equally."""
     model_cfg = ModelConfig(source=source, regime=regime)
     loaded = load_model(model_cfg, TASKS[source], num_labels=5, random_init=False, seed=0)
-    model = apply_regime(loaded.model, model_cfg, loaded.task)
+    model = apply_regime(loaded.model, model_cfg, loaded.task, loaded.tokenizer_dir)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=g)
     data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g))

@@ -164,6 +164,7 @@ def bare_worker(n: int, languages: tuple[str, ...]) -> dict:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader
 
+    from privfed.config import Task
     from privfed.data.tokenize import as_batch, tokenize
     from privfed.federation.vectors import derive_seed
     from privfed.models.losses import per_example_loss
@@ -173,8 +174,9 @@ def bare_worker(n: int, languages: tuple[str, ...]) -> dict:
     cfg = scale_config(n, languages)
     start = time.perf_counter()
     pool_text, shards = bare_data(cfg)
-    loaded = load_model(cfg.model.source, num_labels=1, random_init=False, seed=derive_seed(cfg.seed, 0x30DE1))
-    model = apply_regime(loaded.model, cfg.model, loaded.task)
+    loaded = load_model(cfg.model, Task.CAUSAL_LM, num_labels=1, random_init=False,
+                        seed=derive_seed(cfg.seed, 0x30DE1))
+    model = apply_regime(loaded.model, cfg.model, loaded.task, loaded.tokenizer_dir)
     pool = tokenize(pool_text, loaded.tokenizer, cfg.data.max_length)
     params = [p for _, p in trainable_parameters(model)]
     module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(

@@ -24,6 +24,7 @@ from privfed.data.tokenize import tokenize
 from privfed.errors import ConfigError
 from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.catalog import resolve_task
+from privfed.models.checks import check_before_training
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
@@ -107,7 +108,8 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     loaded = load_model(cfg.model, resolve_task(cfg), num_labels=max(1, len(data.label_names)),
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
     loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
-    model = apply_regime(loaded.model, cfg.model, loaded.task)
+    model = apply_regime(loaded.model, cfg.model, loaded.task, loaded.tokenizer_dir)
+    check_before_training(model, cfg, loaded.max_positions)
     names = [n for n, _ in trainable_parameters(model)]
     explicit_positions = loaded.task is Task.CLASSIFICATION and cfg.model.regime in (Regime.FULL, Regime.PRETRAIN)
     runtime = ClientRuntime(model, loaded.task, cfg.training, dp_settings_for(cfg), cfg.seed, explicit_positions)

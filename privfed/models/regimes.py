@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import types
 import warnings
+from pathlib import Path
 
 import torch
-from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
-from peft.utils import ModulesToSaveWrapper
+from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, ModulesToSaveWrapper
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from privfed.config import ModelConfig, Regime, Task
 from privfed.errors import ConfigError
 
-LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+HEAD_NAMES = ("classifier", "score")  # the sequence-classification heads of BERT-like and decoder models
+LORA_LAYER_TYPES = (nn.Linear, Conv1D)  # what a LoRA target must be here (GPT-2 writes its linears as Conv1D)
 
 
 def _per_example_prompt(self, batch_size: int, task_ids=None, max_cache_len=None) -> torch.Tensor:
@@ -27,17 +30,22 @@ def _per_example_prompt(self, batch_size: int, task_ids=None, max_cache_len=None
     return encoder(tokens.to(encoder.embedding.weight.device))
 
 
-def _make_head_trainable(model: nn.Module) -> None:
+def _make_head_trainable(model: nn.Module, source: str) -> None:
     """Train the classification head directly: peft's ``modules_to_save`` wrapper trips Opacus' hooks."""
     holder = model.base_model if hasattr(model, "base_model") else model
-    for name in ("classifier", "score"):
+    found = False
+    for name in HEAD_NAMES:
         module = getattr(holder, name, None)
         if isinstance(module, ModulesToSaveWrapper):
             module = module.original_module
             setattr(holder, name, module)
         if module is not None:
+            found = True
             for p in module.parameters():
                 p.requires_grad_(True)
+    if not found:
+        raise ConfigError("model.source", f"{source} has no classification head named {' or '.join(HEAD_NAMES)}, "
+                                          "so adapters alone would train; use model.regime=full")
 
 
 def _peft(model: nn.Module, config) -> nn.Module:
@@ -60,32 +68,63 @@ def check_lora_layers(model: nn.Module, cfg: ModelConfig) -> None:
                           "or [] for all layers")
 
 
-def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task) -> nn.Module:
+def linear_names(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the model's LoRA-able (Linear) modules, in model order."""
+    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LORA_LAYER_TYPES)]
+    return list(dict.fromkeys(names))
+
+
+def lora_targets(model: nn.Module, cfg: ModelConfig) -> list[str] | None:
+    """``model.lora_targets`` checked against the model, or None for peft's default for the architecture.
+
+    A target matches a module as peft matches it (the whole name, or its last parts after a dot).
+    """
+    available = linear_names(model)
+    examples = ", ".join(available[:8])
+    if not cfg.lora_targets:
+        arch = model.config.model_type
+        if arch not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            raise ConfigError("model.lora_targets", f"peft has no default LoRA targets for {arch} models "
+                                                    f"({cfg.source}); name them, e.g. model.lora_targets="
+                                                    f"[{', '.join(available[:2])}] (its Linear modules: {examples})")
+        return None
+    linear = [n for n, m in model.named_modules() if isinstance(m, LORA_LAYER_TYPES)]
+    unmatched = [t for t in cfg.lora_targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if unmatched:
+        raise ConfigError("model.lora_targets", f"{', '.join(unmatched)} match no Linear module of {cfg.source}; "
+                                                f"its Linear modules include {examples}")
+    return list(cfg.lora_targets)
+
+
+def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task, tokenizer_dir: Path) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set on exactly the tensors of the regime.
 
-    The model must already be on its device before ``get_peft_model`` (Opacus issue #820: otherwise LoRA
-    silently never updates under DP); :func:`privfed.federation.setup.build_federation` moves it first.
+    ``tokenizer_dir`` is the model's local tokenizer folder: peft reads it to initialise a soft prompt from
+    ``model.prompt_init_text``. The model must already be on its device before ``get_peft_model`` (Opacus issue
+    #820: otherwise LoRA silently never updates under DP); :func:`privfed.federation.setup.build_federation` moves
+    it first.
     """
     if cfg.regime in (Regime.PRETRAIN, Regime.FULL):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    arch = model.config.model_type
     if cfg.regime is Regime.LORA:
-        targets = LORA_TARGETS.get(arch)
-        if targets is None:
-            raise ValueError(f"no LoRA target modules known for architecture {arch!r}")
+        targets = lora_targets(model, cfg)
         check_lora_layers(model, cfg)
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
-                          layers_to_transform=list(cfg.lora_layers) or None, bias="none")
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, layers_to_transform=list(cfg.lora_layers) or None,
+                          bias=cfg.lora_bias.value)
         peft_model = _peft(model, lora)
     else:
         task_type = TaskType.SEQ_CLS if task is Task.CLASSIFICATION else TaskType.CAUSAL_LM
-        prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.prompt_tokens)
+        from_text = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.prompt_init_text,
+                     "tokenizer_name_or_path": str(tokenizer_dir),
+                     "tokenizer_kwargs": {"local_files_only": True}} if cfg.prompt_init_text else {}
+        prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.prompt_tokens, **from_text)
         peft_model = _peft(model, prompt)
         peft_model.get_prompt = types.MethodType(_per_example_prompt, peft_model)
     if task is Task.CLASSIFICATION:
-        _make_head_trainable(peft_model)
+        _make_head_trainable(peft_model, cfg.source)
     peft_model.train()
     return peft_model
 

@@ -1,12 +1,15 @@
-"""Build networks and tokenizers from offline sources only (package folders, a cached GGUF conversion, configs)."""
+"""Build networks and tokenizers from offline sources only: the built-ins (package folders, a cached GGUF
+conversion, configs) and local Hugging Face folders or cached models (:mod:`privfed.models.locate`)."""
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -22,7 +25,9 @@ from transformers.utils import logging as hf_logging
 
 from privfed import assets
 from privfed.config import ModelConfig, Task
-from privfed.models.catalog import BERT_POSITIONS
+from privfed.models import local
+from privfed.models.catalog import BERT_POSITIONS, BUILTIN_MODELS
+from privfed.models.locate import check_folder, model_folder
 from privfed.models.pooling import use_mean_pooling
 
 log = logging.getLogger(__name__)
@@ -33,15 +38,17 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     task: Task
+    tokenizer_dir: Path  # the tokenizer's local folder (peft reads it to initialise a soft prompt from text)
+    max_positions: int | None  # learned absolute position embeddings (BERT-like); None: no such limit
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    if source == "smollm2":
-        tok = AutoTokenizer.from_pretrained(smollm2_dir())
-        tok.pad_token = tok.eos_token  # SmolLM2 has no pad token; eos is the standard choice
-    else:  # MiniLM's WordPiece tokenizer also serves the tiny random models
-        tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
-    return tok
+@dataclass(frozen=True)
+class Built:
+    """What a built-in builder makes: the network and the tokenizer with its folder."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_dir: Path
 
 
 def smollm2_dir() -> Path:
@@ -86,44 +93,101 @@ def tiny_bert_config(vocab_size: int, num_labels: int) -> BertConfig:
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def _minilm_tokenizer() -> tuple[PreTrainedTokenizerBase, Path]:
+    """MiniLM's WordPiece tokenizer: MiniLM's own, and the tiny random models'."""
+    path = assets.minilm_dir()
+    return AutoTokenizer.from_pretrained(path), path
+
+
+def _minilm(num_labels: int, random_init: bool) -> Built:
+    tok, path = _minilm_tokenizer()
+    if random_init:
+        model = BertForSequenceClassification(BertConfig.from_pretrained(path, num_labels=num_labels))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    use_mean_pooling(model)
+    return Built(model, tok, path)
+
+
+def _tiny_bert(num_labels: int, random_init: bool) -> Built:
+    tok, path = _minilm_tokenizer()
+    model = BertForSequenceClassification(tiny_bert_config(len(tok), num_labels))
+    use_mean_pooling(model)
+    return Built(model, tok, path)
+
+
+def _smollm2(num_labels: int, random_init: bool) -> Built:
+    path = smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.eos_token  # SmolLM2 has no pad token; eos is the standard choice
+    if random_init:
+        model = LlamaForCausalLM(LlamaConfig.from_pretrained(path))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    return Built(model, tok, path)
+
+
+def _tiny_llama(num_labels: int, random_init: bool) -> Built:
+    tok, path = _minilm_tokenizer()
+    return Built(LlamaForCausalLM(tiny_llama_config(len(tok), tok.pad_token_id)), tok, path)
+
+
+# one builder per name of privfed.models.catalog.BUILTIN_MODELS: (num_labels, random_init) -> Built
+BUILTIN_BUILDERS: dict[str, Callable[[int, bool], Built]] = {
+    "minilm": _minilm,
+    "smollm2": _smollm2,
+    "tiny_llama": _tiny_llama,
+    "tiny_bert": _tiny_bert,
+}
+
+
+def _load_local(source: str, task: Task, num_labels: int, random_init: bool) -> Built:
+    folder = model_folder(source, list(BUILTIN_MODELS))
+    check_folder(folder, source, needs_weights=not random_init)
+    config = local.load_config(folder, source, task)
+    tok = local.load_tokenizer(folder, source)
+    model = local.build_model(folder, config, task, num_labels, random_init)
+    model.config.pad_token_id = tok.pad_token_id
+    local.check_vocabulary(model, tok, source)
+    return Built(model, tok, folder)
+
+
+POSITION_EMBEDDINGS = ("position_embeddings", "wpe", "embed_positions")  # BERT/RoBERTa, GPT-2, OPT-like
+
+
+def learned_positions(model: nn.Module) -> int | None:
+    """Token slots a model with learned absolute position embeddings can read; None for rotary/relative ones.
+
+    An embedding whose ``padding_idx`` is p (RoBERTa) starts counting at p + 1, so it has p + 1 fewer slots.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_EMBEDDINGS:
+            offset = 0 if module.padding_idx is None else module.padding_idx + 1
+            declared = getattr(model.config, "max_position_embeddings", None)
+            usable = module.num_embeddings - offset
+            return usable if declared is None else min(declared, usable)
+    return None
+
+
 def load_model(cfg: ModelConfig, task: Task, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
     """The network in train mode (Opacus records no activations in eval mode), float32, on the CPU.
 
-    ``random_init`` builds the architecture from its config with fresh weights (the pre-training regime).
-    transformers' load report (a fresh classifier head is "MISSING", as intended) is kept out of the output.
+    ``cfg.source`` is a built-in name, else a local folder or a cached Hugging Face model
+    (:func:`privfed.models.locate.model_folder`). ``random_init`` builds the architecture from its config with
+    fresh weights (the pre-training regime). transformers' load report (a fresh classifier head is "MISSING", as
+    intended) is kept out of the output.
     """
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return _load_model(cfg.source, num_labels, random_init, seed)
+        torch.manual_seed(seed)
+        builder = BUILTIN_BUILDERS.get(cfg.source)
+        built = builder(num_labels, random_init) if builder else _load_local(cfg.source, task, num_labels,
+                                                                             random_init)
     finally:
         hf_logging.set_verbosity(previous)
         hf_logging.enable_progress_bar()
-
-
-def _load_model(source: str, num_labels: int, random_init: bool, seed: int) -> LoadedModel:
-    torch.manual_seed(seed)
-    tok = load_tokenizer(source)
-    task = Task.CLASSIFICATION if source in ("minilm", "tiny_bert") else Task.CAUSAL_LM
-    if source == "minilm":
-        path = assets.minilm_dir()
-        if random_init:
-            model = BertForSequenceClassification(BertConfig.from_pretrained(path, num_labels=num_labels))
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    elif source == "tiny_bert":
-        model = BertForSequenceClassification(tiny_bert_config(len(tok), num_labels))
-    elif source == "smollm2":
-        path = smollm2_dir()
-        if random_init:
-            model = LlamaForCausalLM(LlamaConfig.from_pretrained(path))
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.config.pad_token_id = tok.pad_token_id
-    else:
-        model = LlamaForCausalLM(tiny_llama_config(len(tok), tok.pad_token_id))
-    if task is Task.CLASSIFICATION:
-        use_mean_pooling(model)
-    model.train()
-    return LoadedModel(model, tok, task)
+    built.model.train()
+    return LoadedModel(built.model, built.tokenizer, task, built.tokenizer_dir, learned_positions(built.model))

@@ -65,7 +65,7 @@ def expected_batch_size(num_examples: int, batch_size: int) -> int:
     return num_examples // math.ceil(num_examples / batch_size)
 
 
-def _refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter]) -> None:
+def refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter], model_name: str = "the model") -> None:
     """Ghost clipping cannot handle a trainable tensor used by two layers (tied input/output embeddings).
 
     Opacus would only notice in the middle of the first forward pass; this says so before any client trains.
@@ -76,8 +76,8 @@ def _refuse_tied_parameters(model: nn.Module, params: list[nn.Parameter]) -> Non
             owners.setdefault(id(p), []).append(name)
     tied = [owners[id(p)] for p in params if len(owners.get(id(p), [])) > 1]
     if tied:
-        raise ConfigError("privacy.clipping", f"ghost clipping does not support tied trainable weights "
-                                              f"({' = '.join(tied[0])}); use per_sample")
+        raise ConfigError("privacy.clipping", f"ghost clipping does not support tied trainable weights, and "
+                                              f"{model_name} ties {' = '.join(tied[0])}; use per_sample")
 
 
 def wrap_for_dp(model: nn.Module, params: list[nn.Parameter], dp: DpSettings) -> nn.Module:
@@ -86,7 +86,7 @@ def wrap_for_dp(model: nn.Module, params: list[nn.Parameter], dp: DpSettings) ->
     if errors:
         raise ConfigError("model.source", f"Opacus cannot compute per-sample gradients for this model: {errors[0]}")
     if dp.ghost:
-        _refuse_tied_parameters(model, params)
+        refuse_tied_parameters(model, params)
         wrapped: nn.Module = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
                                                                   max_grad_norm=dp.max_grad_norm)
     else:
