@@ -63,7 +63,7 @@ def scale_config(n: int, languages: tuple[str, ...]):
     from privfed.config import from_dict
     return from_dict({
         "name": f"scale-{n}", "seed": 0,
-        "data": {"dataset": "chatterbot", "languages": list(languages), "max_length": MAX_LENGTH,
+        "data": {"source": "chatterbot", "languages": list(languages), "max_length": MAX_LENGTH,
                  "eval_examples": EVAL_EXAMPLES},
         "partition": {"scheme": "iid", "num_clients": n},
         "model": {"source": "tiny_llama", "regime": "lora"},
@@ -217,7 +217,7 @@ def smollm2_worker(n: int) -> dict:
 
     cfg = from_dict({
         "name": f"smollm2-{n}", "seed": 0,
-        "data": {"dataset": "chatterbot", "max_length": 64, "eval_examples": EVAL_EXAMPLES},
+        "data": {"source": "chatterbot", "max_length": 64, "eval_examples": EVAL_EXAMPLES},
         "partition": {"scheme": "iid", "num_clients": n},
         "model": {"source": "smollm2", "regime": "lora"},
         "privacy": {"mode": "fixed_noise", "noise_multiplier": 1.0, "max_grad_norm": 1.0},
