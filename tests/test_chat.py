@@ -10,13 +10,13 @@ import torch
 from transformers import AutoTokenizer
 
 import privfed
-import privfed.federation.setup as setup
 from privfed import assets
 from privfed.config import Task
 from privfed.data.chat import encode_chat, last_exchange, render
 from privfed.data.records import Message, TextDataset
 from privfed.data.tokenize import FIELDS, as_batch, tokenize
 from privfed.errors import ConfigError
+from privfed.federation import setup
 from privfed.models.losses import loss_from_logits, model_inputs, token_counts
 from privfed.results import GENERATIONS, RunDirectory
 
