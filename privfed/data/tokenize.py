@@ -37,16 +37,16 @@ def _encode_chats(chats: tuple[Chat, ...], tokenizer: PreTrainedTokenizerBase,
                   max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rendered chats cut to ``max_length`` tokens: (input_ids, attention_mask, assistant mask), right-padded."""
     shape = (len(chats), max_length)
-    input_ids = torch.full(shape, tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    loss_mask = torch.zeros(shape, dtype=torch.long)
+    input_ids = torch.full(shape, tokenizer.pad_token_id, dtype=torch.long, device="cpu")  # datasets stay on the CPU
+    attention_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
+    loss_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
     silent, truncated_away = 0, 0  # chats without an assistant token at all / left without one by truncation
     for row, chat in enumerate(chats):
         ids, mask = encode_chat(chat, tokenizer)
         n = min(len(ids), max_length)
-        input_ids[row, :n] = torch.tensor(ids[:n], dtype=torch.long)
+        input_ids[row, :n] = torch.tensor(ids[:n], dtype=torch.long, device="cpu")
         attention_mask[row, :n] = 1
-        loss_mask[row, :n] = torch.tensor(mask[:n], dtype=torch.long)
+        loss_mask[row, :n] = torch.tensor(mask[:n], dtype=torch.long, device="cpu")
         silent += not any(mask)
         truncated_away += any(mask) and not any(mask[:n])
     if truncated_away:
