@@ -44,7 +44,8 @@ def measure(source: str, regime: Regime, seq_len: int, batch_size: int, steps: i
     model = apply_regime(loaded.model, model_cfg, loaded.task, loaded.tokenizer_dir)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=g)
-    data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g))
+    data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g),
+                         torch.ones_like(ids))  # FIELDS: input_ids, attention_mask, labels, loss_mask
     explicit = regime is Regime.FULL and loaded.task.value == "classification"
     trainings = {}  # label -> (training, the module it calls): the whole batch every step (q = 1)
     for label, clipping in (("plain_s", None), ("per_sample_s", Clipping.PER_SAMPLE), ("ghost_s", Clipping.GHOST)):

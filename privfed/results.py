@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privfed.config import DpMode, ExperimentConfig, dump_yaml, load_config, to_dict
+from privfed.config import DpMode, ExperimentConfig, RecordFormat, dump_yaml, load_config, to_dict
 from privfed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
     "checkpoint.npz"
+GENERATIONS = "generations.jsonl"  # chat data: held-out answers, one line per (round, prompt)
 LEGACY_CHECKPOINT = "checkpoint.pkl"  # written by privfed < 0.2; refused, never unpickled
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
                   "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon", "user_epsilon", "bytes_up", "bytes_down",
@@ -67,7 +68,7 @@ class RunDirectory:
 
     def start(self, cfg: ExperimentConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, METRICS, LEDGER):
+        for name in (CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, METRICS, LEDGER, GENERATIONS):
             (self.path / name).unlink(missing_ok=True)
         _atomic_write(self.path / CONFIG, dump_yaml(cfg).encode())
 
@@ -113,12 +114,34 @@ class RunDirectory:
                             ledger=Ledger.from_dicts(meta["ledger"]), rows=meta["rows"], notes=meta["notes"],
                             initial=meta["initial"])
 
+    def generations(self) -> list[dict]:
+        """Every line of generations.jsonl ([] when there is none)."""
+        path = self.path / GENERATIONS
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def save_generations(self, round_idx: int, lines: list[dict]) -> None:
+        """Write ``round_idx``'s generations in place of any earlier lines of that round or later ones (a round
+        redone after a resume), so no round is ever listed twice."""
+        kept = [g for g in self.generations() if g["round"] < round_idx]
+        text = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in [*kept, *lines])
+        _atomic_write(self.path / GENERATIONS, text.encode("utf-8"))
+
+    def last_generations(self) -> list[dict]:
+        """The last round's generations ([] when there are none)."""
+        lines = self.generations()
+        return [g for g in lines if g["round"] == lines[-1]["round"]] if lines else []
+
     def finish(self, results: dict) -> None:
         _atomic_write(self.path / RESULTS, (json.dumps(jsonable(results), indent=2) + "\n").encode())
 
 
 def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], seconds: float,
-                  user_epsilons: dict[int, float]) -> dict:
+                  user_epsilons: dict[int, float], generations: list[dict]) -> dict:
+    """results.json: config, versions, model, partition, every round, the final metrics and privacy, and the last
+    round's ``generations`` (chat data). For a causal LM, ``final.perplexity_over`` says which tokens the loss and
+    perplexity score: all tokens of a text, or the assistant's tokens of a chat."""
     from privfed.privacy.accounting import ACCOUNTANT_NAMES  # Opacus: imported only when a run has ended
 
     cfg = fed.config
@@ -139,6 +162,8 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         })
     last = state.rows[-1] if state.rows else {}
     metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
+    scored = {} if metric == "eval_accuracy" else {
+        "perplexity_over": "assistant tokens" if cfg.data.records is not RecordFormat.TEXT else "all tokens"}
     return {
         "config": to_dict(cfg),
         "versions": versions(),
@@ -151,7 +176,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         "final": {metric: last.get(metric), "eval_loss": last.get("eval_loss"),
                   "epsilon": max(epsilons.values(), default=0.0), "delta": pr.delta,
                   "dp": pr.mode is not DpMode.OFF,
-                  "user_epsilon": max(user_epsilons.values(), default=0.0)},
+                  "user_epsilon": max(user_epsilons.values(), default=0.0), **scored},
         "privacy": {"mode": pr.mode.value, "accountant": ACCOUNTANT_NAMES[pr.accountant], "delta": pr.delta,
                     "target_epsilon": pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else None,
                     "distributed_noise": pr.distributed_noise,
@@ -161,6 +186,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
                     "clients": clients},
         "aggregation": to_dict(cfg.aggregation),
         "notes": state.notes,
+        "generations": generations,
         "seconds": seconds,
         "ledger_events": len(state.ledger.events),
     }

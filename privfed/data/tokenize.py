@@ -1,23 +1,60 @@
-"""Tokenise texts once into padded tensors; batches are trimmed to their longest example at use time."""
+"""Tokenise examples once into padded tensors; batches are trimmed to their longest example at use time."""
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
-from privfed.data.records import TextDataset
+from privfed.data.chat import encode_chat
+from privfed.data.records import Chat, TextDataset
 
-FIELDS = ("input_ids", "attention_mask", "labels")
+log = logging.getLogger(__name__)
+
+# loss_mask: 1 where a token is scored as a causal-LM target. Texts: every real token (the attention mask);
+# chats: the assistant's tokens (privfed.data.chat).
+FIELDS = ("input_ids", "attention_mask", "labels", "loss_mask")
 
 
 def tokenize(data: TextDataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TensorDataset:
-    """A TensorDataset of (input_ids, attention_mask, labels); labels are 0 for causal-LM data (unused)."""
+    """A TensorDataset of :data:`FIELDS`, truncated and padded to ``max_length``; labels are 0 for unlabelled
+    data (unused)."""
     tokenizer.padding_side = "right"  # as_batch trims trailing padding
-    enc = tokenizer(list(data.examples), max_length=max_length, truncation=True, padding="max_length",
-                    return_tensors="pt")
+    if data.chat:
+        input_ids, attention_mask, loss_mask = _encode_chats(data.examples, tokenizer, max_length)  # type: ignore[arg-type]
+    else:
+        enc = tokenizer(list(data.examples), max_length=max_length, truncation=True, padding="max_length",
+                        return_tensors="pt")
+        input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
+        loss_mask = attention_mask.clone()
     labels = torch.tensor(data.labels if data.labels is not None else [0] * len(data), dtype=torch.long,
                           device="cpu")  # datasets stay on the CPU; each batch moves to the model's device
-    return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
+    return TensorDataset(input_ids, attention_mask, labels, loss_mask)
+
+
+def _encode_chats(chats: tuple[Chat, ...], tokenizer: PreTrainedTokenizerBase,
+                  max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rendered chats cut to ``max_length`` tokens: (input_ids, attention_mask, assistant mask), right-padded."""
+    shape = (len(chats), max_length)
+    input_ids = torch.full(shape, tokenizer.pad_token_id, dtype=torch.long, device="cpu")  # datasets stay on the CPU
+    attention_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
+    loss_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
+    silent, truncated_away = 0, 0  # chats without an assistant token at all / left without one by truncation
+    for row, chat in enumerate(chats):
+        ids, mask = encode_chat(chat, tokenizer)
+        n = min(len(ids), max_length)
+        input_ids[row, :n] = torch.tensor(ids[:n], dtype=torch.long, device="cpu")
+        attention_mask[row, :n] = 1
+        loss_mask[row, :n] = torch.tensor(mask[:n], dtype=torch.long, device="cpu")
+        silent += not any(mask)
+        truncated_away += any(mask) and not any(mask[:n])
+    if truncated_away:
+        log.warning("%d of %d chats lose all their assistant tokens to truncation at data.max_length=%d: they add "
+                    "nothing to the loss", truncated_away, len(chats), max_length)
+    if silent:
+        log.warning("%d of %d chats have no assistant turn: they add nothing to the loss", silent, len(chats))
+    return input_ids, attention_mask, loss_mask
 
 
 def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False) -> dict[str, torch.Tensor]:
@@ -27,14 +64,14 @@ def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False
     position and token-type embeddings up with one broadcast row, so Opacus would see a batch of 1 for them;
     needed whenever those embeddings train (full and pre-training regimes).
     """
-    batch = dict(zip(FIELDS, tensors))
+    batch = dict(zip(FIELDS, tensors, strict=True))
     mask = batch["attention_mask"]
     if mask.shape[0] > 0:
         used = int(mask.sum(dim=1).max().item())
         keep = max(used, 2)
         # contiguous: Opacus' embedding norm sampler (ghost clipping) views the ids as one column
-        batch["input_ids"] = batch["input_ids"][:, :keep].contiguous()
-        batch["attention_mask"] = mask[:, :keep].contiguous()
+        for name in ("input_ids", "attention_mask", "loss_mask"):
+            batch[name] = batch[name][:, :keep].contiguous()
     if explicit_positions:
         ids = batch["input_ids"]
         batch["position_ids"] = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids).contiguous()

@@ -21,6 +21,7 @@ from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.federation.setup import Federation, build_federation
 from privfed.observe.checkpoint import Checkpointer
 from privfed.observe.evaluation import GlobalEvaluation
+from privfed.observe.generations import Generations
 from privfed.observe.privacy_report import PrivacyReport, client_epsilons, client_user_epsilons
 from privfed.observe.progress import Progress
 from privfed.privacy.accounting import history_of
@@ -101,7 +102,9 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
                            progress=progress)
     dp = cfg.privacy.mode is not DpMode.OFF
     bar = Progress(progress)
-    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), Checkpointer(run_dir), bar]
+    # generations are written before the checkpoint, so the file is never behind it
+    answers = [Generations(fed, run_dir)] if fed.test_chats and cfg.evaluation.generations else []
+    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), *answers, Checkpointer(run_dir), bar]
     driver = RoundDriver(cfg, InProcessClients(fed, state.ledger), backend, make_strategy(cfg.federation),
                          [*own, *callbacks])
     with backend:
@@ -112,7 +115,8 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
         finally:
             bar.close()
     results = build_results(fed, state, client_epsilons(cfg.privacy, client_ids, state.ledger, dp),
-                            time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger))
+                            time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger),
+                            run_dir.last_generations())
     run_dir.finish(results)
     for callback in driver.callbacks:
         callback.on_run_end(results)

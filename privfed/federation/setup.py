@@ -13,12 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+from transformers import PreTrainedTokenizerBase
 
 from privfed.client.device import resolve_device
 from privfed.client.runtime import ClientRuntime
 from privfed.client.state import ClientState
 from privfed.config import DpMode, ExperimentConfig, Partition, Regime, Task
+from privfed.data.chat import require_chat_template
 from privfed.data.partition import describe, natural_owners, partition
+from privfed.data.records import Chat
 from privfed.data.sources import load_data
 from privfed.data.tokenize import tokenize
 from privfed.errors import ConfigError
@@ -44,7 +47,9 @@ class Federation:
     partition_summary: list[dict]
     trainable_names: list[str]
     initial_vector: np.ndarray  # the global trainable state before round 1
+    tokenizer: PreTrainedTokenizerBase  # the model's: renders the prompts of generations
     test_owners: np.ndarray | None = None  # natural partitions: the client owning each held-out example's group
+    test_chats: tuple[Chat, ...] = ()  # chat data: the held-out chats, in test_data's order (text data: none)
 
     @property
     def num_trainable(self) -> int:
@@ -107,6 +112,8 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
 
     loaded = load_model(cfg.model, resolve_task(cfg), num_labels=max(1, len(data.label_names)),
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
+    if data.chat:
+        require_chat_template(loaded.tokenizer, cfg.model.source)
     loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
     model = apply_regime(loaded.model, cfg.model, loaded.task, loaded.tokenizer_dir)
     check_before_training(model, cfg, loaded.max_positions)
@@ -122,4 +129,5 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     owners = natural_owners(pool, shards, test.groups) if cfg.partition.scheme is Partition.NATURAL else None
     return Federation(cfg, loaded.task, clients, runtime, tokenize(pool, loaded.tokenizer, cfg.data.max_length),
                       tokenize(test, loaded.tokenizer, cfg.data.max_length), describe(pool, shards), names,
-                      flatten(runtime.params), owners)
+                      flatten(runtime.params), loaded.tokenizer, owners,
+                      test_chats=test.examples if test.chat else ())  # type: ignore[arg-type]
