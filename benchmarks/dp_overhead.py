@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from privfed.config import Accountant, Clipping, ModelConfig, Regime, Task
-from privfed.data.tokenize import as_batch
+from privfed.data.tokenize import ExplicitInputs, as_batch
+from privfed.models.inputs import explicit_inputs
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
@@ -31,7 +32,7 @@ CASES = [("minilm", Regime.LORA), ("minilm", Regime.PROMPT), ("minilm", Regime.F
 TASKS = {"minilm": Task.CLASSIFICATION, "tiny_llama": Task.CAUSAL_LM}
 
 
-def _time_step(training: DpSgdRound | PlainRound, module, explicit: bool, task) -> float:
+def _time_step(training: DpSgdRound | PlainRound, module, explicit: ExplicitInputs, task) -> float:
     start = time.perf_counter()
     training.step(lambda tensors: per_example_loss(module, as_batch(tensors, explicit), task))
     return time.perf_counter() - start
@@ -46,7 +47,7 @@ def measure(source: str, regime: Regime, seq_len: int, batch_size: int, steps: i
     ids = torch.randint(1000, 20000, (batch_size, seq_len), generator=g)
     data = TensorDataset(ids, torch.ones_like(ids), torch.randint(0, 5, (batch_size,), generator=g),
                          torch.ones_like(ids))  # FIELDS: input_ids, attention_mask, labels, loss_mask
-    explicit = regime is Regime.FULL and loaded.task.value == "classification"
+    explicit = explicit_inputs(loaded.model, regime)
     trainings = {}  # label -> (training, the module it calls): the whole batch every step (q = 1)
     for label, clipping in (("plain_s", None), ("per_sample_s", Clipping.PER_SAMPLE), ("ghost_s", Clipping.GHOST)):
         m = copy.deepcopy(model)

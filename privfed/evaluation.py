@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privfed.config import Task
-from privfed.data.tokenize import as_batch
+from privfed.data.tokenize import NO_EXPLICIT_INPUTS, ExplicitInputs, as_batch
 from privfed.models.losses import loss_from_logits, model_inputs, token_counts
 
 
@@ -21,7 +21,7 @@ def _metrics(loss_sum: float, weight: float, correct: int, count: int, task: Tas
 
 
 def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int = 64,
-             explicit_positions: bool = False, owners: np.ndarray | None = None) -> dict:
+             explicit: ExplicitInputs = NO_EXPLICIT_INPUTS, owners: np.ndarray | None = None) -> dict:
     """``eval_loss`` and ``eval_accuracy`` (classification) or ``eval_perplexity`` (causal LM, token-weighted).
 
     With ``owners`` (a client id per example, -1 for none) the same forward pass also gives ``per_client``:
@@ -38,7 +38,7 @@ def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int 
     losses_all, weights_all, correct_all = [], [], []
     with torch.no_grad():
         for tensors in DataLoader(data, batch_size=batch_size):
-            batch = as_batch(tuple(t.to(device) for t in tensors), explicit_positions)
+            batch = as_batch(tuple(t.to(device) for t in tensors), explicit)
             logits = model(**model_inputs(batch)).logits
             losses_all.append(loss_from_logits(logits, batch, task).double().cpu())
             weights_all.append(token_counts(batch, task).double().cpu())

@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from privfed.client.state import ClientState, ClientUpdate
 from privfed.config import ClientOptimizer, Task, TrainingConfig
-from privfed.data.tokenize import as_batch
+from privfed.data.tokenize import ExplicitInputs, as_batch
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import trainable_parameters
@@ -46,14 +46,14 @@ class TrainedRound:
 class ClientRuntime:
     """Holds the model (on its device, in its regime) and trains any client on it.
 
-    ``dp`` None: no DP-SGD (the model is not wrapped). ``explicit_positions``: see
-    :func:`privfed.data.tokenize.as_batch`.
+    ``dp`` None: no DP-SGD (the model is not wrapped). ``explicit``: the per-example inputs the model needs
+    (:func:`privfed.models.inputs.explicit_inputs`).
     """
 
     def __init__(self, model: nn.Module, task: Task, training: TrainingConfig, dp: DpSettings | None, run_seed: int,
-                 explicit_positions: bool):
+                 explicit: ExplicitInputs):
         self.model, self.task, self.training, self.dp = model, task, training, dp
-        self.run_seed, self.explicit_positions = run_seed, explicit_positions
+        self.run_seed, self.explicit = run_seed, explicit
         self.params = [p for _, p in trainable_parameters(model)]
         self.device = self.params[0].device
         self.module = wrap_for_dp(model, self.params, dp) if dp is not None else model
@@ -81,7 +81,7 @@ class ClientRuntime:
                                client.noise_multiplier, self.dp, history)
 
         def loss_of(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            batch = as_batch(tuple(t.to(self.device) for t in tensors), self.explicit_positions)
+            batch = as_batch(tuple(t.to(self.device) for t in tensors), self.explicit)
             return per_example_loss(self.module, batch, self.task)
 
         losses = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import TensorDataset
@@ -57,12 +58,23 @@ def _encode_chats(chats: tuple[Chat, ...], tokenizer: PreTrainedTokenizerBase,
     return input_ids, attention_mask, loss_mask
 
 
-def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class ExplicitInputs:
+    """Per-example inputs :func:`as_batch` adds to every batch (see :mod:`privfed.models.inputs` for why)."""
+
+    position_ids: bool = False
+    token_type_ids: bool = False
+
+
+NO_EXPLICIT_INPUTS = ExplicitInputs()
+
+
+def as_batch(tensors: tuple[torch.Tensor, ...], explicit: ExplicitInputs = NO_EXPLICIT_INPUTS
+             ) -> dict[str, torch.Tensor]:
     """Name the tensors of a batch and drop the padding columns that no example in it uses.
 
-    ``explicit_positions`` adds per-example ``position_ids`` and ``token_type_ids``. BERT otherwise looks its
-    position and token-type embeddings up with one broadcast row, so Opacus would see a batch of 1 for them;
-    needed whenever those embeddings train (full and pre-training regimes).
+    ``explicit`` adds per-example ``position_ids`` and/or ``token_type_ids``
+    (:func:`privfed.models.inputs.explicit_inputs` says which a model needs so that Opacus sees every example).
     """
     batch = dict(zip(FIELDS, tensors, strict=True))
     mask = batch["attention_mask"]
@@ -72,8 +84,9 @@ def as_batch(tensors: tuple[torch.Tensor, ...], explicit_positions: bool = False
         # contiguous: Opacus' embedding norm sampler (ghost clipping) views the ids as one column
         for name in ("input_ids", "attention_mask", "loss_mask"):
             batch[name] = batch[name][:, :keep].contiguous()
-    if explicit_positions:
-        ids = batch["input_ids"]
+    ids = batch["input_ids"]
+    if explicit.position_ids:
         batch["position_ids"] = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids).contiguous()
+    if explicit.token_type_ids:
         batch["token_type_ids"] = torch.zeros_like(ids)
     return batch

@@ -28,6 +28,7 @@ from privfed.errors import ConfigError
 from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.catalog import resolve_task
 from privfed.models.checks import check_before_training
+from privfed.models.inputs import explicit_inputs
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
@@ -115,11 +116,11 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     if data.chat:
         require_chat_template(loaded.tokenizer, cfg.model.source)
     loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
+    explicit = explicit_inputs(loaded.model, cfg.model.regime)
     model = apply_regime(loaded.model, cfg.model, loaded.task, loaded.tokenizer_dir)
     check_before_training(model, cfg, loaded.max_positions)
     names = [n for n, _ in trainable_parameters(model)]
-    explicit_positions = loaded.task is Task.CLASSIFICATION and cfg.model.regime in (Regime.FULL, Regime.PRETRAIN)
-    runtime = ClientRuntime(model, loaded.task, cfg.training, dp_settings_for(cfg), cfg.seed, explicit_positions)
+    runtime = ClientRuntime(model, loaded.task, cfg.training, dp_settings_for(cfg), cfg.seed, explicit)
 
     clients = []
     for cid, idx in enumerate(shards):

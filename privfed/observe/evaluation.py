@@ -15,7 +15,7 @@ class GlobalEvaluation(Callback):
     def _evaluate(self, state: RunState) -> dict:
         self.fed.runtime.load(state.global_vector)
         return evaluate(self.fed.runtime.model, self.fed.test_data, self.fed.task,
-                        explicit_positions=self.fed.runtime.explicit_positions, owners=self.fed.test_owners)
+                        explicit=self.fed.runtime.explicit, owners=self.fed.test_owners)
 
     def on_run_start(self, event: RunStarted) -> None:
         if not event.resumed:
