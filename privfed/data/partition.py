@@ -7,6 +7,7 @@ and the label-skew ones take each class's examples in table order.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections import Counter
@@ -51,7 +52,7 @@ def partition(pool: TextDataset, cfg: PartitionConfig, rng: np.random.Generator)
     check_feasible(pool, cfg)
     table = flwr_table(pool, rng.permutation(len(pool)))
     with flwr_refusals(cfg):
-        shards = read_shards(partitioner_for(cfg, int(rng.integers(2**63))), table)
+        shards = draw_shards(cfg, table, rng)
     dropped = len(pool) - sum(map(len, shards))
     if dropped:
         log.warning("partition.scheme=%s left %d of %d training examples on no client", cfg.scheme.value,
@@ -127,7 +128,7 @@ def partitioner_for(cfg: PartitionConfig, seed: int) -> Partitioner:
     """The flwr-datasets partitioner of a non-natural scheme; ``seed`` drives its random draws.
 
     Shuffling inside a partition is off: privfed sorts each client's indices anyway. flwr's Dirichlet draws at most
-    11 times before giving up on min_partition_size (privfed's own drew 100 times).
+    11 times before giving up on min_partition_size (:func:`draw_shards` retries it with new seeds).
     """
     k = cfg.num_clients
     if cfg.scheme is Partition.IID:
@@ -144,6 +145,19 @@ def partitioner_for(cfg: PartitionConfig, seed: int) -> Partitioner:
         return ShardPartitioner(num_partitions=k, partition_by=LABEL, num_shards_per_partition=cfg.shards_per_client,
                                 shuffle=False, seed=seed)
     return _SIZE_SKEW[cfg.size_growth](num_partitions=k)
+
+
+DIRICHLET_SEEDS = 9  # x flwr's 11 draws per seed: about the 100 draws privfed's own Dirichlet split made
+
+
+def draw_shards(cfg: PartitionConfig, table: datasets.Dataset, rng: np.random.Generator) -> list[np.ndarray]:
+    """The partitioner's shards. flwr's Dirichlet gives up on ``min_partition_size`` after 11 draws; small pools
+    with a tight minimum need more, so its refusal is retried with fresh seeds (the first seed's success, the
+    usual case, consumes exactly one seed from ``rng``)."""
+    for _ in range(DIRICHLET_SEEDS - 1 if cfg.scheme is Partition.DIRICHLET else 0):
+        with contextlib.suppress(ValueError):
+            return read_shards(partitioner_for(cfg, int(rng.integers(2**63))), table)
+    return read_shards(partitioner_for(cfg, int(rng.integers(2**63))), table)  # its refusal is the error
 
 
 @contextmanager
