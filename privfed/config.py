@@ -215,7 +215,9 @@ class ModelConfig:
     regime: Regime = _help("pretrain | full | lora | prompt", default=Regime.LORA)
     lora_rank: int = _help("LoRA rank r", default=8)
     lora_alpha: float = _help("LoRA scaling alpha", default=16.0)
-    lora_layers: tuple[int, ...] = _help("transformer layers that get LoRA (empty = all)", default=())
+    lora_layers: tuple[int, ...] = _help("transformer layers that get LoRA, by index (empty = all)", default=())
+    lora_top_layers: int = _help("LoRA on the top k transformer layers only, whatever the model's depth (0 = as "
+                                 "model.lora_layers says; a model with at most k layers gets all)", default=0)
     lora_targets: tuple[str, ...] = _help("module names that get LoRA (empty = peft's default for the "
                                           "architecture)", default=())
     lora_dropout: float = _help("dropout on the LoRA path", default=0.0)
@@ -400,11 +402,20 @@ def _migrate(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return raw
 
 
+def _implied(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Defaults that follow from other keys: ``data.clients`` without ``data.source`` means no shared source
+    (data.source's default is the built-in bbc_news)."""
+    data = raw.get("data")
+    if isinstance(data, Mapping) and data.get("clients") and "source" not in data:
+        raw = {**raw, "data": {**data, "source": ""}}
+    return raw
+
+
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate a config from nested plain data (as read from YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("<root>", "the config file must hold a mapping")
-    return _build(ExperimentConfig, _migrate(raw))
+    return _build(ExperimentConfig, _implied(_migrate(raw)))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -544,7 +555,8 @@ def validate_data(d: DataConfig) -> None:
 
     _check(bool(d.source) != bool(d.clients), "data.source",
            "give either data.source (a built-in name or a path) or data.clients (one path per client), "
-           + ("not both" if d.source else "got neither"))
+           + (f"not both (data.source is {d.source!r}: set data.source= to leave it empty)" if d.source
+              else "got neither"))
     builtin = BUILTIN_DATASETS.get(d.source)
     if builtin is not None:
         _check(d.records in builtin.formats, "data.records",
@@ -582,6 +594,9 @@ def validate_model(c: ExperimentConfig) -> None:
     _check(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
     _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
     _check(all(i >= 0 for i in m.lora_layers), "model.lora_layers", "layer indices must be >= 0")
+    _check(m.lora_top_layers >= 0, "model.lora_top_layers", "must be >= 0 (0 = as model.lora_layers says)")
+    _check(not (m.lora_top_layers and m.lora_layers), "model.lora_top_layers",
+           "choose layers either by index (model.lora_layers) or from the top (model.lora_top_layers), not both")
     _check(all(bool(t) for t in m.lora_targets), "model.lora_targets", "module names must be non-empty")
     _check(0.0 <= m.lora_dropout < 1.0, "model.lora_dropout", f"must be in [0, 1), got {m.lora_dropout}")
     _check(m.prompt_tokens >= 1, "model.prompt_tokens", "must be >= 1")

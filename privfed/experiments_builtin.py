@@ -20,7 +20,7 @@ model:
   regime: lora
   lora_rank: 8
   lora_alpha: 16
-  lora_layers: [2, 3, 4, 5]  # top 4 of 6 layers: backward stops at layer 2
+  lora_top_layers: 4  # MiniLM's layers 2-5 of 0-5: backward stops at layer 2 (any model: its top 4)
 privacy:
   mode: target_epsilon
   epsilon: 8.0

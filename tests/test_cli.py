@@ -112,9 +112,10 @@ def _run_in_process(capsys, out, *overrides):
     ("model.source=tiny_bert",),
     ("model.source=tiny_llama", "data.source=chatterbot", "partition.scheme=natural"),
 ])
-def test_demo_lora_layers_beyond_a_tiny_model_are_one_config_error_line(capsys, tmp_path, overrides):
+def test_lora_layers_beyond_a_tiny_model_are_one_config_error_line(capsys, tmp_path, overrides):
     out = tmp_path / "out"
-    code, err = _run_in_process(capsys, out, "model.regime=lora", *overrides)
+    code, err = _run_in_process(capsys, out, "model.regime=lora", "model.lora_top_layers=0",
+                                "model.lora_layers=[2, 3, 4, 5]", *overrides)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("privfed: config error: model.lora_layers: asks for layers [2, 3, 4, 5]")
     assert "has 2 layers (0..1)" in err and "[] for all layers" in err

@@ -22,7 +22,8 @@ def test_demo_config_is_valid_and_round_trips():
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_config(overrides=["privacy.epsilon=3", "model.lora_layers=[4, 5]", "privacy.max_epsilon=inf"])
+    cfg = load_config(overrides=["privacy.epsilon=3", "model.lora_top_layers=0", "model.lora_layers=[4, 5]",
+                                 "privacy.max_epsilon=inf"])
     assert cfg.privacy.epsilon == 3.0 and cfg.model.lora_layers == (4, 5) and math.isinf(cfg.privacy.max_epsilon)
 
 

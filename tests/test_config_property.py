@@ -33,6 +33,7 @@ COMMON = {
     "model.lora_rank": [1, 4],
     "model.lora_alpha": [0.5, 16],
     "model.lora_layers": ["[]", "[0]", "[1]", "[0, 1, 1]", "[2, 3, 4, 5]"],
+    "model.lora_top_layers": [0, 0, 0, 1, 4],  # with non-empty lora_layers: refused (one or the other)
     "model.prompt_tokens": [1, 4],
     "privacy.mode": ["off", "fixed_noise", "target_epsilon"],
     "privacy.epsilon": [0.01, 1.0, 8.0, 100.0, 1e4],

@@ -30,7 +30,7 @@ from tests.conftest import TINY_CAUSAL, make_config
 TINY_RUN = ["data.source=chatterbot", "partition.scheme=iid", "partition.num_clients=2", "data.max_length=24",
             "data.max_examples=60", "data.eval_examples=12", "training.rounds=1", "training.local_steps=1",
             "training.batch_size=8", "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
-            "evaluation.generations=0", "model.lora_layers=[]"]  # the demo adapts MiniLM's layers 2-5
+            "evaluation.generations=0"]
 
 
 def _save_llama(folder: Path, tie: bool = False) -> Path:
@@ -215,6 +215,15 @@ def test_architecture_without_peft_default_asks_for_targets(llama_folder):
     named = apply_regime(model, ModelConfig(source=str(llama_folder), regime=Regime.LORA,
                                             lora_targets=("o_proj",)), Task.CAUSAL_LM, llama_folder)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in trainable_parameters(named)} == {"o_proj"}
+
+
+@pytest.mark.parametrize("top, adapted", [(1, {1}), (2, {0, 1}), (4, {0, 1})])
+def test_lora_top_layers_adapts_the_top_k_layers_of_any_depth(top, adapted):
+    loaded = _load("tiny_llama", Task.CAUSAL_LM)  # 2 layers: the top 4 are all of them
+    model = apply_regime(loaded.model, ModelConfig(source="tiny_llama", regime=Regime.LORA, lora_top_layers=top),
+                         Task.CAUSAL_LM, loaded.tokenizer_dir)
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in trainable_parameters(model) if "lora_" in n}
+    assert layers == adapted
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -1,5 +1,6 @@
 """privfed.data.partition on Flower Datasets' partitioners: coverage, reproducibility, skew, natural groups, errors."""
 import logging
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -137,10 +138,16 @@ def test_size_skew_sizes_grow_with_the_client_index_and_faster_for_faster_growth
 
 
 @pytest.mark.parametrize("num_clients", [0, GROUPS])
-def test_natural_gives_one_client_per_group_in_group_order(num_clients):
+def test_natural_gives_one_client_per_group_largest_first_or_in_the_given_order(num_clients):
     pool = _pool()
-    shards = _split(pool, PartitionConfig(scheme=Partition.NATURAL, num_clients=num_clients))
-    assert [{pool.groups[i] for i in s} for s in shards] == [{f"g{g}"} for g in range(GROUPS)]
+    cfg = PartitionConfig(scheme=Partition.NATURAL, num_clients=num_clients)
+    shards = _split(pool, cfg)
+    counts = Counter(pool.groups)
+    assert [{pool.groups[i] for i in s} for s in shards] == [{g} for g in sorted(counts, key=lambda g: (-counts[g], g))]
+    assert sum(map(len, shards)) == len(pool)
+    order = tuple(f"g{g}" for g in reversed(range(GROUPS)))  # data.clients' ids, as the config lists them
+    given = partition(pool, cfg, np.random.default_rng(0), client_order=order)
+    assert [{pool.groups[i] for i in s} for s in given] == [{g} for g in order]
 
 
 def test_natural_packing_keeps_groups_whole_largest_first():

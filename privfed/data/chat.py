@@ -11,12 +11,14 @@ spans would be wrong.
 An assistant span keeps the turn's end marker (``<|im_end|>`` for ChatML) so the model learns to stop, but not the
 whitespace the template writes after it (the convention of ``{% generation %}`` tags). Character spans become
 token positions through the fast tokenizer's offset mapping; a token that straddles a span's edge counts as the
-assistant's.
+assistant's. A chat that opens with an assistant turn (a greeting) has no prefix to render: that turn's span
+starts where its content first appears in the rendering.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from privfed.data.records import Chat
@@ -60,9 +62,18 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase, model_source: str)
 
 
 def render(chat: Chat, tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False) -> str:
-    """The chat as the template writes it (special tokens included, as text)."""
+    """The chat as the template writes it (special tokens included, as text).
+
+    A template may refuse a chat (Llama-2's and Mistral's demand alternating user/assistant turns, Gemma's refuses
+    a system turn): that is a one-line error naming the chat, before any client trains.
+    """
     messages = [{"role": m.role, "content": m.content} for m in chat]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except (ValueError, TemplateError) as error:
+        opening = " ".join(chat[0].content.split())[:40] if chat else ""
+        raise ConfigError("data.records", f"the model's chat template refuses the chat that opens {opening!r} "
+                                          f"({' '.join(str(error).split())})") from None
 
 
 def render_with_spans(chat: Chat, tokenizer: PreTrainedTokenizerBase) -> RenderedChat:
@@ -72,7 +83,14 @@ def render_with_spans(chat: Chat, tokenizer: PreTrainedTokenizerBase) -> Rendere
     for i, message in enumerate(chat):
         if message.role != ASSISTANT:
             continue
-        start = _prefix_end(render(chat[:i], tokenizer, add_generation_prompt=True), text, i)
+        if i == 0:  # an opening assistant turn (a greeting): no prefix to render; its content's first appearance
+            start = text.find(message.content) if message.content else -1
+            if start < 0:
+                raise ConfigError("data.records", "the model's chat template does not write an opening assistant "
+                                                  "turn verbatim, so its tokens cannot be located; start the chat "
+                                                  "with a system or user turn")
+        else:
+            start = _prefix_end(render(chat[:i], tokenizer, add_generation_prompt=True), text, i)
         end = _prefix_end(render(chat[:i + 1], tokenizer), text, i + 1)
         spans.append((start, start + len(text[start:end].rstrip())))  # not the whitespace after the end marker
     return RenderedChat(text, tuple(spans))

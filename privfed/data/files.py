@@ -141,6 +141,8 @@ def _read_file(file: Path, key: str, cache: str) -> dict[str, list]:
                                       keep_in_memory=True, **BUILDER_OPTIONS.get(builder, {}))
     except (datasets.exceptions.DatasetsError, pa.ArrowException, ValueError) as err:
         raise ConfigError(key, f"cannot parse {file}: {_one_line(err)}") from None
+    if builder == "csv":  # a CSV has no types: a column that looks numeric is still text (labels compare as text)
+        table = table.cast(datasets.Features({c: datasets.Value("string") for c in table.column_names}))
     return table.to_dict()
 
 

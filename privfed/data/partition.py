@@ -8,6 +8,7 @@ and the label-skew ones take each class's examples in table order.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections import Counter
@@ -40,15 +41,19 @@ _SIZE_SKEW = {SizeGrowth.LINEAR: LinearPartitioner, SizeGrowth.SQUARE: SquarePar
               SizeGrowth.EXPONENTIAL: ExponentialPartitioner}
 
 
-def partition(pool: TextDataset, cfg: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def partition(pool: TextDataset, cfg: PartitionConfig, rng: np.random.Generator,
+              client_order: tuple[str, ...] = ()) -> list[np.ndarray]:
     """Sorted int64 index arrays into ``pool``, one per client, drawn reproducibly from ``rng``.
+
+    ``client_order``: natural groups in the order their clients are numbered (``data.clients``' ids, as the config
+    lists them); by default, natural clients are numbered largest group first, as privfed always has.
 
     Every example goes to exactly one client, except under pathological (the classes no client drew: none when
     num_clients >= the number of classes) and shard (the n mod (num_clients x shards_per_client) examples left over
     by equal-size shards); those drops are logged.
     """
     if cfg.scheme is Partition.NATURAL:
-        return partition_natural(pool.groups, cfg)
+        return partition_natural(pool.groups, cfg, client_order)
     check_feasible(pool, cfg)
     table = flwr_table(pool, rng.permutation(len(pool)))
     with flwr_refusals(cfg):
@@ -60,9 +65,11 @@ def partition(pool: TextDataset, cfg: PartitionConfig, rng: np.random.Generator)
     return shards
 
 
-def partition_natural(groups: tuple[str, ...], cfg: PartitionConfig) -> list[np.ndarray]:
-    """One client per natural group (flwr's NaturalIdPartitioner: clients in the groups' sorted order), or, with
-    fewer clients than groups, whole groups packed onto clients, largest group first onto the lightest client.
+def partition_natural(groups: tuple[str, ...], cfg: PartitionConfig,
+                      client_order: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """One client per natural group (flwr's NaturalIdPartitioner), numbered in ``client_order`` or largest group
+    first; or, with fewer clients than groups, whole groups packed onto clients, largest group first onto the
+    lightest client.
 
     The packing is privfed's own: flwr-datasets has no partitioner that keeps groups whole on fewer clients
     (GroupedNaturalIdPartitioner groups ids by count, in id order, and drops or merges the leftover ids).
@@ -72,8 +79,11 @@ def partition_natural(groups: tuple[str, ...], cfg: PartitionConfig) -> list[np.
         raise ConfigError("partition.num_clients", f"{cfg.num_clients} clients but the data has only "
                           f"{len(counts)} natural groups (0 = one each)")
     if cfg.num_clients in (0, len(counts)):
-        with flwr_refusals(cfg):
-            return read_shards(NaturalIdPartitioner(partition_by=GROUP), natural_table(groups))
+        # its tqdm bar ("Generating partition_id_to_indices") has no switch and would ignore --no-progress
+        with flwr_refusals(cfg), contextlib.redirect_stderr(io.StringIO()):
+            shards = read_shards(NaturalIdPartitioner(partition_by=GROUP), natural_table(groups))
+        of_group = {groups[int(shard[0])]: shard for shard in shards}
+        return [of_group[g] for g in client_order or sorted(counts, key=lambda g: (-counts[g], g))]
     return pack_groups(groups, counts, cfg.num_clients)
 
 

@@ -41,20 +41,17 @@ def _encode_chats(chats: tuple[Chat, ...], tokenizer: PreTrainedTokenizerBase,
     input_ids = torch.full(shape, tokenizer.pad_token_id, dtype=torch.long, device="cpu")  # datasets stay on the CPU
     attention_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
     loss_mask = torch.zeros(shape, dtype=torch.long, device="cpu")
-    silent, truncated_away = 0, 0  # chats without an assistant token at all / left without one by truncation
+    truncated_away = 0  # chats left without an assistant token by truncation
     for row, chat in enumerate(chats):
         ids, mask = encode_chat(chat, tokenizer)
         n = min(len(ids), max_length)
         input_ids[row, :n] = torch.tensor(ids[:n], dtype=torch.long, device="cpu")
         attention_mask[row, :n] = 1
         loss_mask[row, :n] = torch.tensor(mask[:n], dtype=torch.long, device="cpu")
-        silent += not any(mask)
         truncated_away += any(mask) and not any(mask[:n])
     if truncated_away:
         log.warning("%d of %d chats lose all their assistant tokens to truncation at data.max_length=%d: they add "
                     "nothing to the loss", truncated_away, len(chats), max_length)
-    if silent:
-        log.warning("%d of %d chats have no assistant turn: they add nothing to the loss", silent, len(chats))
     return input_ids, attention_mask, loss_mask
 
 

@@ -104,7 +104,14 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     pool, test = data.subset(train_idx), data.subset(test_idx)
     if cfg.data.eval_examples and len(test) > cfg.data.eval_examples:
         test = test.subset(np.sort(rng.choice(len(test), cfg.data.eval_examples, replace=False)))
-    shards = partition(pool, cfg.partition, rng)
+    client_ids = tuple(c.id for c in cfg.data.clients)
+    held_out = [i for i, cid in enumerate(client_ids) if cid not in set(pool.groups)]
+    if held_out:
+        i = held_out[0]
+        raise ConfigError(f"data.clients[{i}].path", f"none of client {client_ids[i]!r}'s examples is left for "
+                          f"training (data.test_fraction={cfg.data.test_fraction} held them out, or "
+                          f"data.max_examples left them out): give it more examples")
+    shards = partition(pool, cfg.partition, rng, client_ids)
     empty = [cid for cid, idx in enumerate(shards) if len(idx) == 0]
     if empty:
         raise ConfigError("partition.num_clients", f"{len(empty)} of {len(shards)} clients got no training example "

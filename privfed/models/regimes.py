@@ -68,6 +68,16 @@ def check_lora_layers(model: nn.Module, cfg: ModelConfig) -> None:
                           "or [] for all layers")
 
 
+def lora_layer_indices(model: nn.Module, cfg: ModelConfig) -> list[int] | None:
+    """The layers that get LoRA (None: all): ``model.lora_layers`` checked against the model, or its top
+    ``model.lora_top_layers`` (backward then stops at the lowest adapted layer: cheaper, whatever the depth)."""
+    check_lora_layers(model, cfg)
+    if cfg.lora_top_layers:
+        count = model.config.num_hidden_layers
+        return list(range(count - cfg.lora_top_layers, count)) if cfg.lora_top_layers < count else None
+    return list(cfg.lora_layers) or None
+
+
 def linear_names(model: nn.Module) -> list[str]:
     """The distinct last name parts of the model's LoRA-able (Linear) modules, in model order."""
     names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LORA_LAYER_TYPES)]
@@ -110,9 +120,8 @@ def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task, tokenizer_dir: 
         return model
     if cfg.regime is Regime.LORA:
         targets = lora_targets(model, cfg)
-        check_lora_layers(model, cfg)
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, layers_to_transform=list(cfg.lora_layers) or None,
+                          target_modules=targets, layers_to_transform=lora_layer_indices(model, cfg),
                           bias=cfg.lora_bias.value)
         peft_model = _peft(model, lora)
     else:

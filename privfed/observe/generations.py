@@ -18,17 +18,23 @@ from privfed.results import RunDirectory
 from privfed.server.events import Callback, RoundRecord, RunState
 
 
-def greedy_answer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, exchange: Exchange,
+def prompt_ids(exchange: Exchange, tokenizer: PreTrainedTokenizerBase, max_length: int) -> torch.Tensor:
+    """The exchange's context rendered with the generation prompt, as ids of shape [1, <= max_length]: the last
+    ``max_length`` tokens, so a long chat is read as far back as training reads (``data.max_length``)."""
+    text = render(exchange.context, tokenizer, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return ids[:, -max_length:]
+
+
+def greedy_answer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: torch.Tensor,
                   max_new_tokens: int) -> str:
-    """The model's greedy continuation of the exchange's context, up to ``max_new_tokens`` tokens or the end of
-    its turn (the tokenizer's eos token, when it has one), without special tokens.
+    """The model's greedy continuation of ``prompt`` (:func:`prompt_ids`), up to ``max_new_tokens`` tokens or the
+    end of its turn (the tokenizer's eos token, when it has one), without special tokens.
 
     ``model`` is the unwrapped network (plain or peft): Opacus' hooks sit on its layers but record nothing in eval
     mode; the model is put in eval mode for the answer and returned to the mode it was in.
     """
-    text = render(exchange.context, tokenizer, add_generation_prompt=True)
-    device = next(model.parameters()).device
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    ids = prompt.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
@@ -50,6 +56,9 @@ class Generations(Callback):
         self.fed, self.run_dir = federation, run_dir
         exchanges = [e for e in map(last_exchange, federation.test_chats) if e is not None]
         self.exchanges = exchanges[:federation.config.evaluation.generations]
+        # rendered now, so a chat the template refuses is a config error before anything is written
+        self.prompts = [prompt_ids(e, federation.tokenizer, federation.config.data.max_length)
+                        for e in self.exchanges]
         self.pending: list[dict] = []
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
@@ -57,8 +66,8 @@ class Generations(Callback):
         runtime.load(state.global_vector)
         max_new_tokens = self.fed.config.evaluation.max_new_tokens
         self.pending = [{"round": record.round, "prompt": e.question, "reference": e.reference,
-                         "generated": greedy_answer(runtime.model, self.fed.tokenizer, e, max_new_tokens)}
-                        for e in self.exchanges]
+                         "generated": greedy_answer(runtime.model, self.fed.tokenizer, prompt, max_new_tokens)}
+                        for e, prompt in zip(self.exchanges, self.prompts, strict=True)]
 
     def on_round_committed(self, record: RoundRecord, state: RunState) -> None:
         self.run_dir.save_generations(record.round, self.pending)

@@ -31,6 +31,12 @@ def quality_key(results: dict) -> str:
     return "eval_accuracy" if "eval_accuracy" in results["final"] else "eval_perplexity"
 
 
+def short_source(source: str) -> str:
+    """A model source as a table shows it: a built-in or cached name as it is, a folder by its last two parts."""
+    parts = Path(source).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else source
+
+
 def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
     """One row per run: what was trained, the ε spent (and targeted) and the final quality."""
     rows = []
@@ -39,7 +45,7 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
         key = quality_key(res)
         rows.append({
             "run": cfg["name"],
-            "model": f"{Path(cfg['model']['source']).name}/{cfg['model']['regime']}",  # a folder: its name
+            "model": f"{short_source(cfg['model']['source'])}/{cfg['model']['regime']}",
             "clients": len(res["partition"]),
             "rounds": len(res["rounds"]),
             "target ε": privacy["target_epsilon"] if privacy["target_epsilon"] is not None else
