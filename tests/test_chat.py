@@ -100,6 +100,27 @@ def test_template_that_rewrites_earlier_turns_is_refused():
         encode_chat(MULTI_TURN[1:3], tok)
 
 
+def test_a_template_that_refuses_a_chat_is_a_config_error():
+    """Llama-2-style templates raise on turns that do not alternate: one line naming the chat, not a traceback."""
+    tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
+    tok.chat_template = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                         "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+                         "{{ m['content'] }} [SEP] {% endfor %}")
+    with pytest.raises(ConfigError) as err:
+        encode_chat((Message("user", "Hello there"), Message("user", "again")), tok)
+    assert err.value.key == "data.records" and "opens 'Hello there'" in str(err.value)
+    assert "roles must alternate" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_opening_assistant_turn_is_scored(wordpiece):
+    """A chat that opens with the assistant's greeting has no prefix to render: its content is located instead."""
+    chat = (Message("assistant", "Welcome!"), Message("user", "Hi"), Message("assistant", "How can I help?"))
+    ids, mask = encode_chat(chat, wordpiece)
+    expected = _expected([("assistant : ", 0), ("Welcome! [SEP]", 1), (" user : Hi [SEP] assistant : ", 0),
+                          ("How can I help? [SEP]", 1), (" ", 0)], wordpiece)
+    assert (ids, mask) == expected
+
+
 def test_chat_tensors_mask_assistant_tokens_and_truncation_is_logged(wordpiece, caplog):
     chats = _chats(4)
     data = TextDataset(chats, None, ("g",) * 4, chat=True)

@@ -194,6 +194,23 @@ def test_data_clients_each_one_group_and_label_names_are_the_union(tmp_path):
     assert data.label_names == ("arts", "sport", "tech") and data.labels == (1, 0, 2)
 
 
+def test_data_clients_are_numbered_in_config_order_and_need_training_examples(tmp_path):
+    from privfed.federation.setup import build_federation
+
+    for name, n in (("zeta", 12), ("alpha", 6), ("mid", 1)):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"text": f"{name} note {i}"} for i in range(n)])
+    clients = [{"id": name, "path": str(tmp_path / f"{name}.jsonl")} for name in ("zeta", "alpha")]
+    base = {"model": {"source": "tiny_llama"}, "partition": {"scheme": "natural", "num_clients": 0},
+            "data": {"clients": clients, "max_length": 16, "test_fraction": 0.25}, "evaluation": {"generations": 0}}
+    fed = build_federation(privfed.from_dict(base))  # data.clients alone: data.source is implied empty
+    assert [next(iter(p["groups"])) for p in fed.partition_summary] == ["zeta", "alpha"]  # not sorted, not by size
+    lonely = {**base, "data": {**base["data"], "clients": [*clients, {"id": "mid", "path": str(tmp_path / "mid.jsonl")}],
+                               "test_fraction": 0.6}}
+    with pytest.raises(ConfigError) as err:
+        build_federation(privfed.from_dict(lonely))
+    assert err.value.key == "data.clients[2].path" and "'mid'" in str(err.value)
+
+
 # ---------------------------------------------------------------- errors a user meets
 
 
