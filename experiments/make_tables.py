@@ -3,8 +3,8 @@
 Finished runs are reused (delete experiments/results/<name>/ to measure again); the tables (table_<x>.md) and one
 plot per sweep (<name>.png) are the files kept in git.
 
-    python experiments/make_tables.py            # both tables (~25 min on 2 CPU cores)
-    python experiments/make_tables.py bbc        # only table (a)
+    python experiments/make_tables.py            # every table (~35 min on 2 CPU cores)
+    python experiments/make_tables.py bbc        # only table (a); chat: (b); instruct: (c)
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ TABLES = {
     "bbc": [("bbc_minilm_lora.yaml", [1, 3, 8, float("inf")])],
     "chat": [("chatterbot_smollm2_lora.yaml", [3, 8, float("inf")]),
              ("chatterbot_smollm2_prompt.yaml", [3, 8, float("inf")])],
+    "instruct": [("chatterbot_smollm2_instruct.yaml", [8, float("inf")])],
 }
 
 
