@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,8 @@ def test_bert_inputs_fit_its_position_embeddings(overrides, fragment):
     assert err.value.key == "data.max_length"
     load_config(overrides=["model.source=tiny_llama", "data.source=chatterbot", "partition.scheme=iid",
                            "data.max_length=2048"])  # rotary positions: no limit
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("experiments/*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_configs_are_valid(path):
+    assert load_config(path).name
