@@ -84,10 +84,21 @@ def _run(args: argparse.Namespace) -> int:
     print(rounds_table(results))
     print("\n## Summary\n")
     print(summary_table([results]))
+    if results.get("generations"):
+        print(f"\n## What the model answers after round {results['generations'][0]['round']}\n")
+        for line in results["generations"]:
+            print(f"- {_short(line['prompt'])} → {_short(line['generated'])}  (reference: {_short(line['reference'])})")
     for note in results["notes"]:
         print(f"note: {note}")
-    print(f"\nwrote {out}/ (config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png)")
+    written = "config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png"
+    print(f"\nwrote {out}/ ({written}{', generations.jsonl' if results.get('generations') else ''})")
     return 0
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """One line of at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -229,3 +229,32 @@ def test_a_round_redone_after_resume_replaces_its_generations(tmp_path):
     run_dir.save_generations(2, [{"round": 2, "generated": "c"}])
     assert run_dir.generations() == [{"round": 1, "generated": "a"}, {"round": 2, "generated": "c"}]
     assert run_dir.last_generations() == [{"round": 2, "generated": "c"}]
+
+
+def test_cli_trains_a_local_chat_model_folder_on_a_jsonl_of_chats(tmp_path, capsys):
+    """The issue's command shape: a local model folder (a tiny LLaMA saved with a tokenizer that has a chat
+    template) and a JSONL of chat records; the CLI prints what the model answers and writes generations.jsonl."""
+    from transformers import LlamaForCausalLM
+
+    from privfed.cli import main
+    from privfed.models.sources import tiny_llama_config
+
+    folder = tmp_path / "my-chat-llama"
+    tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(len(tok), tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)  # the chat template travels with the tokenizer files
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": m.role, "content": m.content} for m in chat]}) + "\n"
+                            for chat in _chats(24)))
+    out = tmp_path / "run"
+    code = main(["run", "--out", str(out), "--no-progress", "--set", f"model.source={folder}",
+                 "--set", f"data.source={data}", "--set", "data.records=chat", "--set", "partition.scheme=iid",
+                 "--set", "partition.num_clients=2", "--set", "data.max_length=32", "--set", "training.rounds=1",
+                 "--set", "training.local_steps=1", "--set", "training.batch_size=4", "--set", "privacy.mode=off",
+                 "--set", "evaluation.generations=2", "--set", "evaluation.max_new_tokens=4"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "## What the model answers after round 1" in printed and "generations.jsonl" in printed
+    assert len((out / GENERATIONS).read_text().splitlines()) == 2
+    assert json.loads((out / "results.json").read_text())["final"]["perplexity_over"] == "assistant tokens"
