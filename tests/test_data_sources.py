@@ -160,6 +160,13 @@ def test_chat_rows_keep_their_messages(tmp_path):
     assert data.chat and data.examples == (tuple(Message(m["role"], m["content"]) for m in chat),)
 
 
+def test_csv_cells_are_text_even_when_they_look_numeric(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text("text,label\n123,10\n456,2\n007,10\n")
+    data = load_data(DataConfig(source=str(path), label_column="label"))
+    assert data.examples == ("123", "456", "007") and data.label_names == ("2", "10") and data.labels == (1, 0, 1)
+
+
 def test_label_names_sorted_numerically_when_integers(tmp_path):
     rows = [{"text": f"t{i}", "y": y} for i, y in enumerate([10, 9, 10, 100])]
     data = load_data(source(write_csv(tmp_path / "num.csv", rows), label_column="y"))
