@@ -26,6 +26,7 @@ Only packaged ``datasets`` builders read local files, so loading works with ``HF
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -136,14 +137,21 @@ def _files_under(folder: Path, key: str) -> list[Path]:
 def _read_file(file: Path, key: str, cache: str) -> dict[str, list]:
     """All columns of one data file, read by its ``datasets`` builder; a parse failure is a one-line ConfigError."""
     builder = BUILDERS[file.suffix.lower()]
+    options = dict(BUILDER_OPTIONS.get(builder, {}))
+    if builder == "csv":  # a CSV has no types: every cell is text ("007" stays "007"; labels compare as text)
+        options["features"] = datasets.Features({c: datasets.Value("string") for c in _csv_header(file)})
     try:
         table = datasets.load_dataset(builder, data_files=str(file), split="train", cache_dir=cache,
-                                      keep_in_memory=True, **BUILDER_OPTIONS.get(builder, {}))
+                                      keep_in_memory=True, **options)
     except (datasets.exceptions.DatasetsError, pa.ArrowException, ValueError) as err:
         raise ConfigError(key, f"cannot parse {file}: {_one_line(err)}") from None
-    if builder == "csv":  # a CSV has no types: a column that looks numeric is still text (labels compare as text)
-        table = table.cast(datasets.Features({c: datasets.Value("string") for c in table.column_names}))
     return table.to_dict()
+
+
+def _csv_header(file: Path) -> list[str]:
+    """The column names on a CSV file's first line."""
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle), [])
 
 
 def _saved_tables(folder: Path, key: str) -> Iterator[Table]:
