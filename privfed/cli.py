@@ -45,20 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unused_run_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``... : a default output directory never replaces an earlier run."""
-    from privfed.results import RunDirectory
-
-    candidate, n = base, 1
-    while RunDirectory(candidate).holds_run():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def _run(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
-    from privfed.results import RunDirectory
+    from privfed.results import RunDirectory, unused_run_dir
 
     if args.help_config:
         print("\n".join(cfgmod.help_lines()))
@@ -72,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg, out = run_dir.config(), args.resume
     else:
         cfg = cfgmod.load_config(args.config, args.overrides)
-        out = args.out or _unused_run_dir(Path("runs") / cfg.name)
+        out = args.out or unused_run_dir(Path("runs") / cfg.name)
     from privfed import rounds_table, summary_table  # torch, transformers, Opacus: only once the config is valid
     from privfed.engines.inprocess import run
 

@@ -300,6 +300,19 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class FlowerConfig:
+    """The Flower engine's waits (``privfed flower``; the in-process engine ignores them). A node that does not
+    answer in time is a dropout of the round."""
+
+    stage_timeout: float = _help("seconds a node has to answer a protocol message that needs no training",
+                                 default=120.0)
+    train_timeout: float = _help("seconds a node has to train and answer the message asking for its update",
+                                 default=1800.0)
+    connect_timeout: float = _help("seconds the ServerApp waits for a node of every client to connect",
+                                   default=600.0)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _help("run name", default="experiment")
     seed: int = _help("seed for every random choice", default=0)
@@ -311,6 +324,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -675,6 +689,9 @@ def validate(c: ExperimentConfig) -> None:
            f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
     _check(e.generations >= 0, "evaluation.generations", "must be >= 0 (0 = none)")
     _check(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+    for key in ("stage_timeout", "train_timeout", "connect_timeout"):
+        value = getattr(c.flower, key)
+        _check(value > 0 and math.isfinite(value), f"flower.{key}", f"must be a positive number of seconds, got {value}")
 
 
 def help_lines(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:

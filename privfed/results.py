@@ -199,3 +199,12 @@ def read_results(path: Path) -> dict:
         raise FileNotFoundError(f"{file} not found (is {path} a finished privfed run?)")
     return json.loads(file.read_text())
 
+
+
+def unused_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : a default output directory never replaces an earlier run."""
+    candidate, n = base, 1
+    while RunDirectory(candidate).holds_run():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate

@@ -56,14 +56,14 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
 
 
 def test_default_output_directory_never_replaces_an_earlier_run(tmp_path):
-    from privfed.cli import _unused_run_dir
+    from privfed.results import unused_run_dir
 
     base = tmp_path / "runs" / "demo"
-    assert _unused_run_dir(base) == base
+    assert unused_run_dir(base) == base
     for taken in (base, base.with_name("demo-2")):
         taken.mkdir(parents=True)
         (taken / "config.yaml").write_text("name: demo\n")
-    assert _unused_run_dir(base) == base.with_name("demo-3")
+    assert unused_run_dir(base) == base.with_name("demo-3")
 
 
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):

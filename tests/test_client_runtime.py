@@ -14,10 +14,10 @@ from transformers import LlamaForCausalLM
 
 import privfed
 from privfed.client.device import resolve_device
+from privfed.client.recorded import train_recorded
 from privfed.client.runtime import ClientRuntime, TrainedRound
 from privfed.client.state import ClientState
 from privfed.config import Accountant, Clipping
-from privfed.engines.inprocess import InProcessClients
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.federation.setup import build_federation
 from privfed.privacy.dpsgd import DpSettings, DpSgdRound, expected_batch_size, wrap_for_dp
@@ -29,9 +29,9 @@ MANY = ("partition.scheme=iid", "partition.num_clients=60", "data.max_examples=3
 
 def test_one_model_whatever_the_number_of_clients(tiny_causal):
     fed = build_federation(tiny_causal(*MANY))
-    clients = InProcessClients(fed, Ledger())
-    for cid in range(5):
-        clients.train(cid, 1, fed.initial_vector)
+    ledger = Ledger()
+    for client in fed.clients[:5]:
+        train_recorded(fed.runtime, client, fed.shard(client), 1, fed.initial_vector, ledger)
     gc.collect()
     assert sum(type(o) is LlamaForCausalLM for o in gc.get_objects()) == 1
     for client in fed.clients:  # a client is plain data: nothing of torch survives between its rounds
@@ -130,7 +130,7 @@ def test_accountant_and_ledger_must_agree(tiny_classifier):
 
     fed.runtime.__class__ = MiscountingRuntime
     with pytest.raises(PrivacyViolationError, match="accountant and the ledger disagree"):
-        InProcessClients(fed, Ledger()).train(0, 1, fed.initial_vector)
+        train_recorded(fed.runtime, fed.clients[0], fed.shard(fed.clients[0]), 1, fed.initial_vector, Ledger())
 
 
 def test_device_setting():

@@ -15,6 +15,7 @@ round driver of the in-process engine calls, asking each client for its update o
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ import numpy as np
 from privfed.aggregation.transport import InProcessTransport, recording_tap, run_protocol
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.privacy.distributed import SkellamShare
+from privfed.secure.encoding import EncodingStats
 from privfed.secure.messages import ProtocolError
 
 if TYPE_CHECKING:
@@ -44,6 +46,26 @@ def saved_state(blob: bytes, protocol: Aggregation) -> dict:
     except STATE_ERRORS as err:
         raise ProtocolError(f"not a saved {protocol.value} client state: {err}") from None
     return state
+
+
+def pack_report(report: dict) -> bytes:
+    """A client half's :meth:`ClientHalf.report` as bytes, for a client that reports from another process."""
+    stats = report.get("stats")
+    return msgpack.packb({**report, "stats": None if stats is None else dataclasses.astuple(stats)},
+                         use_bin_type=True)
+
+
+def unpack_report(blob: bytes) -> dict:
+    """The inverse of :func:`pack_report` (ProtocolError on anything else)."""
+    try:
+        report = msgpack.unpackb(blob, raw=False)
+        if not isinstance(report, dict):
+            raise TypeError(f"a {type(report).__name__}")
+        if report.get("stats") is not None:
+            report["stats"] = EncodingStats(*report["stats"])
+    except STATE_ERRORS as err:
+        raise ProtocolError(f"not a client report: {err}") from None
+    return report
 
 
 @dataclass(frozen=True)
@@ -177,10 +199,10 @@ class AggregationBackend(abc.ABC):
         """A client half from :meth:`ClientHalf.export_state`'s bytes, in this (or another) process."""
         return self.client_type.restore(blob, self)
 
-    def complete(self, outcome: AggregationOutcome, clients: Mapping[int, ClientHalf]) -> AggregationOutcome:
-        """``outcome`` with what the clients measured (their :meth:`ClientHalf.report`) added to its details."""
-        return replace(outcome, details={**outcome.details, **self._client_details(
-            [clients[c].report() for c in sorted(clients)])})
+    def complete(self, outcome: AggregationOutcome, reports: list[dict]) -> AggregationOutcome:
+        """``outcome`` with what the clients measured (their :meth:`ClientHalf.report`, in client order) added to
+        its details."""
+        return replace(outcome, details={**outcome.details, **self._client_details(reports)})
 
     def _client_details(self, reports: list[dict]) -> dict:
         """The round's client reports -> detail fields (none for a back-end whose clients measure nothing)."""
@@ -218,4 +240,4 @@ class AggregationBackend(abc.ABC):
         transport = InProcessTransport(clients, provide_update,
                                        {c: self.cfg.dropout_stage for c in dropouts if c in clients},
                                        None if view is None else recording_tap(view, server))
-        return self.complete(run_protocol(server, transport), clients)
+        return self.complete(run_protocol(server, transport), [clients[c].report() for c in sorted(clients)])

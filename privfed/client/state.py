@@ -29,7 +29,7 @@ class ClientUpdate:
     """What a client produces in a round, before aggregation protects it."""
 
     client: int
-    delta: np.ndarray  # trained - global, over the trainable tensors
+    delta: np.ndarray | None  # trained - global, over the trainable tensors; None where it never left its node
     num_examples: int
     train_loss: float
     steps: int

@@ -10,16 +10,17 @@ from __future__ import annotations
 import abc
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from privfed.aggregation.base import AggregationBackend, AggregationOutcome
-from privfed.client.runtime import TrainedRound
+from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
-from privfed.privacy.ledger import SkippedEvent
+from privfed.privacy.ledger import DpSgdEvent, SkippedEvent
 from privfed.server.events import (
     Callback,
     ClientSkipped,
@@ -66,25 +67,35 @@ def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, we
     return np.append(delta.astype(np.float64) * weight, weight)
 
 
+OnTrained = Callable[[ClientUpdate, DpSgdEvent | None], None]
+OnSkipped = Callable[[SkippedEvent], None]
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """What the clients' side of a round produced: the aggregation outcome (None when no client took part) and
+    the number of simulated dropouts among the participants."""
+
+    outcome: AggregationOutcome | None
+    simulated_dropouts: int
+
+
 class ClientSide(abc.ABC):
-    """The clients as the driver reaches them. Each client checks its own budget and records its own events."""
+    """The clients as the driver reaches them: in this process, or one node per organisation behind Flower.
+
+    Each client checks its own budget (its ledger is where the client is) and the driver learns of it through
+    ``on_skipped``; a client that trains reports its summary and DP event through ``on_trained``.
+    """
 
     @property
     @abc.abstractmethod
     def num_clients(self) -> int: ...
 
-    @property
     @abc.abstractmethod
-    def weight_cap(self) -> int:
-        """The largest client's example count: the public FedAvg weight cap."""
-
-    @abc.abstractmethod
-    def refusal(self, client: int, round_idx: int) -> SkippedEvent | None:
-        """The client's budget check for the round (recorded in its ledger when it refuses)."""
-
-    @abc.abstractmethod
-    def train(self, client: int, round_idx: int, global_vector: np.ndarray) -> TrainedRound:
-        """Local training from the global state (the client records its DP event and checks its accountant)."""
+    def run_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
+                  view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
+        """The sampled clients' budget checks, local training from ``global_vector`` and the secure sum of their
+        contributions (see :func:`contribution`), driven through ``backend``'s server half."""
 
     @abc.abstractmethod
     def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
@@ -116,31 +127,27 @@ class RoundDriver:
         sampled = sample_clients(self.cfg, r, self.clients.num_clients)
         self.backend.prepare_round(r, sampled)
         self._emit("on_round_start", RoundStarted(r, tuple(sampled)))
-        participants = []
-        for cid in sampled:
-            skipped = self.clients.refusal(cid, r)
-            if skipped is None:
-                participants.append(cid)
-            else:
-                state.notes.append(f"round {r}: client {cid} did not train: epsilon would reach "
-                                   f"{skipped.epsilon_if_trained:.3f} > budget {skipped.budget:g}")
-                self._emit("on_client_skipped", ClientSkipped(r, skipped))
         trained: dict[int, tuple[float, int]] = {}  # (train loss, examples): a round keeps no update once summed
+        skipped: list[int] = []
 
-        def provide_update(cid: int) -> np.ndarray:
-            result = self.clients.train(cid, r, state.global_vector)
-            trained[cid] = (result.update.train_loss, result.update.num_examples)
-            self._emit("on_client_trained", ClientTrained(r, result.update, result.event))
-            return contribution(self.cfg, result.update.delta, result.update.num_examples, self.clients.weight_cap)
+        def on_trained(update: ClientUpdate, event: DpSgdEvent | None) -> None:
+            trained[update.client] = (update.train_loss, update.num_examples)
+            self._emit("on_client_trained", ClientTrained(r, update, event))
 
+        def on_skipped(event: SkippedEvent) -> None:
+            skipped.append(event.client)
+            state.notes.append(f"round {r}: client {event.client} did not train: epsilon would reach "
+                               f"{event.epsilon_if_trained:.3f} > budget {event.budget:g}")
+            self._emit("on_client_skipped", ClientSkipped(r, event))
+
+        view = ServerView() if any(c.needs_server_view for c in self.callbacks) else None
+        result = self.clients.run_round(r, sampled, state.global_vector, self.backend, view, on_trained, on_skipped)
+        outcome = result.outcome
         aggregation, bytes_up, bytes_down_protocol = None, 0, 0
-        if participants:
-            dropouts = sample_dropouts(self.cfg, r, participants)
-            view = ServerView() if any(c.needs_server_view for c in self.callbacks) else None
-            outcome = self.backend.run_round(r, participants, provide_update, dropouts, view)
+        if outcome is not None:
             self._emit("on_aggregated", RoundAggregated(r, outcome, view))
             bytes_up, bytes_down_protocol = outcome.bytes_up_total, outcome.bytes_down_total
-            aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": len(dropouts),
+            aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": result.simulated_dropouts,
                            "bytes_up_per_client": outcome.bytes_up_per_client,
                            "bytes_down_per_client": outcome.bytes_down_per_client + state.global_vector.size * 4,
                            "aggregation_seconds": outcome.seconds, "aggregation": outcome.details}
@@ -156,7 +163,7 @@ class RoundDriver:
         losses = [loss for loss, _ in trained.values()]
         weights = [n for _, n in trained.values()]
         record = RoundRecord(
-            round=r, clients_trained=len(trained), clients_skipped=len(sampled) - len(participants),
+            round=r, clients_trained=len(trained), clients_skipped=len(skipped),
             train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
             bytes_up=bytes_up,
             bytes_down=len(sampled) * state.global_vector.size * 4 + bytes_down_protocol,

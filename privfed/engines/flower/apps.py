@@ -1,0 +1,159 @@
+"""privfed's Flower ServerApp and ClientApp, driven by one privfed config carried in the run config.
+
+``privfed flower app`` writes a Flower app folder whose pyproject.toml points at ``server_app`` and ``client_app``
+here and embeds the experiment config (as JSON) in ``[tool.flwr.app.config]``. The ServerApp runs privfed's round
+driver with its callbacks (evaluation, ε report, checkpoints, results) and reaches the clients as nodes; each
+ClientApp serves one client from its node's own data and ledger (see :mod:`privfed.engines.flower.node`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+import privfed
+from privfed.config import Aggregation, ExperimentConfig, from_dict
+from privfed.engines.flower import node
+from privfed.engines.flower.wire import (
+    HEADER,
+    HelloReply,
+    Kind,
+    Status,
+    StepReply,
+    decode_hello,
+    decode_step,
+    encode_hello_reply,
+    encode_step_reply,
+    fingerprint,
+)
+from privfed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY, OUT_KEY, RESUME_KEY = "privfed-config", "out-dir", "resume"  # keys of [tool.flwr.app.config]
+STATE_RECORD = "privfed-node"
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(text: str) -> ExperimentConfig:
+    return from_dict(json.loads(text))
+
+
+def config_of_run(run_config: dict) -> ExperimentConfig:
+    """The experiment config embedded in a Flower run config (ConfigError when absent or invalid)."""
+    text = run_config.get(CONFIG_KEY)
+    if not isinstance(text, str) or not text:
+        raise ConfigError(CONFIG_KEY, "the Flower run config carries no privfed config: write the app folder with "
+                                      "`privfed flower app`")
+    try:
+        return _parse(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(CONFIG_KEY, f"is not JSON: {err}") from None
+
+
+def check_flower_support(cfg: ExperimentConfig) -> None:
+    """Refuse what the Flower engine cannot do yet, with the reason."""
+    if cfg.aggregation.method is Aggregation.PAILLIER:
+        raise ConfigError("aggregation.method", "paillier is not available over Flower yet: its server side would "
+                                                "need a public-key-only back-end; use secagg (or the in-process "
+                                                "engine, privfed run)")
+    if cfg.aggregation.consistency_check:
+        raise ConfigError("aggregation.consistency_check", "needs every node's identity key in a directory that "
+                                                           "privfed's Flower engine does not distribute yet")
+
+
+# ---------------------------------------------------------------- ServerApp
+
+server_app = ServerApp()
+
+
+@dataclass(frozen=True)
+class ServerRun:
+    config: ExperimentConfig
+    out_dir: Path
+    resume: bool
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> ServerRun:
+        cfg = config_of_run(run_config)
+        out = run_config.get(OUT_KEY) or f"runs/{cfg.name}-flower"
+        return cls(cfg, Path(str(out)), bool(run_config.get(RESUME_KEY, False)))
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    from privfed.engines.flower.clients import GridLink, run_over_link
+    from privfed.results import RunDirectory, unused_run_dir
+
+    run = ServerRun.from_run_config(context.run_config)
+    cfg = run.config
+    check_flower_support(cfg)
+    out = run.out_dir if run.resume else unused_run_dir(run.out_dir)
+    if run.resume and RunDirectory(out).load_checkpoint() is None:
+        raise ConfigError(RESUME_KEY, f"{out} holds no checkpoint to resume")
+    log.info("privfed %s ServerApp: config %s (%s), results in %s", privfed.__version__, fingerprint(cfg), cfg.name,
+             out)
+    results = run_over_link(cfg, out, GridLink(grid), resume=run.resume)
+    log.info("privfed run %s finished after %d rounds; results in %s", cfg.name, results["rounds"][-1]["round"], out)
+
+
+# ---------------------------------------------------------------- ClientApp
+
+client_app = ClientApp()
+
+
+class NodeState(MutableMapping[str, bytes]):
+    """Flower's per-run node state (``context.state``) as a mapping of bytes, in one ConfigRecord."""
+
+    def __init__(self, context: Context):
+        if STATE_RECORD not in context.state:
+            context.state[STATE_RECORD] = ConfigRecord()
+        self.record = context.state[STATE_RECORD]
+
+    def __getitem__(self, key: str) -> bytes:
+        return bytes(self.record[key])
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.record[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+
+def handle(content, context: Context):
+    """A node's answer to one privfed request (a RecordDict), as a RecordDict."""
+    kind = content[HEADER].get("kind") if HEADER in content else None
+    try:
+        cfg = config_of_run(context.run_config)
+        settings = node.NodeSettings.from_node_config(context.node_config)
+    except ConfigError as err:
+        if kind == Kind.HELLO.value:
+            return encode_hello_reply(HelloReply(Status.REFUSED, reason=str(err)))
+        return encode_step_reply(StepReply(Status.REFUSED, reason=str(err)))
+    state = NodeState(context)
+    if kind == Kind.HELLO.value:
+        return encode_hello_reply(node.hello(cfg, settings, decode_hello(content), state))
+    return encode_step_reply(node.step(cfg, settings, decode_step(content), state))
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    return Message(handle(msg.content, context), reply_to=msg)
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    return Message(handle(msg.content, context), reply_to=msg)

@@ -1,0 +1,273 @@
+"""The server's side of the Flower engine: the clients as nodes reached through Flower messages.
+
+:class:`FlowerClients` is the round driver's :class:`~privfed.server.driver.ClientSide` for nodes:
+:func:`connect` greets every node once (same privfed, same config, which client is where), then each round runs
+the aggregation back-end's server half over a :class:`FlowerTransport`. The server process holds the server half
+only: under secagg it sees masked bytes and the sum, never an individual update. A node that does not answer a
+stage within its timeout is a dropout, exactly as a simulated one.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+import privfed
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome, unpack_report
+from privfed.aggregation.transport import STAGE_ORDER, Transport, recording_tap, run_protocol
+from privfed.client.state import ClientUpdate
+from privfed.config import ExperimentConfig
+from privfed.engines.flower.wire import (
+    QUERY,
+    TRAIN,
+    Hello,
+    Stamp,
+    Status,
+    Step,
+    WireError,
+    decode_hello_reply,
+    decode_step_reply,
+    encode_hello,
+    encode_step,
+    fingerprint,
+)
+from privfed.errors import PrivfedError
+from privfed.federation.server_view import ServerView
+from privfed.privacy.ledger import Ledger
+from privfed.secure.messages import ProtocolError
+from privfed.server.driver import ClientRound, ClientSide, OnSkipped, OnTrained, clients_per_round, sample_dropouts
+
+log = logging.getLogger(__name__)
+
+
+class FlowerRunError(PrivfedError):
+    """The nodes cannot run this experiment (a refusal, a missing or duplicated client): nothing was trained."""
+
+
+class NodeLink(abc.ABC):
+    """How the server reaches nodes: Flower's Grid in a ServerApp, or a test double."""
+
+    @abc.abstractmethod
+    def node_ids(self) -> list[int]:
+        """The nodes connected now."""
+
+    @abc.abstractmethod
+    def exchange(self, messages: dict[int, tuple[str, RecordDict]], timeout: float) -> dict[int, RecordDict | str]:
+        """Send (message type, content) to each node id; node id -> reply content, or the error a node reported.
+        A node that did not answer within ``timeout`` seconds is absent."""
+
+
+class GridLink(NodeLink):
+    def __init__(self, grid: Grid):
+        self.grid = grid
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def exchange(self, messages: dict[int, tuple[str, RecordDict]], timeout: float) -> dict[int, RecordDict | str]:
+        if not messages:
+            return {}
+        sent = [Message(content=content, dst_node_id=node, message_type=kind)
+                for node, (kind, content) in messages.items()]
+        replies: dict[int, RecordDict | str] = {}
+        for reply in self.grid.send_and_receive(sent, timeout=timeout):
+            node = reply.metadata.src_node_id
+            replies[node] = f"{reply.error.reason} (code {reply.error.code})" if reply.has_error() else reply.content
+        return replies
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """A connected node as the server knows it after the hello."""
+
+    node_id: int
+    client: int
+    num_examples: int
+    epsilon_spent: float  # before this run, over every run in the node's ledger
+    ledger_file: bool
+
+
+def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: float,
+            stage_timeout: float, poll: float = 1.0) -> dict[int, NodeEntry]:
+    """Greet nodes until one node serves each client 0..num_clients-1; client id -> its node.
+
+    A node that refuses the run (another privfed version or config, a partition it does not have), two nodes
+    claiming one client, or a client id out of range stop the run here, before anything is trained.
+    """
+    deadline = time.monotonic() + connect_timeout
+    entries: dict[int, NodeEntry] = {}
+    greeted: set[int] = set()
+    while True:
+        new = [n for n in link.node_ids() if n not in greeted]
+        replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp))) for n in new}, stage_timeout)
+        for node in new:
+            reply = replies.get(node)
+            if reply is None:
+                continue  # asked again once it answers nothing: it may still be starting
+            greeted.add(node)
+            if isinstance(reply, str):
+                raise FlowerRunError(f"node {node} failed to answer the hello: {reply}")
+            try:
+                hello = decode_hello_reply(reply)
+            except (WireError, KeyError, ValueError) as err:
+                raise FlowerRunError(f"node {node} does not speak privfed's protocol: {err}") from None
+            if hello.status is not Status.OK:
+                raise FlowerRunError(f"node {node} (client {hello.client}) refuses the run: {hello.reason}")
+            if not 0 <= hello.client < num_clients:
+                raise FlowerRunError(f"node {node} serves client {hello.client}, but the config has clients "
+                                     f"0-{num_clients - 1}")
+            if hello.client in entries:
+                raise FlowerRunError(f"nodes {entries[hello.client].node_id} and {node} both serve client "
+                                     f"{hello.client}: give each node its own client-id / partition-id")
+            entries[hello.client] = NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent,
+                                              hello.ledger_file)
+            log.info("node %d serves client %d (%d examples, epsilon %.3f spent before this run%s)", node,
+                     hello.client, hello.num_examples, hello.epsilon_spent,
+                     "" if hello.ledger_file else "; its ledger lasts this run only")
+        if len(entries) == num_clients:
+            return entries
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(num_clients)) - set(entries))
+            raise FlowerRunError(f"after {connect_timeout:g} s no node serves client(s) {missing}: start a SuperNode "
+                                 f"for each (or lower flower.connect_timeout's patience)")
+        time.sleep(poll)
+
+
+class FlowerTransport(Transport):
+    """One round's protocol messages as Flower messages; the step asking for input carries the global model."""
+
+    def __init__(self, link: NodeLink, nodes: dict[int, NodeEntry], cfg: ExperimentConfig, stamp: Stamp,
+                 round_idx: int, global_vector: np.ndarray, backend: AggregationBackend, weight_cap: int,
+                 dropouts: frozenset[int], ledger: Ledger, on_trained: OnTrained, on_skipped: OnSkipped,
+                 tap: Callable[[int, bytes], None] | None):
+        self.link, self.nodes, self.cfg, self.stamp = link, nodes, cfg, stamp
+        self.round, self.global_vector, self.backend, self.weight_cap = round_idx, global_vector, backend, weight_cap
+        self.dropouts, self.ledger, self.on_trained, self.on_skipped = dropouts, ledger, on_trained, on_skipped
+        self.tap = tap
+        self.started: set[int] = set()  # clients sent their first message of the round
+        self.left: dict[int, str] = {}
+        self.skipped: set[int] = set()
+        self.reports: dict[int, dict] = {}
+
+    def exchange(self, server, outgoing: dict[int, bytes]) -> None:
+        stage, wants_input = server.stage, server.requests_input
+        timeout = self.cfg.flower.train_timeout if wants_input else self.cfg.flower.stage_timeout
+        messages, order = {}, []
+        for cid, raw in outgoing.items():
+            if cid in self.left:
+                continue
+            if cid in self.dropouts and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(self.cfg.aggregation.dropout_stage):
+                self.left[cid] = f"dropped at stage {stage.value} (simulated)"
+                continue
+            request = Step(self.stamp, self.round, cid, cid not in self.started, wants_input,
+                           self.backend.vector_length, self.backend.max_clients, self.weight_cap, raw,
+                           self.global_vector if wants_input else None)
+            messages[self.nodes[cid].node_id] = (TRAIN if wants_input else QUERY, encode_step(request))
+            order.append(cid)
+            self.started.add(cid)
+        replies = self.link.exchange(messages, timeout)
+        for cid in order:  # the server half takes replies in the order the in-process engine delivers them
+            self._take(server, cid, replies.get(self.nodes[cid].node_id), timeout)
+
+    def _take(self, server, cid: int, content: RecordDict | str | None, timeout: float) -> None:
+        if content is None:
+            self.left[cid] = f"no answer within {timeout:g} s"
+            return
+        if isinstance(content, str):
+            self.left[cid] = f"node error: {content}"
+            return
+        try:
+            reply = decode_step_reply(content)
+        except (WireError, KeyError, ValueError) as err:
+            self.left[cid] = f"unreadable reply: {err}"
+            return
+        if reply.status is Status.REFUSED:
+            raise FlowerRunError(f"client {cid}'s node refuses the run: {reply.reason}")
+        if reply.skipped is not None:
+            self.ledger.append(reply.skipped)
+            self.skipped.add(cid)
+            self.left[cid] = "its budget refused the round"
+            self.on_skipped(reply.skipped)
+            return
+        if reply.event is not None:
+            self.ledger.append(reply.event)  # the server's copy of this run's events, for the epsilon report
+        if reply.trained is not None:
+            t = reply.trained
+            self.on_trained(ClientUpdate(cid, None, t.num_examples, t.train_loss, t.steps, t.seconds), reply.event)
+        if reply.status is not Status.OK:
+            self.left[cid] = reply.reason
+            return
+        self.reports[cid] = unpack_report(reply.report)
+        if self.tap is not None:
+            self.tap(cid, reply.payload)
+        try:
+            server.receive(cid, reply.payload)
+        except ProtocolError as err:
+            self.left[cid] = f"rejected by the server: {err}"
+
+
+class FlowerClients(ClientSide):
+    """The run's clients, one node each; the server keeps a copy of the DP events they report for this run."""
+
+    def __init__(self, cfg: ExperimentConfig, link: NodeLink, nodes: dict[int, NodeEntry], ledger: Ledger,
+                 stamp: Stamp):
+        self.cfg, self.link, self.nodes, self.ledger, self.stamp = cfg, link, nodes, ledger, stamp
+        self.weight_cap = max(entry.num_examples for entry in nodes.values())
+        self.max_clients = clients_per_round(cfg, len(nodes))
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.nodes)
+
+    def run_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
+                  view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
+        dropouts = sample_dropouts(self.cfg, round_idx, sampled)
+        server = backend.server_half(round_idx, sampled)
+        transport = FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, global_vector, backend,
+                                    self.weight_cap, dropouts, self.ledger, on_trained, on_skipped,
+                                    None if view is None else recording_tap(view, server))
+        outcome = run_protocol(server, transport)
+        if transport.skipped == set(sampled):
+            return ClientRound(None, 0)
+        reports = [transport.reports[c] for c in sorted(transport.reports)]
+        outcome = replace(outcome, details={**outcome.details, "nodes_left": {str(c): why for c, why in
+                                                                               sorted(transport.left.items())}})
+        return ClientRound(backend.complete(outcome, reports), len(dropouts))
+
+    def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
+        if outcome.noise is not None:
+            for cid in outcome.contributors:
+                self.ledger.append(outcome.noise.event(cid, round_idx))
+
+    def summary(self) -> dict:
+        """results.json's account of the nodes: where each client ran and what it had spent before this run."""
+        return {"engine": "flower", "nodes": {
+            str(c): {"node_id": e.node_id, "examples": e.num_examples, "epsilon_spent_before_run": e.epsilon_spent,
+                     "ledger": "file (kept across runs)" if e.ledger_file else "this run only"}
+            for c, e in sorted(self.nodes.items())}}
+
+
+def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resume: bool = False,
+                  progress: bool = False) -> dict:
+    """The server's side of a run whose clients are nodes behind ``link``: greet them, run the rounds, write the
+    results (with the nodes' account) to ``out_dir``."""
+    from privfed.engines.runner import run_rounds
+    from privfed.federation.setup import build_federation
+
+    stamp = Stamp(privfed.__version__, fingerprint(cfg))
+    made: list[FlowerClients] = []
+
+    def make_clients(fed, ledger: Ledger) -> FlowerClients:
+        nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout)
+        made.append(FlowerClients(cfg, link, nodes, ledger, stamp))
+        return made[0]
+
+    return run_rounds(cfg, out_dir, build_federation, make_clients, resume=resume, progress=progress,
+                      extra_results=lambda: made[0].summary())

@@ -1,0 +1,79 @@
+"""What every engine shares: the run directory, the server-side callbacks, the round driver and the results.
+
+An engine differs only in how the driver reaches the clients (a :class:`~privfed.server.driver.ClientSide`): the
+in-process engine trains them on this process's runtime, the Flower engine sends them messages.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from privfed.aggregation import make_backend
+from privfed.config import DpMode, ExperimentConfig
+from privfed.errors import ConfigError
+from privfed.federation.setup import Federation
+from privfed.observe.checkpoint import Checkpointer
+from privfed.observe.evaluation import GlobalEvaluation
+from privfed.observe.generations import Generations
+from privfed.observe.privacy_report import PrivacyReport, client_epsilons, client_user_epsilons
+from privfed.observe.progress import Progress
+from privfed.privacy.ledger import Ledger
+from privfed.results import RunDirectory, build_results
+from privfed.server.driver import ClientSide, RoundDriver, clients_per_round
+from privfed.server.events import Callback, RunState
+from privfed.server.strategies import make_strategy
+
+log = logging.getLogger(__name__)
+
+
+def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[ExperimentConfig], Federation],
+               make_clients: Callable[[Federation, Ledger], ClientSide], *, resume: bool = False,
+               overwrite: bool = False, progress: bool = True, callbacks: tuple[Callback, ...] = (),
+               extra_results: Callable[[], dict] | None = None) -> dict:
+    """Build the server's side (``build``: the model, the held-out data, the clients' count), reach the clients
+    through ``make_clients(federation, run ledger)``, run or resume the rounds, and write the results;
+    ``extra_results()`` adds engine-specific fields to results.json."""
+    run_dir = RunDirectory(out_dir)
+    if run_dir.holds_run() and not (resume or overwrite):
+        raise ConfigError("--out", f"{out_dir} already holds a privfed run; resume it (--resume), write elsewhere, "
+                                   "or start it over (--overwrite)")
+    started = time.perf_counter()
+    fed = build(cfg)
+    state = run_dir.load_checkpoint() if resume else None
+    resumed = state is not None
+    if state is None:
+        state = RunState(0, fed.initial_vector.copy(), {}, Ledger())
+    else:
+        log.warning("resuming %s after round %d of %d", run_dir.path, state.completed_rounds, cfg.training.rounds)
+    log.info("%d clients, %d trainable tensors (%d values, %.2f MB a transfer)", len(fed.clients),
+             len(fed.trainable_names), fed.num_trainable, fed.num_trainable * 4 / 1e6)
+    client_ids = [c.id for c in fed.clients]
+    clients = make_clients(fed, state.ledger)
+    backend = make_backend(cfg.aggregation, max_clients=clients_per_round(cfg, len(fed.clients)),
+                           vector_length=fed.num_trainable + 1, client_ids=client_ids,
+                           distributed_noise=cfg.privacy.distributed_noise, update_clip=cfg.privacy.update_clip,
+                           progress=progress)
+    dp = cfg.privacy.mode is not DpMode.OFF
+    bar = Progress(progress)
+    # generations are written before the checkpoint, so the file is never behind it
+    answers = [Generations(fed, run_dir)] if fed.test_chats and cfg.evaluation.generations else []
+    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), *answers, Checkpointer(run_dir), bar]
+    driver = RoundDriver(cfg, clients, backend, make_strategy(cfg.federation), [*own, *callbacks])
+    with backend:
+        if not resumed:
+            run_dir.start(cfg)
+        try:
+            driver.run(state, resumed)
+        finally:
+            bar.close()
+    results = build_results(fed, state, client_epsilons(cfg.privacy, client_ids, state.ledger, dp),
+                            time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger),
+                            run_dir.last_generations())
+    if extra_results is not None:
+        results.update(extra_results())
+    run_dir.finish(results)
+    for callback in driver.callbacks:
+        callback.on_run_end(results)
+    return results

@@ -1,0 +1,146 @@
+"""The Flower engine's message path with nodes in this process (tests/flower_helpers.LocalLink): the same result as
+the in-process engine, node ledgers that outlive runs, refusals, real dropouts as silence, and the wire format.
+The same code behind real SuperNodes is tested in test_flower_deployment.py (slow)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import privfed
+from flower_helpers import LocalLink
+from privfed.engines.flower.apps import check_flower_support
+from privfed.engines.flower.clients import FlowerRunError, connect, run_over_link
+from privfed.engines.flower.node import NodeSettings, stamp_problem
+from privfed.engines.flower.wire import (
+    Stamp,
+    Status,
+    Step,
+    StepReply,
+    Trained,
+    decode_step,
+    decode_step_reply,
+    encode_step,
+    encode_step_reply,
+    fingerprint,
+)
+from privfed.engines.inprocess import run
+from privfed.errors import ConfigError
+from privfed.privacy.ledger import DpSgdEvent, Ledger
+
+DP_LORA = ("privacy.mode=target_epsilon", "privacy.epsilon=8", "model.regime=lora")
+METRICS = ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "clients_trained", "clients_skipped")
+
+
+def partitions(n: int, **extra) -> list[dict]:
+    return [{"partition-id": i, **{k: v.format(i=i) for k, v in extra.items()}} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    from conftest import TINY_CLASSIFIER, make_config
+
+    cfg = make_config(TINY_CLASSIFIER, *DP_LORA)
+    return cfg, run(cfg, tmp_path_factory.mktemp("inproc"), progress=False)
+
+
+def test_plain_over_flower_messages_equals_the_in_process_run_exactly(in_process, tmp_path):
+    cfg, expected = in_process
+    link = LocalLink(cfg, partitions(3))
+    results = run_over_link(cfg, tmp_path / "flower", link)
+    for want, got in zip(expected["rounds"], results["rounds"], strict=True):
+        assert {k: got[k] for k in METRICS} == {k: want[k] for k in METRICS}
+    assert results["engine"] == "flower" and set(results["nodes"]) == {"0", "1", "2"}
+    # the global model travels only in the messages that ask for an update, and never comes back whole
+    trains = [content for _, kind, content in link.sent if kind == "train"]
+    assert len(trains) == 3 * cfg.training.rounds
+
+
+def test_secagg_over_flower_survives_a_node_that_goes_silent_at_the_masked_input(in_process, tmp_path):
+    cfg, expected = in_process
+    cfg = privfed.config.from_dict({**privfed.config.to_dict(cfg), "aggregation": {"method": "secagg"}})
+    gone = 101  # client 1's node stops answering once asked for its masked input in round 2 (killed mid-round)
+
+    def silent(node, content):
+        step = decode_step(content) if "privfed.payload" in content else None
+        return node == gone and step is not None and step.round == 2 and step.wants_input
+
+    results = run_over_link(cfg, tmp_path / "secagg", LocalLink(cfg, partitions(3), silent))
+    first, second = results["rounds"]
+    assert first["clients_aggregated"] == 3
+    assert abs(first["eval_loss"] - expected["rounds"][0]["eval_loss"]) < 1e-3  # within the quantisation step
+    assert second["clients_aggregated"] == 2 and second["aggregation"]["dropouts_recovered"] == 1
+    assert second["aggregation"]["left"] == {"1": "did not answer ROUTED_SHARES"}
+    assert second["aggregation"]["nodes_left"] == {"1": "no answer within 1800 s"}
+    assert np.isfinite(second["eval_loss"])
+
+
+def test_a_node_ledger_outlives_the_run_and_enforces_its_budget_in_the_next(tmp_path):
+    from conftest import TINY_CLASSIFIER, make_config
+
+    cfg = make_config(TINY_CLASSIFIER, *DP_LORA, "training.rounds=1")
+    nodes = partitions(3, ledger=str(tmp_path / "node{i}" / "ledger.jsonl"))
+    first = run_over_link(cfg, tmp_path / "run1", LocalLink(cfg, nodes))
+    assert first["rounds"][0]["clients_trained"] == 3
+    spent = {c: Ledger.read(tmp_path / f"node{c}" / "ledger.jsonl").dp_sgd(c) for c in range(3)}
+    assert all(len(events) == 1 for events in spent.values())
+    # a new run (new Flower contexts, new server) with the same ledgers: each node has spent epsilon 8 already
+    second = run_over_link(cfg, tmp_path / "run2", LocalLink(cfg, nodes))
+    assert second["rounds"][0]["clients_trained"] == 0 and second["rounds"][0]["clients_skipped"] == 3
+    assert all(node["epsilon_spent_before_run"] > 7.9 for node in second["nodes"].values())
+    assert any("did not train" in note for note in second["notes"])
+    assert all(len(Ledger.read(tmp_path / f"node{c}" / "ledger.jsonl").dp_sgd(c)) == 1 for c in range(3))
+
+
+def test_nodes_refuse_another_version_or_an_unapproved_config(tiny_classifier):
+    cfg = tiny_classifier()
+    own = Stamp(privfed.__version__, fingerprint(cfg))
+    settings = NodeSettings(client_id=0, partition_id=0)
+    assert stamp_problem(own, cfg, settings) == ""
+    assert "install the same version" in stamp_problem(Stamp("0.0.1", own.config), cfg, settings)
+    assert "same config" in stamp_problem(Stamp(own.version, "0" * 16), cfg, settings)
+    pinned = NodeSettings(client_id=0, partition_id=0, approved_config="feedfacefeedface")
+    assert "approved config feedfacefeedface only" in stamp_problem(own, cfg, pinned)
+    link = LocalLink(cfg, [{"partition-id": 0, "approved-config": "feedfacefeedface"}, {"partition-id": 1},
+                           {"partition-id": 2}])
+    with pytest.raises(FlowerRunError, match="refuses the run: this node approved config feedfacefeedface"):
+        connect(link, own, 3, connect_timeout=5, stage_timeout=5)
+
+
+def test_connect_names_duplicated_and_missing_clients(tiny_classifier):
+    cfg = tiny_classifier()
+    stamp = Stamp(privfed.__version__, fingerprint(cfg))
+    with pytest.raises(FlowerRunError, match="both serve client 0"):
+        connect(LocalLink(cfg, [{"partition-id": 0}, {"partition-id": 0}]), stamp, 3, 5, 5)
+    with pytest.raises(FlowerRunError, match=r"no node serves client\(s\) \[2\]"):
+        connect(LocalLink(cfg, [{"partition-id": 0}, {"partition-id": 1}]), stamp, 3, 0.1, 5, poll=0.05)
+    with pytest.raises(FlowerRunError, match="partition-id 7"):
+        connect(LocalLink(cfg, [{"partition-id": 7}]), stamp, 3, 5, 5)
+
+
+@pytest.mark.parametrize(("node_config", "problem"), [
+    ({}, "exactly one of partition-id"),
+    ({"partition-id": 0, "data-path": "x.csv"}, "exactly one of partition-id"),
+    ({"data-path": "x.csv"}, "needs client-id"),
+    ({"partition-id": 1, "client-id": 2}, "must equal partition-id"),
+    ({"partition-id": 0, "ledgr": "x"}, r"unknown key\(s\) \['ledgr'\]"),
+])
+def test_node_config_errors(node_config, problem):
+    with pytest.raises(ConfigError, match=problem):
+        NodeSettings.from_node_config(node_config)
+
+
+def test_flower_refuses_what_it_cannot_do_yet(tiny_classifier):
+    with pytest.raises(ConfigError, match="paillier is not available over Flower"):
+        check_flower_support(tiny_classifier("aggregation=paillier", "aggregation.key_bits=2048"))
+    with pytest.raises(ConfigError, match="aggregation.consistency_check"):
+        check_flower_support(tiny_classifier("aggregation=secagg", "aggregation.consistency_check=true"))
+
+
+def test_wire_round_trips():
+    step = Step(Stamp("1", "abc"), 3, 2, True, True, 10, 5, 40, b"\x00\x01payload", np.arange(9, dtype=np.float32))
+    back = decode_step(encode_step(step))
+    assert back.payload == step.payload and np.array_equal(back.global_vector, step.global_vector)
+    assert (back.round, back.client, back.first, back.wants_input, back.weight_cap) == (3, 2, True, True, 40)
+    event = DpSgdEvent(client=2, round=3, noise_multiplier=1.1, sample_rate=0.25, steps=4, max_grad_norm=1.0)
+    reply = StepReply(Status.OK, b"masked", b"report", Trained(40, 0.5, 4, 1.5), event)
+    assert decode_step_reply(encode_step_reply(reply)) == reply
