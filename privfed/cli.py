@@ -1,4 +1,4 @@
-"""``privfed run | sweep | table | keygen``: the command-line face of privfed.
+"""``privfed run | sweep | table | keygen | flower``: the command-line face of privfed.
 
 Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
 and is detected before any result file is written.
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
     keygen.add_argument("--bits", type=int, default=3072, help="modulus bits: 2048, 3072 (default) or 4096")
     keygen.add_argument("--overwrite", action="store_true", help="replace an existing key file")
+    from privfed.flower_cli import add_flower_parser
+
+    add_flower_parser(sub)
     return parser
 
 
@@ -62,14 +65,20 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = cfgmod.load_config(args.config, args.overrides)
         out = args.out or unused_run_dir(Path("runs") / cfg.name)
-    from privfed import rounds_table, summary_table  # torch, transformers, Opacus: only once the config is valid
-    from privfed.engines.inprocess import run
+    from privfed.engines.inprocess import run  # torch, transformers, Opacus: only once the config is valid
 
     results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    print_run(cfg.name, results, out)
+    return 0
+
+
+def print_run(name: str, results: dict, out: Path) -> None:
+    """The per-round and summary tables, the model's answers and the notes of a finished run; writes rounds.png."""
+    from privfed import rounds_table, summary_table
     from privfed.report.plots import plot_rounds
 
     plot_rounds(results, path=out / "rounds.png")
-    print(f"\n## {cfg.name}: per round\n")
+    print(f"\n## {name}: per round\n")
     print(rounds_table(results))
     print("\n## Summary\n")
     print(summary_table([results]))
@@ -81,7 +90,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     written = "config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png"
     print(f"\nwrote {out}/ ({written}{', generations.jsonl' if results.get('generations') else ''})")
-    return 0
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -144,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")  # the CLI writes PNG files and never opens a window, whatever MPLBACKEND says
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "flower":
+            from privfed.flower_cli import flower_command
+
+            return flower_command(args)
         return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)
     except (ConfigError, MissingAssetError) as err:
         kind = "config error" if isinstance(err, ConfigError) else "missing asset"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flower_helpers import LocalLink
 
 import privfed
-from flower_helpers import LocalLink
 from privfed.engines.flower.apps import check_flower_support
 from privfed.engines.flower.clients import FlowerRunError, connect, run_over_link
 from privfed.engines.flower.node import NodeSettings, stamp_problem
@@ -112,7 +112,7 @@ def test_connect_names_duplicated_and_missing_clients(tiny_classifier):
     with pytest.raises(FlowerRunError, match="both serve client 0"):
         connect(LocalLink(cfg, [{"partition-id": 0}, {"partition-id": 0}]), stamp, 3, 5, 5)
     with pytest.raises(FlowerRunError, match=r"no node serves client\(s\) \[2\]"):
-        connect(LocalLink(cfg, [{"partition-id": 0}, {"partition-id": 1}]), stamp, 3, 0.1, 5, poll=0.05)
+        connect(LocalLink(cfg, [{"partition-id": 0}, {"partition-id": 1}]), stamp, 3, 0.1, 5, (), poll=0.05)
     with pytest.raises(FlowerRunError, match="partition-id 7"):
         connect(LocalLink(cfg, [{"partition-id": 7}]), stamp, 3, 5, 5)
 
@@ -144,3 +144,50 @@ def test_wire_round_trips():
     event = DpSgdEvent(client=2, round=3, noise_multiplier=1.1, sample_rate=0.25, steps=4, max_grad_norm=1.0)
     reply = StepReply(Status.OK, b"masked", b"report", Trained(40, 0.5, 4, 1.5), event)
     assert decode_step_reply(encode_step_reply(reply)) == reply
+
+
+def test_nodes_with_their_own_files_train_on_the_federations_classes(tmp_path):
+    """Each node reads its organisation's own JSONL (data-path); node 2's file lacks a class, so its labels must
+    be mapped onto the server's class list, not re-inferred from its own file."""
+    import json
+
+    from conftest import TINY_CLASSIFIER, make_config
+    from privfed.config import DataConfig
+    from privfed.data.sources import load_data
+
+    bbc = load_data(DataConfig(source="bbc_news"))
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(bbc))[:200]
+
+    def write(path, rows):
+        path.write_text("".join(json.dumps({"text": bbc.examples[i], "topic": bbc.label_names[bbc.labels[i]]}) + "\n"
+                                for i in rows))
+        return str(path)
+
+    missing = bbc.label_names.index("sports")
+    node_rows = [order[:50], order[50:100], [i for i in order[100:170] if bbc.labels[i] != missing]]
+    nodes = [{"client-id": c, "data-path": write(tmp_path / f"hospital-{c}.jsonl", rows)}
+             for c, rows in enumerate(node_rows)]
+    cfg = make_config(TINY_CLASSIFIER, *DP_LORA, "training.rounds=1", "partition.scheme=iid",
+                      f"data.source={write(tmp_path / 'server-eval.jsonl', order[170:])}", "data.label_column=topic",
+                      "data.max_examples=0", "partition.min_examples=1")
+    results = run_over_link(cfg, tmp_path / "run", LocalLink(cfg, nodes))
+    assert results["rounds"][0]["clients_trained"] == 3
+    # a node keeps data.test_fraction of its own file aside (it does not evaluate); the rest trains
+    assert [results["nodes"][str(c)]["examples"] for c in range(3)] == [40, 40, round(len(node_rows[2]) * 0.8)]
+    from privfed.engines.flower.node import NodeSettings, node_federation
+
+    fed = node_federation(cfg, NodeSettings.from_node_config(nodes[2]), tuple(bbc.label_names))
+    assert fed.label_names == tuple(bbc.label_names)
+    own = [json.loads(line)["topic"] for line in (tmp_path / "hospital-2.jsonl").read_text().splitlines()]
+    assert "sports" not in own
+
+
+def test_relabelling_maps_a_subset_of_classes_and_refuses_unknown_ones():
+    from privfed.data.records import TextDataset
+
+    data = TextDataset(("a", "b", "c"), (0, 1, 0), ("g",) * 3, ("business", "tech"))
+    federation = ("business", "politics", "sport", "tech")
+    assert data.relabelled(federation).labels == (0, 3, 0)
+    with pytest.raises(ValueError, match=r"labels \['tech'\] are not among"):
+        data.relabelled(("business", "sport"))

@@ -46,3 +46,15 @@ class TextDataset:
             label_names=self.label_names,
             chat=self.chat,
         )
+
+    def relabelled(self, label_names: tuple[str, ...]) -> TextDataset:
+        """The same examples with labels indexing ``label_names`` (a federation's classes, of which this data may
+        hold only some); ValueError naming any label ``label_names`` lacks."""
+        if self.labels is None or label_names == self.label_names:
+            return self
+        unknown = sorted(set(self.label_names) - set(label_names))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not among the federation's classes {list(label_names)}")
+        index = {name: i for i, name in enumerate(label_names)}
+        return TextDataset(self.examples, tuple(index[self.label_names[y]] for y in self.labels), self.groups,
+                           label_names, self.chat)

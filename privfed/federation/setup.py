@@ -51,6 +51,7 @@ class Federation:
     tokenizer: PreTrainedTokenizerBase  # the model's: renders the prompts of generations
     test_owners: np.ndarray | None = None  # natural partitions: the client owning each held-out example's group
     test_chats: tuple[Chat, ...] = ()  # chat data: the held-out chats, in test_data's order (text data: none)
+    label_names: tuple[str, ...] = ()  # the classes labels index (unlabelled data: none)
 
     @property
     def num_trainable(self) -> int:
@@ -95,9 +96,16 @@ def dp_settings_for(cfg: ExperimentConfig) -> DpSettings | None:
     return DpSettings(max_grad_norm=pr.max_grad_norm, accountant=pr.accountant, clipping=pr.clipping)
 
 
-def build_federation(cfg: ExperimentConfig) -> Federation:
+def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None = None) -> Federation:
+    """The federation ``cfg`` describes. ``label_names``: the classes of the whole federation when ``cfg.data``
+    is one node's own file, which may hold only some of them (labels then index these, as on the server)."""
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xDA7A))
     data = load_data(cfg.data)
+    if label_names is not None:
+        try:
+            data = data.relabelled(label_names)
+        except ValueError as err:
+            raise ConfigError("data.label_column", f"{cfg.data.source}: {err}") from None
     if cfg.data.max_examples and len(data) > cfg.data.max_examples:
         data = data.subset(np.sort(rng.choice(len(data), cfg.data.max_examples, replace=False)))
     train_idx, test_idx = split_train_test(len(data), cfg.data.test_fraction, rng)
@@ -138,4 +146,5 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     return Federation(cfg, loaded.task, clients, runtime, tokenize(pool, loaded.tokenizer, cfg.data.max_length),
                       tokenize(test, loaded.tokenizer, cfg.data.max_length), describe(pool, shards), names,
                       flatten(runtime.params), loaded.tokenizer, owners,
-                      test_chats=test.examples if test.chat else ())  # type: ignore[arg-type]
+                      test_chats=test.examples if test.chat else (),  # type: ignore[arg-type]
+                      label_names=data.label_names)

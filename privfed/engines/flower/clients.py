@@ -28,6 +28,7 @@ from privfed.engines.flower.wire import (
     QUERY,
     TRAIN,
     Hello,
+    NodeTimes,
     Stamp,
     Status,
     Step,
@@ -94,8 +95,8 @@ class NodeEntry:
     ledger_file: bool
 
 
-def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: float,
-            stage_timeout: float, poll: float = 1.0) -> dict[int, NodeEntry]:
+def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: float, stage_timeout: float,
+            label_names: tuple[str, ...] = (), poll: float = 1.0) -> dict[int, NodeEntry]:
     """Greet nodes until one node serves each client 0..num_clients-1; client id -> its node.
 
     A node that refuses the run (another privfed version or config, a partition it does not have), two nodes
@@ -106,7 +107,7 @@ def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: flo
     greeted: set[int] = set()
     while True:
         new = [n for n in link.node_ids() if n not in greeted]
-        replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp))) for n in new}, stage_timeout)
+        replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp, label_names))) for n in new}, stage_timeout)
         for node in new:
             reply = replies.get(node)
             if reply is None:
@@ -155,6 +156,7 @@ class FlowerTransport(Transport):
         self.left: dict[int, str] = {}
         self.skipped: set[int] = set()
         self.reports: dict[int, dict] = {}
+        self.times: list[NodeTimes] = []  # every reply's, for where the round's time went
 
     def exchange(self, server, outgoing: dict[int, bytes]) -> None:
         stage, wants_input = server.stage, server.requests_input
@@ -204,6 +206,7 @@ class FlowerTransport(Transport):
         if reply.status is not Status.OK:
             self.left[cid] = reply.reason
             return
+        self.times.append(reply.times)
         self.reports[cid] = unpack_report(reply.report)
         if self.tap is not None:
             self.tap(cid, reply.payload)
@@ -211,6 +214,12 @@ class FlowerTransport(Transport):
             server.receive(cid, reply.payload)
         except ProtocolError as err:
             self.left[cid] = f"rejected by the server: {err}"
+
+
+def node_seconds(times: list[NodeTimes]) -> dict[str, float]:
+    """Where the nodes' time went in a round, summed over its messages (process start includes imports)."""
+    return {name: float(sum(getattr(t, name) for t in times))
+            for name in ("process_start", "build", "train", "protocol")}
 
 
 class FlowerClients(ClientSide):
@@ -237,8 +246,9 @@ class FlowerClients(ClientSide):
         if transport.skipped == set(sampled):
             return ClientRound(None, 0)
         reports = [transport.reports[c] for c in sorted(transport.reports)]
-        outcome = replace(outcome, details={**outcome.details, "nodes_left": {str(c): why for c, why in
-                                                                               sorted(transport.left.items())}})
+        left = {str(c): why for c, why in sorted(transport.left.items())}
+        outcome = replace(outcome, details={**outcome.details, "nodes_left": left,
+                                            "node_seconds": node_seconds(transport.times)})
         return ClientRound(backend.complete(outcome, reports), len(dropouts))
 
     def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
@@ -265,7 +275,8 @@ def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resum
     made: list[FlowerClients] = []
 
     def make_clients(fed, ledger: Ledger) -> FlowerClients:
-        nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout)
+        nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout,
+                        fed.label_names)
         made.append(FlowerClients(cfg, link, nodes, ledger, stamp))
         return made[0]
 

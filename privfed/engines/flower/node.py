@@ -8,6 +8,7 @@ enforces its own epsilon budget across every run it takes part in). Only the ste
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import psutil
 
 import privfed
 from privfed.aggregation import make_backend
@@ -25,6 +27,7 @@ from privfed.config import ExperimentConfig, Partition
 from privfed.engines.flower.wire import (
     Hello,
     HelloReply,
+    NodeTimes,
     Stamp,
     Status,
     Step,
@@ -40,7 +43,9 @@ from privfed.server.driver import contribution
 
 log = logging.getLogger(__name__)
 
-CLIENT_KEY, HALF_KEY, LEDGER_KEY = "client", "half", "ledger"  # what a node keeps in Flower's node state
+# what a node keeps in Flower's node state: its client's facts, its protocol half, its ledger (without a ledger
+# file), and the federation's classes (from the server's hello)
+CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labels"
 
 
 @dataclass(frozen=True)
@@ -128,24 +133,41 @@ def node_config_of(cfg: ExperimentConfig, settings: NodeSettings) -> ExperimentC
     return replace(cfg, data=data, partition=replace(cfg.partition, scheme=Partition.IID, num_clients=1))
 
 
-_built: dict[str, Any] = {}  # fingerprint of the node's config -> its Federation (simulation workers reuse it)
+_built: dict[tuple, Any] = {}  # fingerprint of the node's config -> its Federation (simulation workers reuse it)
 
 
-def node_federation(cfg: ExperimentConfig, settings: NodeSettings):
+def node_federation(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]):
     """The node's model and data (privfed.federation.setup.Federation), built once per process. Partitions of one
-    config share it: a simulation worker serving many virtual nodes builds it once."""
+    config share it: a simulation worker serving many virtual nodes builds it once. A node's own file is labelled
+    with the federation's ``label_names`` (it may hold only some classes)."""
     from privfed.federation.setup import build_federation
 
     node_cfg = node_config_of(cfg, settings)
-    key = fingerprint(node_cfg)
+    own_file = settings.partition_id is None
+    key = (fingerprint(node_cfg), label_names if own_file else ())
     if key not in _built:
         _built.clear()  # one model per process, never two
-        _built[key] = build_federation(node_cfg)
+        start = time.perf_counter()
+        _built[key] = build_federation(node_cfg, label_names if own_file and label_names else None)
+        _build_seconds[0] += time.perf_counter() - start
     return _built[key]
 
 
-def _node_client(cfg: ExperimentConfig, settings: NodeSettings) -> ClientState:
-    fed = node_federation(cfg, settings)
+_build_seconds = [0.0]  # this process's time spent building, read (and reset) by step() for NodeTimes
+
+
+_messages_handled = [0]
+
+
+def start_up_seconds() -> float:
+    """For the first message a process handles, the seconds since it started (its start-up and imports: each
+    message of a deployment gets a new ClientApp process); 0 for later messages of a reused process (simulation)."""
+    _messages_handled[0] += 1
+    return max(0.0, time.time() - psutil.Process().create_time()) if _messages_handled[0] == 1 else 0.0
+
+
+def _node_client(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]) -> ClientState:
+    fed = node_federation(cfg, settings, label_names)
     if settings.partition_id is None:
         return replace(fed.clients[0], id=settings.client_id)
     if settings.partition_id >= len(fed.clients):
@@ -173,10 +195,11 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
     if problem:
         return HelloReply(Status.REFUSED, settings.client_id, reason=problem)
     try:
-        client = _node_client(cfg, settings)
+        client = _node_client(cfg, settings, request.label_names)
     except ConfigError as err:
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
     state[CLIENT_KEY] = _pack_client(client)
+    state[LABELS_KEY] = msgpack.packb(list(request.label_names))
     ledger = NodeLedger(settings, state)
     spent = epsilon_of_events(ledger.load().dp_sgd(client.id), cfg.privacy.delta, cfg.privacy.accountant)
     return HelloReply(Status.OK, client.id, client.num_examples, float(spent), ledger.persistent)
@@ -202,6 +225,7 @@ def _backend(cfg: ExperimentConfig, request: Step) -> AggregationBackend:
 def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes]) -> StepReply:
     """One protocol message: the budget check (first message of a round), local training (the input message), the
     client half's reply; the half's state is saved for the round's next message."""
+    started = start_up_seconds()
     problem = stamp_problem(request.stamp, cfg, settings)
     if problem:
         return StepReply(Status.REFUSED, reason=problem)
@@ -224,13 +248,16 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
             half = backend.restore_client(state[HALF_KEY])
         except (KeyError, ProtocolError) as err:
             return StepReply(Status.LEFT, reason=f"no saved protocol state for this round ({err})")
-    trained, event = None, None
+    trained, event, train_seconds = None, None, 0.0
+    _build_seconds[0] = 0.0
+    tick = time.perf_counter()
     if request.wants_input:
         from privfed.client.recorded import train_recorded
 
-        fed = node_federation(cfg, settings)
-        result = train_recorded(fed.runtime, client, fed.shard(client), request.round,
-                                request.global_vector, ledger)
+        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
+        train_start = time.perf_counter()
+        result = train_recorded(fed.runtime, client, fed.shard(client), request.round, request.global_vector, ledger)
+        train_seconds = time.perf_counter() - train_start
         ledger_store.save(ledger)  # the event is on disk before anything derived from the update leaves the node
         update = result.update
         half.set_update(contribution(cfg, update.delta, update.num_examples, request.weight_cap))
@@ -241,4 +268,6 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
     except ProtocolError as err:
         return StepReply(Status.LEFT, reason=f"protocol error: {err}", trained=trained, event=event)
     state[HALF_KEY] = half.export_state()
-    return StepReply(Status.OK, reply, pack_report(half.report()), trained, event)
+    protocol = time.perf_counter() - tick - train_seconds - _build_seconds[0]
+    times = NodeTimes(started, _build_seconds[0], train_seconds, max(0.0, protocol))
+    return StepReply(Status.OK, reply, pack_report(half.report()), trained, event, times=times)

@@ -54,6 +54,7 @@ class Stamp:
 @dataclass(frozen=True)
 class Hello:
     stamp: Stamp
+    label_names: tuple[str, ...] = ()  # the federation's classes: a node's own file may hold only some
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,17 @@ class Trained:
 
 
 @dataclass(frozen=True)
+class NodeTimes:
+    """Where a node's time went in one message (seconds): the message's process start and imports, building the
+    model and data (0 when the process had them), local training, and the protocol half's work."""
+
+    process_start: float = 0.0
+    build: float = 0.0
+    train: float = 0.0
+    protocol: float = 0.0
+
+
+@dataclass(frozen=True)
 class StepReply:
     status: Status
     payload: bytes = b""
@@ -99,6 +111,7 @@ class StepReply:
     event: DpSgdEvent | None = None
     skipped: SkippedEvent | None = None
     reason: str = ""
+    times: NodeTimes = NodeTimes()
 
 
 def _bytes_array(raw: bytes) -> ArrayRecord:
@@ -125,12 +138,13 @@ def _optional_json(value: str, cls: type) -> object | None:
 
 def encode_hello(hello: Hello) -> RecordDict:
     return RecordDict({HEADER: ConfigRecord({"kind": Kind.HELLO.value, "version": hello.stamp.version,
-                                             "config": hello.stamp.config})})
+                                             "config": hello.stamp.config,
+                                             "label_names": json.dumps(list(hello.label_names))})})
 
 
 def decode_hello(content: RecordDict) -> Hello:
     h = _header(content, Kind.HELLO)
-    return Hello(Stamp(str(h["version"]), str(h["config"])))
+    return Hello(Stamp(str(h["version"]), str(h["config"])), tuple(json.loads(str(h["label_names"]))))
 
 
 def encode_hello_reply(reply: HelloReply) -> RecordDict:
@@ -168,7 +182,8 @@ def encode_step_reply(reply: StepReply) -> RecordDict:
     header = {"kind": Kind.STEP.value, "status": reply.status.value, "report": reply.report, "reason": reply.reason,
               "trained": json.dumps(asdict(reply.trained)) if reply.trained else "",
               "event": json.dumps(asdict(reply.event)) if reply.event else "",
-              "skipped": json.dumps(asdict(reply.skipped)) if reply.skipped else ""}
+              "skipped": json.dumps(asdict(reply.skipped)) if reply.skipped else "",
+              "times": json.dumps(asdict(reply.times))}
     return RecordDict({HEADER: ConfigRecord(header), PAYLOAD: _bytes_array(reply.payload)})
 
 
@@ -176,4 +191,5 @@ def decode_step_reply(content: RecordDict) -> StepReply:
     h = _header(content, Kind.STEP)
     return StepReply(Status(h["status"]), _array_bytes(content[PAYLOAD]), bytes(h["report"]),
                      _optional_json(str(h["trained"]), Trained), _optional_json(str(h["event"]), DpSgdEvent),
-                     _optional_json(str(h["skipped"]), SkippedEvent), str(h["reason"]))
+                     _optional_json(str(h["skipped"]), SkippedEvent), str(h["reason"]),
+                     NodeTimes(**json.loads(str(h["times"]))))

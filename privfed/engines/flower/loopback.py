@@ -1,0 +1,271 @@
+"""A Flower deployment on one machine: a SuperLink and one SuperNode per client on 127.0.0.1, TLS by default.
+
+What the README's "deployment on one machine" runs, and what the deployment test and ``benchmarks/flower.py`` use.
+Every process starts in its own session; :meth:`LoopbackDeployment.close` kills each session and every descendant
+(SuperExec and ClientApp processes start their own), whatever happened, with bounded waits throughout.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import psutil
+
+from privfed.engines.flower.certificates import TlsFiles, make_tls_files
+
+CONNECTION = "privfed-loopback"
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally` and `with`, which close the deployment
+
+
+class DeploymentError(RuntimeError):
+    """A Flower process did not start, or a run did not finish, in time (the logs say why)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config_text(values: dict) -> str:
+    """``--node-config``'s syntax: key=value pairs, strings quoted."""
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """Flower's Ray simulation runtime instead of SuperNodes: ``num_supernodes`` virtual nodes (node_config
+    partition-id 0..n-1), each ClientApp call given ``num_cpus`` CPUs and ``num_gpus`` (fractional) GPUs."""
+
+    num_supernodes: int
+    num_cpus: int = 1
+    num_gpus: float = 0.0
+
+    def federation_config(self) -> str:
+        return (f"num-supernodes={self.num_supernodes} client-resources-num-cpus={self.num_cpus} "
+                f"client-resources-num-gpus={self.num_gpus}")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    returncode: int
+    seconds: float
+    run_id: str | None
+    log: Path
+    status: str  # the SuperLink's: finished:completed, finished:failed, ...
+
+    @property
+    def completed(self) -> bool:
+        return self.returncode == 0 and self.status == "finished:completed"
+
+
+class LoopbackDeployment:
+    """``with LoopbackDeployment(work, node_configs) as d: d.run(app_folder)``; with ``simulation``, a SuperLink
+    in simulation mode and no SuperNodes.
+
+    ``node_configs[i]`` is SuperNode i's --node-config (e.g. {"partition-id": 0, "ledger": "..."}). ``tls``: a CA
+    and a server certificate for 127.0.0.1 are made in ``work``/tls; False runs --insecure (never across machines).
+    """
+
+    def __init__(self, work: Path, node_configs: list[dict], *, tls: bool = True, start_timeout: float = 120.0,
+                 simulation: SimulationOptions | None = None):
+        self.work, self.node_configs, self.tls, self.start_timeout = work, node_configs, tls, start_timeout
+        self.simulation = simulation
+        if simulation is not None and (node_configs or tls):
+            raise ValueError("a simulation runs virtual nodes on an insecure loopback SuperLink: no node_configs, "
+                             "no tls")
+        self.logs = work / "logs"
+        self.flwr_home = work / "flwr-home"
+        self.port = 0
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._started: dict[str, float] = {}
+        self.tls_files: TlsFiles | None = None
+
+    # ------------------------------------------------------------ processes
+
+    def _env(self, flwr_home: Path) -> dict[str, str]:
+        return {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+
+    def _spawn(self, name: str, command: list[str], flwr_home: Path) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(command, env=self._env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.work)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def _wait(self, ready, what: str, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            for name, process in self.processes.items():
+                if process.poll() is not None and not name.startswith("flwr-run"):
+                    raise DeploymentError(f"{name} exited with {process.returncode} while waiting for {what}; see "
+                                          f"{self.logs / (name + '.log')}")
+            if ready():
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise DeploymentError(f"{what} not ready after {timeout:g} s; logs in {self.logs}")
+
+    def _healthy(self) -> bool:
+        scheme = "https" if self.tls else "http"
+        context = ssl.create_default_context(cafile=str(self.tls_files.ca_certificate)) if self.tls_files else None
+        try:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health", context=context,
+                                        timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def _node_ready(self, i: int) -> bool:
+        path = self.logs / f"supernode-{i}.log"
+        return path.exists() and "SuperNode ID:" in path.read_text(errors="replace")
+
+    def start(self) -> LoopbackDeployment:
+        atexit.register(self.close)  # an interpreter that exits (or is sent SIGTERM, below) still cleans up
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        security: list[str] = ["--insecure"]
+        if self.tls:
+            self.tls_files = make_tls_files(self.work / "tls")
+            security = ["--ssl-ca-certfile", str(self.tls_files.ca_certificate),
+                        "--ssl-certfile", str(self.tls_files.server_certificate),
+                        "--ssl-keyfile", str(self.tls_files.server_key)]
+        connection = f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n' \
+                     f'address = "127.0.0.1:{self.port}"\n'
+        connection += f'root-certificates = "{self.tls_files.ca_certificate}"\n' if self.tls_files else \
+            "insecure = true\n"
+        (self.flwr_home / "config.toml").write_text(connection)
+        mode = ["--simulation"] if self.simulation else []
+        self._spawn("superlink", ["flower-superlink", *security, *mode, "--disable-runtime-dependency-installation",
+                                  "--database", str(self.work / "superlink.db"), "--host", "127.0.0.1",
+                                  "--port", str(self.port)], self.flwr_home)
+        self._wait(self._healthy, "the SuperLink", self.start_timeout)
+        for i, node_config in enumerate(self.node_configs):
+            self.start_node(i, node_config)
+        for i in range(len(self.node_configs)):
+            self._wait(lambda i=i: self._node_ready(i), f"SuperNode {i}", self.start_timeout)
+        return self
+
+    def start_node(self, i: int, node_config: dict) -> None:
+        """SuperNode ``i`` (its own app cache, its own runtime port)."""
+        security = ["--root-certificates", str(self.tls_files.ca_certificate)] if self.tls_files else ["--insecure"]
+        self._spawn(f"supernode-{i}", ["flower-supernode", *security, "--superlink", f"127.0.0.1:{self.port}",
+                                       "--port", str(free_port()), "--node-config", node_config_text(node_config)],
+                    self.work / f"node-{i}-home")
+
+    def kill_node(self, i: int) -> None:
+        """SuperNode ``i`` and its ClientApp processes, at once (SIGKILL): a node that vanishes mid-round."""
+        self._kill([self.processes[f"supernode-{i}"]], signal.SIGKILL, grace=5.0)
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, app_folder: Path, run_config: str = "") -> str:
+        """Start ``flwr run APP_FOLDER --stream`` in the background; returns its name for :meth:`wait_run`."""
+        name = f"flwr-run-{sum(n.startswith('flwr-run') for n in self.processes)}"
+        command = ["flwr", "run", str(app_folder), CONNECTION, "--stream"]
+        if run_config:
+            command += ["--run-config", run_config]
+        if self.simulation is not None:
+            command += ["--federation-config", self.simulation.federation_config()]
+        self._started[name] = time.monotonic()
+        self._spawn(name, command, self.flwr_home)
+        return name
+
+    def wait_run(self, name: str, timeout: float) -> RunOutcome:
+        """Wait for a run started by :meth:`start_run` (DeploymentError after ``timeout`` seconds). ``flwr run``
+        exits 0 even when the ServerApp fails: :attr:`RunOutcome.status` is the SuperLink's word on it."""
+        process = self.processes[name]
+        try:
+            returncode = process.wait(timeout=max(0.0, timeout - (time.monotonic() - self._started[name])))
+        except subprocess.TimeoutExpired:
+            self._kill([process], signal.SIGKILL, grace=5.0)
+            raise DeploymentError(f"`flwr run` did not finish within {timeout:g} s; see {self.logs}") from None
+        log = self.logs / f"{name}.log"
+        found = re.search(r"Successfully started run (\d+)", log.read_text(errors="replace"))
+        run_id = found.group(1) if found else None
+        return RunOutcome(returncode, time.monotonic() - self._started[name], run_id, log,
+                          self._status(run_id) if run_id else "not started")
+
+    def run(self, app_folder: Path, timeout: float, run_config: str = "") -> RunOutcome:
+        """``flwr run APP_FOLDER --stream`` until the run ends."""
+        return self.wait_run(self.start_run(app_folder, run_config), timeout)
+
+    def _status(self, run_id: str) -> str:
+        """``flwr ls``'s status of a run (e.g. finished:completed, finished:failed)."""
+        try:
+            listed = subprocess.run(["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+                                    env=self._env(self.flwr_home), capture_output=True, text=True, timeout=60, check=False,
+                                    start_new_session=True)
+            return str(json.loads(listed.stdout)["runs"][0]["status"])
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, IndexError) as err:
+            return f"unknown ({err})"
+
+    def node_log(self, i: int) -> str:
+        path = self.logs / f"supernode-{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ------------------------------------------------------------ cleanup
+
+    @staticmethod
+    def _kill(processes: list[subprocess.Popen], sig: signal.Signals, grace: float) -> None:
+        """Kill each process's session and every descendant (some start sessions of their own); bounded."""
+        tree: list[psutil.Process] = []
+        for process in processes:
+            try:
+                root = psutil.Process(process.pid)
+                tree += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for pid in {p.pid for p in processes} | {p.pid for p in tree}:
+            for kill in (lambda pid=pid: os.killpg(os.getpgid(pid), sig), lambda pid=pid: os.kill(pid, sig)):
+                try:
+                    kill()
+                except (ProcessLookupError, PermissionError):
+                    pass
+        psutil.wait_procs(tree, timeout=grace)
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for process in processes:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def close(self) -> None:
+        """Kill everything this deployment started (idempotent)."""
+        running = [p for p in self.processes.values() if p.poll() is None]
+        if running:
+            self._kill(running, signal.SIGTERM, grace=10.0)
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,123 @@
+"""``privfed flower app | certs | loopback | simulate``: privfed on Flower from the command line.
+
+``app`` writes the Flower app folder for a config (what ``flwr run`` ships); ``certs`` makes TLS files for a
+SuperLink; ``loopback`` runs a whole TLS deployment on this machine (a SuperLink and one SuperNode per client on
+127.0.0.1) and ``simulate`` a Flower simulation (Ray, one virtual SuperNode per client), printing the same tables as
+``privfed run``. Nothing here imports flwr before the config is valid.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from privfed.errors import ConfigError, PrivfedError
+
+
+def add_flower_parser(sub) -> None:
+    flower = sub.add_parser("flower", help="run privfed on Flower: app folders, TLS files, a loopback deployment, "
+                                           "a Flower simulation")
+    commands = flower.add_subparsers(dest="flower_command", required=True)
+
+    def config_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value (repeatable)")
+
+    app = commands.add_parser("app", help="write the Flower app folder for a config (then: flwr run FOLDER ...)")
+    config_options(app)
+    app.add_argument("--out", type=Path, required=True, help="the app folder to write")
+    app.add_argument("--results", type=Path, help="where the ServerApp writes the run (default: FOLDER/runs/<name>)")
+    certs = commands.add_parser("certs", help="a CA and a SuperLink certificate signed by it (TLS)")
+    certs.add_argument("folder", type=Path)
+    certs.add_argument("--host", action="append", default=[], help="the SuperLink's IP address or DNS name "
+                                                                   "(repeatable; default: 127.0.0.1 and localhost)")
+    for name, text in (("loopback", "a SuperLink and one SuperNode per client on 127.0.0.1, TLS, then flwr run"),
+                       ("simulate", "Flower's simulation runtime (Ray): one virtual SuperNode per client")):
+        p = commands.add_parser(name, help=text)
+        config_options(p)
+        p.add_argument("--work", type=Path, help="folder for the app, logs, ledgers and results (default: a new "
+                                                 "one under runs/)")
+        p.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole run may take")
+        if name == "loopback":
+            p.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
+        else:
+            p.add_argument("--num-cpus", type=int, default=1, help="CPUs per ClientApp call")
+            p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per ClientApp call (fractions share one)")
+
+
+def _require_flower() -> None:
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise ConfigError("flower", "Flower is not installed: pip install 'privfed[flower]' (or ./install.sh "
+                                    "--flower)") from None
+
+
+def _num_nodes(cfg) -> int:
+    if cfg.partition.num_clients == 0:
+        raise ConfigError("partition.num_clients", "one SuperNode serves one client: give the number of clients")
+    return cfg.partition.num_clients
+
+
+def flower_command(args: argparse.Namespace) -> int:
+    if args.flower_command == "certs":
+        _require_flower()
+        from privfed.engines.flower.certificates import make_tls_files
+
+        files = make_tls_files(args.folder, tuple(args.host) or ("127.0.0.1", "localhost"))
+        print(f"wrote {files.ca_certificate} (give it to every SuperNode and to flwr), {files.server_certificate} "
+              f"and {files.server_key} (the SuperLink's; the key never leaves its machine)")
+        return 0
+    from privfed.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    _require_flower()
+    from privfed.engines.flower.app_folder import write_app_folder
+    from privfed.engines.flower.apps import check_flower_support
+    from privfed.engines.flower.wire import fingerprint
+
+    check_flower_support(cfg)
+    if args.flower_command == "app":
+        folder = write_app_folder(cfg, args.out, args.results)
+        print(f"wrote {folder}/pyproject.toml: privfed's ServerApp and ClientApp with config {cfg.name} "
+              f"(fingerprint {fingerprint(cfg)})")
+        print(f"run it: flwr run {folder} <superlink connection> --stream")
+        return 0
+    return _run_locally(cfg, args)
+
+
+def _run_locally(cfg, args: argparse.Namespace) -> int:
+    from privfed.cli import print_run
+    from privfed.engines.flower.app_folder import write_app_folder
+    from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
+    from privfed.results import RESULTS, read_results
+
+    nodes = _num_nodes(cfg)
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
+    out = work / "results"
+    app = write_app_folder(cfg, work / "app", out)
+    if args.flower_command == "loopback":
+        node_configs = [{"partition-id": i, "ledger": str((work / f"node-{i}" / "ledger.jsonl").resolve())}
+                        for i in range(nodes)]
+        deployment = LoopbackDeployment(work / "deployment", node_configs, tls=not args.insecure)
+        what = f"a SuperLink and {nodes} SuperNodes on 127.0.0.1 ({'insecure' if args.insecure else 'TLS'})"
+    else:
+        deployment = LoopbackDeployment(work / "deployment", [], tls=False,
+                                        simulation=SimulationOptions(nodes, args.num_cpus, args.num_gpus))
+        what = f"Flower's simulation runtime with {nodes} virtual SuperNodes"
+    print(f"privfed on Flower: {what}; logs in {deployment.logs}")
+    with deployment:
+        outcome = deployment.run(app, args.timeout)
+    if not outcome.completed or not (out / RESULTS).exists():
+        raise PrivfedError(f"the Flower run ended {outcome.status} (flwr exit {outcome.returncode}); the ServerApp's "
+                           f"log: {outcome.log}")
+    print(f"the run took {outcome.seconds:.0f} s (flwr run, start to end)")
+    print_run(cfg.name, read_results(out), out)
+    return 0
+
+
+def _runs() -> Path:
+    path = Path("runs")
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,90 @@
+"""privfed on a real Flower deployment: a SuperLink and 3 SuperNodes on free 127.0.0.1 ports with TLS (a CA made on
+the fly), every message a new ClientApp process. Slow: each message starts a process that imports torch.
+
+One deployment serves three runs: a plain run equal to the in-process run, a second run of the same config that
+the nodes' ledgers refuse (their budget is spent), and a secagg run in which one SuperNode is killed while it
+trains for its masked input, which the round survives. Every process group is killed at the end, and checked.
+"""
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+from conftest import TINY_CLASSIFIER, make_config
+
+from privfed.engines.flower.app_folder import write_app_folder
+from privfed.engines.flower.loopback import LoopbackDeployment
+from privfed.engines.inprocess import run
+from privfed.privacy.ledger import Ledger
+from privfed.results import read_results
+
+pytestmark = pytest.mark.slow
+
+METRICS = ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "clients_trained")
+FAST_TIMEOUTS = ("flower.stage_timeout=60", "flower.train_timeout=90", "flower.connect_timeout=120")
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a_killed_node(tmp_path):
+    plain = make_config(TINY_CLASSIFIER, "privacy.mode=target_epsilon", "privacy.epsilon=8", "model.regime=lora",
+                        "training.rounds=1", *FAST_TIMEOUTS)
+    secagg = make_config(TINY_CLASSIFIER, "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
+                         "model.regime=lora", "training.rounds=2", "aggregation=secagg", *FAST_TIMEOUTS)
+    expected = {"plain": run(plain, tmp_path / "inproc-plain", progress=False),
+                "secagg": run(secagg, tmp_path / "inproc-secagg", progress=False)}
+    ledgers = [tmp_path / f"node-{i}" / "ledger.jsonl" for i in range(3)]
+    deployment = LoopbackDeployment(tmp_path / "deploy", [{"partition-id": i, "ledger": str(ledgers[i])}
+                                                          for i in range(3)], tls=True)
+    pids: set[int] = set()
+    try:
+        with deployment:
+            # 1. plain over TLS: exactly the in-process result
+            app = write_app_folder(plain, tmp_path / "app-plain", tmp_path / "plain")
+            outcome = deployment.run(app, timeout=600)
+            assert outcome.completed, outcome.log.read_text()[-3000:]
+            got = read_results(tmp_path / "plain")
+            for want, row in zip(expected["plain"]["rounds"], got["rounds"], strict=True):
+                assert {k: row[k] for k in METRICS} == {k: want[k] for k in METRICS}
+            assert all(len(Ledger.read(p).dp_sgd()) == 1 for p in ledgers)
+
+            # 2. a new run of the same config: every node's ledger says its epsilon is spent
+            outcome = deployment.run(app, timeout=600)
+            assert outcome.completed, outcome.log.read_text()[-3000:]
+            again = read_results(tmp_path / "plain-2")
+            assert again["rounds"][0]["clients_trained"] == 0 and again["rounds"][0]["clients_skipped"] == 3
+            assert all(n["epsilon_spent_before_run"] > 7.9 for n in again["nodes"].values())
+            assert all(len(Ledger.read(p).dp_sgd()) == 1 for p in ledgers)
+
+            # 3. secagg: round 1 as in process (within the quantisation step); in round 2 SuperNode 2 is killed while
+            #    it trains for its masked input, and the round completes without it
+            app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
+            trains_before = deployment.node_log(2).count("Receiving: train message")
+            name = deployment.start_run(app)
+            wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2, 400,
+                       "SuperNode 2 receiving round 2's masked-input request")
+            pids = {p.pid for proc in deployment.processes.values() if proc.poll() is None
+                    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]}
+            deployment.kill_node(2)
+            outcome = deployment.wait_run(name, timeout=600)
+            assert outcome.completed, outcome.log.read_text()[-3000:]
+            first, row = read_results(tmp_path / "secagg")["rounds"]
+            want = expected["secagg"]["rounds"][0]
+            assert first["clients_aggregated"] == 3 and abs(first["eval_loss"] - want["eval_loss"]) < 1e-3
+            assert row["clients_aggregated"] == 2
+            assert row["aggregation"]["left"] == {"2": "did not answer ROUTED_SHARES"}
+            assert row["aggregation"]["nodes_left"] == {"2": "no answer within 90 s"}
+            assert row["aggregation"]["dropouts_recovered"] == 1
+            # the two survivors' sum is not the in-process sum of three; the model stays sane
+            assert abs(row["eval_loss"] - expected["secagg"]["rounds"][1]["eval_loss"]) < 0.5
+    finally:
+        deployment.close()
+    survivors = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert survivors == [], f"processes left running: {survivors}"
