@@ -152,6 +152,7 @@ def test_nodes_with_their_own_files_train_on_the_federations_classes(tmp_path):
     import json
 
     from conftest import TINY_CLASSIFIER, make_config
+
     from privfed.config import DataConfig
     from privfed.data.sources import load_data
 
