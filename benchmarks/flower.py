@@ -63,7 +63,8 @@ def flower_run(cfg, work: Path, *, simulation: int | None, timeout: float) -> tu
     out = work / "results"
     app = write_app_folder(cfg, work / "app", out)
     if simulation is None:
-        nodes = [{"partition-id": i, "ledger": str(work / f"node-{i}.jsonl")} for i in range(cfg.partition.num_clients)]
+        nodes = [{"partition-id": i, "ledger": str(work / f"node-{i}.jsonl"), "reproducible": True}
+                 for i in range(cfg.partition.num_clients)]
         deployment = LoopbackDeployment(work / "deployment", nodes, tls=True)
     else:
         deployment = LoopbackDeployment(work / "deployment", [], tls=False,

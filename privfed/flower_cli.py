@@ -32,6 +32,9 @@ def add_flower_parser(sub) -> None:
     certs.add_argument("folder", type=Path)
     certs.add_argument("--host", action="append", default=[], help="the SuperLink's IP address or DNS name "
                                                                    "(repeatable; default: 127.0.0.1 and localhost)")
+    certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
+    certs.add_argument("--overwrite", action="store_true", help="replace an existing CA (nodes that trust the old "
+                                                                "one must get the new ca.pem)")
     for name, text in (("loopback", "a SuperLink and one SuperNode per client on 127.0.0.1, TLS, then flwr run"),
                        ("simulate", "Flower's simulation runtime (Ray): one virtual SuperNode per client")):
         p = commands.add_parser(name, help=text)
@@ -65,7 +68,13 @@ def flower_command(args: argparse.Namespace) -> int:
         _require_flower()
         from privfed.engines.flower.certificates import make_tls_files
 
-        files = make_tls_files(args.folder, tuple(args.host) or ("127.0.0.1", "localhost"))
+        if args.days < 1:
+            raise ConfigError("--days", f"must be >= 1, got {args.days}")
+        try:
+            files = make_tls_files(args.folder, tuple(args.host) or ("127.0.0.1", "localhost"), args.days,
+                                   args.overwrite)
+        except FileExistsError as err:
+            raise ConfigError(str(args.folder), f"{err}; pass --overwrite to replace it") from None
         print(f"wrote {files.ca_certificate} (give it to every SuperNode and to flwr), {files.server_certificate} "
               f"and {files.server_key} (the SuperLink's; the key never leaves its machine)")
         return 0
@@ -91,15 +100,16 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
     from privfed.cli import print_run
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
-    from privfed.results import RESULTS, read_results
+    from privfed.results import RESULTS, read_results, unused_run_dir
 
     nodes = _num_nodes(cfg)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
-    out = work / "results"
+    out = unused_run_dir(work / "results")
     app = write_app_folder(cfg, work / "app", out)
     if args.flower_command == "loopback":
-        node_configs = [{"partition-id": i, "ledger": str((work / f"node-{i}" / "ledger.jsonl").resolve())}
-                        for i in range(nodes)]
+        # one machine, as a test: reproducible seeds, so the run equals `privfed run` with the same config
+        node_configs = [{"partition-id": i, "ledger": str((work / f"node-{i}" / "ledger.jsonl").resolve()),
+                         "reproducible": True} for i in range(nodes)]
         deployment = LoopbackDeployment(work / "deployment", node_configs, tls=not args.insecure)
         what = f"a SuperLink and {nodes} SuperNodes on 127.0.0.1 ({'insecure' if args.insecure else 'TLS'})"
     else:

@@ -41,8 +41,9 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
     expected = {"plain": run(plain, tmp_path / "inproc-plain", progress=False),
                 "secagg": run(secagg, tmp_path / "inproc-secagg", progress=False)}
     ledgers = [tmp_path / f"node-{i}" / "ledger.jsonl" for i in range(3)]
-    deployment = LoopbackDeployment(tmp_path / "deploy", [{"partition-id": i, "ledger": str(ledgers[i])}
-                                                          for i in range(3)], tls=True)
+    # reproducible: the nodes seed DP-SGD from the config (a node with a ledger file otherwise draws fresh entropy)
+    deployment = LoopbackDeployment(tmp_path / "deploy", [{"partition-id": i, "ledger": str(ledgers[i]),
+                                                           "reproducible": True} for i in range(3)], tls=True)
     pids: set[int] = set()
     try:
         with deployment:

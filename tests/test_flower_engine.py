@@ -12,6 +12,7 @@ from privfed.engines.flower.apps import check_flower_support
 from privfed.engines.flower.clients import FlowerRunError, connect, run_over_link
 from privfed.engines.flower.node import NodeSettings, stamp_problem
 from privfed.engines.flower.wire import (
+    Hello,
     Stamp,
     Status,
     Step,
@@ -192,3 +193,88 @@ def test_relabelling_maps_a_subset_of_classes_and_refuses_unknown_ones():
     assert data.relabelled(federation).labels == (0, 3, 0)
     with pytest.raises(ValueError, match=r"labels \['tech'\] are not among"):
         data.relabelled(("business", "sport"))
+
+
+class NodeHarness:
+    """One node driven message by message, as the server would (or as a misbehaving server might)."""
+
+    def __init__(self, cfg, settings):
+        from privfed.aggregation.plain import PlainBackend
+        from privfed.engines.flower.node import hello, node_federation
+
+        self.cfg, self.settings, self.state = cfg, settings, {}
+        self.stamp = Stamp(privfed.__version__, fingerprint(cfg))
+        self.hello = hello(cfg, settings, Hello(self.stamp, ()), self.state)
+        self.fed = node_federation(cfg, settings, ())
+        self.request = PlainBackend(cfg.aggregation, 3, self.fed.num_trainable + 1).server_half(1, [0]).open()[0]
+
+    def step(self, round_idx, first=True, wants_input=True):
+        from privfed.engines.flower.node import step
+
+        return step(self.cfg, self.settings, Step(self.stamp, round_idx, self.settings.client_id, first, wants_input,
+                                                  self.fed.num_trainable + 1, 3, 100, self.request,
+                                                  self.fed.initial_vector), self.state)
+
+
+def test_a_node_trains_once_a_round_never_without_its_budget_check_and_ignores_stale_rounds(tmp_path,
+                                                                                          tiny_classifier):
+    cfg = tiny_classifier(*DP_LORA, "training.rounds=1")  # the budget allows exactly one round
+    ledger = tmp_path / "ledger.jsonl"
+    node = NodeHarness(cfg, NodeSettings(client_id=0, partition_id=0, ledger=str(ledger)))
+    assert node.hello.status is Status.OK and node.hello.epsilon_spent == 0
+    first = node.step(1)
+    assert first.status is Status.OK and first.event is not None
+    assert len(Ledger.read(ledger).dp_sgd()) == 1  # on disk before the reply
+    assert "already trained in round 1" in node.step(1, first=False).reason
+    # a server that skips the round's first message cannot reach training without the budget check
+    assert "no saved protocol state for round 2" in node.step(2, first=False).reason
+    skipped = node.step(2)
+    assert skipped.status is Status.SKIPPED and skipped.skipped.epsilon_if_trained > 8
+    assert [e.kind for e in Ledger.read(ledger).events] == ["dp_sgd", "skipped_budget"]
+    assert "round 2 has begun" in node.step(1).reason
+
+
+def test_a_node_ledger_counts_every_event_in_its_file_whatever_the_client_id(tmp_path, tiny_classifier):
+    cfg = tiny_classifier(*DP_LORA, "training.rounds=1")
+    ledger = tmp_path / "ledger.jsonl"
+    Ledger([DpSgdEvent(client=7, round=1, noise_multiplier=1.0, sample_rate=0.5, steps=3,
+                       max_grad_norm=1.0)]).write(ledger)
+    node = NodeHarness(cfg, NodeSettings(client_id=0, partition_id=0, ledger=str(ledger)))
+    assert node.hello.epsilon_spent > 1  # the data holder's earlier federation (as client 7) counts
+    assert [e.client for e in Ledger.read(ledger).events] == [7]  # its history is kept as recorded
+
+
+def test_a_node_with_a_ledger_file_draws_fresh_noise_unless_told_to_be_reproducible(tmp_path, tiny_classifier):
+    cfg = tiny_classifier(*DP_LORA)
+
+    def upload(name, **options):
+        settings = NodeSettings(client_id=0, partition_id=0, ledger=str(tmp_path / f"{name}.jsonl"), **options)
+        return NodeHarness(cfg, settings).step(1).payload  # plain: the update itself
+
+    assert NodeSettings.from_node_config({"partition-id": 0, "ledger": "x"}).reproducible is False
+    assert NodeSettings.from_node_config({"partition-id": 0}).reproducible is True
+    assert upload("a", reproducible=True) == upload("b", reproducible=True)
+    assert upload("c", reproducible=False) != upload("d", reproducible=False)
+
+
+def test_a_privacy_check_failing_on_a_node_stops_the_run(tmp_path, tiny_classifier, monkeypatch):
+    from privfed.client import recorded
+    from privfed.errors import PrivacyViolationError
+
+    def broken(*args, **kwargs):
+        raise PrivacyViolationError("client 0: Opacus' accountant and the ledger disagree")
+
+    monkeypatch.setattr(recorded, "train_recorded", broken)
+    node = NodeHarness(tiny_classifier(*DP_LORA), NodeSettings(client_id=0, partition_id=0))
+    reply = node.step(1)
+    assert reply.status is Status.REFUSED and "accountant and the ledger disagree" in reply.reason
+
+
+def test_resuming_over_flower_needs_the_runs_config_and_ledger_files(tmp_path, tiny_classifier):
+    cfg = tiny_classifier(*DP_LORA, "training.rounds=2")
+    run_over_link(cfg, tmp_path / "run", LocalLink(cfg, partitions(3)))
+    with pytest.raises(ConfigError, match="was run with another config"):
+        run_over_link(tiny_classifier(*DP_LORA, "training.rounds=3"), tmp_path / "run",
+                      LocalLink(cfg, partitions(3)), resume=True)
+    with pytest.raises(FlowerRunError, match="cannot resume: the nodes of clients \\[0, 1, 2\\] keep their ledger"):
+        run_over_link(cfg, tmp_path / "run", LocalLink(cfg, partitions(3)), resume=True)

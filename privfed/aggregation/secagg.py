@@ -277,6 +277,8 @@ class SecAggBackend(AggregationBackend):
         return SecAggClientHalf(self, SecAggClient(client_id, round_idx, *self.identity(client_id)))
 
     def _client_details(self, reports: list[dict]) -> dict:
+        if not reports:  # no client answered (over a network: every node left)
+            return {}
         stats = [r["stats"] for r in reports if r["stats"] is not None]
         return {**(summarise(stats) if stats else {}),
                 "encode_seconds": sum(r["encode_seconds"] for r in reports),

@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[ExperimentConfig], Federation],
                make_clients: Callable[[Federation, Ledger], ClientSide], *, resume: bool = False,
                overwrite: bool = False, progress: bool = True, callbacks: tuple[Callback, ...] = (),
-               extra_results: Callable[[], dict] | None = None) -> dict:
+               extra_results: Callable[[dict], dict] | None = None) -> dict:
     """Build the server's side (``build``: the model, the held-out data, the clients' count), reach the clients
     through ``make_clients(federation, run ledger)``, run or resume the rounds, and write the results;
-    ``extra_results()`` adds engine-specific fields to results.json."""
+    ``extra_results(results)`` returns engine-specific fields to add to (or replace in) results.json."""
     run_dir = RunDirectory(out_dir)
     if run_dir.holds_run() and not (resume or overwrite):
         raise ConfigError("--out", f"{out_dir} already holds a privfed run; resume it (--resume), write elsewhere, "
@@ -72,7 +72,7 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
                             time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger),
                             run_dir.last_generations())
     if extra_results is not None:
-        results.update(extra_results())
+        results.update(extra_results(results))
     run_dir.finish(results)
     for callback in driver.callbacks:
         callback.on_run_end(results)

@@ -14,7 +14,8 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -38,7 +39,6 @@ from privfed.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_KEY, OUT_KEY, RESUME_KEY = "privfed-config", "out-dir", "resume"  # keys of [tool.flwr.app.config]
-STATE_RECORD = "privfed-node"
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,27 +110,32 @@ client_app = ClientApp()
 
 
 class NodeState(MutableMapping[str, bytes]):
-    """Flower's per-run node state (``context.state``) as a mapping of bytes, in one ConfigRecord."""
+    """Flower's per-run node state (``context.state``) as a mapping of bytes, each value an array (Flower chunks
+    arrays; a protocol half's state grows with the model)."""
+
+    PREFIX = "privfed-node."
 
     def __init__(self, context: Context):
-        if STATE_RECORD not in context.state:
-            context.state[STATE_RECORD] = ConfigRecord()
-        self.record = context.state[STATE_RECORD]
+        self.records = context.state
 
     def __getitem__(self, key: str) -> bytes:
-        return bytes(self.record[key])
+        try:
+            record = self.records[self.PREFIX + key]
+        except KeyError:
+            raise KeyError(key) from None
+        return record.to_numpy_ndarrays()[0].tobytes()
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        self.record[key] = value
+        self.records[self.PREFIX + key] = ArrayRecord(numpy_ndarrays=[np.frombuffer(value, dtype=np.uint8).copy()])
 
     def __delitem__(self, key: str) -> None:
-        del self.record[key]
+        del self.records[self.PREFIX + key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.record)
+        return (k[len(self.PREFIX):] for k in list(self.records) if k.startswith(self.PREFIX))
 
     def __len__(self) -> int:
-        return len(self.record)
+        return sum(1 for _ in self)
 
 
 def handle(content, context: Context):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,20 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    """A private key, readable by its owner only from the moment the file exists."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
 
 
-def make_tls_files(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> TlsFiles:
-    """A CA (ca.pem, ca.key) and a server certificate for ``hosts`` (IP addresses or DNS names) signed by it."""
+def make_tls_files(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30,
+                   overwrite: bool = False) -> TlsFiles:
+    """A CA (ca.pem, ca.key) and a server certificate for ``hosts`` (IP addresses or DNS names) signed by it, valid
+    for ``days``. An existing CA is never replaced unless ``overwrite`` (FileExistsError): nodes may trust it."""
     folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "ca.pem").exists() and not overwrite:
+        raise FileExistsError(f"{folder / 'ca.pem'} exists; SuperNodes may already trust it")
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())

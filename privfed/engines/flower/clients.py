@@ -39,7 +39,7 @@ from privfed.engines.flower.wire import (
     encode_step,
     fingerprint,
 )
-from privfed.errors import PrivfedError
+from privfed.errors import ConfigError, PrivfedError
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
 from privfed.secure.messages import ProtocolError
@@ -75,7 +75,8 @@ class GridLink(NodeLink):
     def exchange(self, messages: dict[int, tuple[str, RecordDict]], timeout: float) -> dict[int, RecordDict | str]:
         if not messages:
             return {}
-        sent = [Message(content=content, dst_node_id=node, message_type=kind)
+        # a message nobody picked up in time expires: a node that comes back late never acts on a closed stage
+        sent = [Message(content=content, dst_node_id=node, message_type=kind, ttl=timeout)
                 for node, (kind, content) in messages.items()]
         replies: dict[int, RecordDict | str] = {}
         for reply in self.grid.send_and_receive(sent, timeout=timeout):
@@ -95,49 +96,55 @@ class NodeEntry:
     ledger_file: bool
 
 
+def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stage_timeout: float,
+          label_names: tuple[str, ...]) -> list[NodeEntry]:
+    """Hello to ``nodes``: the entries of those that answered (a node that answers nothing may still be starting).
+    A refusal (another privfed version or config, a partition it does not have) or a client id out of range stops
+    the run, before anything is trained."""
+    replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp, label_names))) for n in nodes}, stage_timeout)
+    entries = []
+    for node in nodes:
+        reply = replies.get(node)
+        if reply is None:
+            continue
+        if isinstance(reply, str):
+            raise FlowerRunError(f"node {node} failed to answer the hello: {reply}")
+        try:
+            hello = decode_hello_reply(reply)
+        except (WireError, KeyError, ValueError) as err:
+            raise FlowerRunError(f"node {node} does not speak privfed's protocol: {err}") from None
+        if hello.status is not Status.OK:
+            raise FlowerRunError(f"node {node} (client {hello.client}) refuses the run: {hello.reason}")
+        if not 0 <= hello.client < num_clients:
+            raise FlowerRunError(f"node {node} serves client {hello.client}, but the config has clients "
+                                 f"0-{num_clients - 1}")
+        log.info("node %d serves client %d (%d examples, epsilon %.3f spent before this run%s)", node, hello.client,
+                 hello.num_examples, hello.epsilon_spent, "" if hello.ledger_file else "; its ledger lasts this run only")
+        entries.append(NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent, hello.ledger_file))
+    return entries
+
+
 def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: float, stage_timeout: float,
             label_names: tuple[str, ...] = (), poll: float = 1.0) -> dict[int, NodeEntry]:
-    """Greet nodes until one node serves each client 0..num_clients-1; client id -> its node.
-
-    A node that refuses the run (another privfed version or config, a partition it does not have), two nodes
-    claiming one client, or a client id out of range stop the run here, before anything is trained.
-    """
+    """Greet nodes until one node serves each client 0..num_clients-1; client id -> its node. Two nodes claiming
+    one client stop the run."""
     deadline = time.monotonic() + connect_timeout
     entries: dict[int, NodeEntry] = {}
     greeted: set[int] = set()
     while True:
         new = [n for n in link.node_ids() if n not in greeted]
-        replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp, label_names))) for n in new}, stage_timeout)
-        for node in new:
-            reply = replies.get(node)
-            if reply is None:
-                continue  # asked again once it answers nothing: it may still be starting
-            greeted.add(node)
-            if isinstance(reply, str):
-                raise FlowerRunError(f"node {node} failed to answer the hello: {reply}")
-            try:
-                hello = decode_hello_reply(reply)
-            except (WireError, KeyError, ValueError) as err:
-                raise FlowerRunError(f"node {node} does not speak privfed's protocol: {err}") from None
-            if hello.status is not Status.OK:
-                raise FlowerRunError(f"node {node} (client {hello.client}) refuses the run: {hello.reason}")
-            if not 0 <= hello.client < num_clients:
-                raise FlowerRunError(f"node {node} serves client {hello.client}, but the config has clients "
-                                     f"0-{num_clients - 1}")
-            if hello.client in entries:
-                raise FlowerRunError(f"nodes {entries[hello.client].node_id} and {node} both serve client "
-                                     f"{hello.client}: give each node its own client-id / partition-id")
-            entries[hello.client] = NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent,
-                                              hello.ledger_file)
-            log.info("node %d serves client %d (%d examples, epsilon %.3f spent before this run%s)", node,
-                     hello.client, hello.num_examples, hello.epsilon_spent,
-                     "" if hello.ledger_file else "; its ledger lasts this run only")
+        for entry in greet(link, stamp, new, num_clients, stage_timeout, label_names):
+            greeted.add(entry.node_id)
+            if entry.client in entries:
+                raise FlowerRunError(f"nodes {entries[entry.client].node_id} and {entry.node_id} both serve client "
+                                     f"{entry.client}: give each node its own client-id / partition-id")
+            entries[entry.client] = entry
         if len(entries) == num_clients:
             return entries
         if time.monotonic() > deadline:
             missing = sorted(set(range(num_clients)) - set(entries))
             raise FlowerRunError(f"after {connect_timeout:g} s no node serves client(s) {missing}: start a SuperNode "
-                                 f"for each (or lower flower.connect_timeout's patience)")
+                                 f"for each (or raise flower.connect_timeout)")
         time.sleep(poll)
 
 
@@ -226,8 +233,11 @@ class FlowerClients(ClientSide):
     """The run's clients, one node each; the server keeps a copy of the DP events they report for this run."""
 
     def __init__(self, cfg: ExperimentConfig, link: NodeLink, nodes: dict[int, NodeEntry], ledger: Ledger,
-                 stamp: Stamp):
+                 stamp: Stamp, label_names: tuple[str, ...] = ()):
         self.cfg, self.link, self.nodes, self.ledger, self.stamp = cfg, link, nodes, ledger, stamp
+        self.label_names = label_names
+        self.before = dict(nodes)  # as greeted at the start: what each had spent before this run
+        self.tried: set[int] = set()
         self.weight_cap = max(entry.num_examples for entry in nodes.values())
         self.max_clients = clients_per_round(cfg, len(nodes))
 
@@ -235,8 +245,22 @@ class FlowerClients(ClientSide):
     def num_clients(self) -> int:
         return len(self.nodes)
 
+    def _rejoin(self) -> None:
+        """A SuperNode that restarted comes back under a new Flower node id: greet new nodes, and a client's new
+        node replaces its old one (its ledger file, not Flower's state, carries its budget)."""
+        known = {e.node_id for e in self.nodes.values()} | self.tried
+        new = [n for n in self.link.node_ids() if n not in known]
+        self.tried.update(new)  # one hello per node id and run: a node that cannot answer costs one timeout
+        if new:
+            for entry in greet(self.link, self.stamp, new, len(self.nodes), self.cfg.flower.stage_timeout,
+                               self.label_names):
+                log.warning("client %d is now served by node %d (was %d)", entry.client, entry.node_id,
+                            self.nodes[entry.client].node_id)
+                self.nodes[entry.client] = entry
+
     def run_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
                   view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
+        self._rejoin()
         dropouts = sample_dropouts(self.cfg, round_idx, sampled)
         server = backend.server_half(round_idx, sampled)
         transport = FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, global_vector, backend,
@@ -256,29 +280,41 @@ class FlowerClients(ClientSide):
             for cid in outcome.contributors:
                 self.ledger.append(outcome.noise.event(cid, round_idx))
 
-    def summary(self) -> dict:
+    def summary(self, results: dict) -> dict:
         """results.json's account of the nodes: where each client ran and what it had spent before this run."""
-        return {"engine": "flower", "nodes": {
+        notes = [f"client {c}'s node had spent epsilon {e.epsilon_spent:.3f} before this run (its ledger file); the "
+                 f"epsilon column counts this run's events only" for c, e in sorted(self.before.items())
+                 if e.epsilon_spent > 0]
+        return {"engine": "flower", "notes": [*results["notes"], *notes], "nodes": {
             str(c): {"node_id": e.node_id, "examples": e.num_examples, "epsilon_spent_before_run": e.epsilon_spent,
                      "ledger": "file (kept across runs)" if e.ledger_file else "this run only"}
-            for c, e in sorted(self.nodes.items())}}
+            for c, e in sorted(self.before.items())}}
 
 
 def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resume: bool = False,
                   progress: bool = False) -> dict:
     """The server's side of a run whose clients are nodes behind ``link``: greet them, run the rounds, write the
-    results (with the nodes' account) to ``out_dir``."""
+    results (with the nodes' account) to ``out_dir``. Resuming needs the run's own config and nodes whose ledgers
+    are files: a node's ledger in Flower's state lasts one Flower run, and a resumed run is a new one."""
     from privfed.engines.runner import run_rounds
     from privfed.federation.setup import build_federation
+    from privfed.results import RunDirectory
 
+    if resume and fingerprint(RunDirectory(out_dir).config()) != fingerprint(cfg):
+        raise ConfigError("resume", f"{out_dir} was run with another config (fingerprint "
+                                    f"{fingerprint(RunDirectory(out_dir).config())}, this app's is {fingerprint(cfg)})")
     stamp = Stamp(privfed.__version__, fingerprint(cfg))
     made: list[FlowerClients] = []
 
     def make_clients(fed, ledger: Ledger) -> FlowerClients:
         nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout,
                         fed.label_names)
-        made.append(FlowerClients(cfg, link, nodes, ledger, stamp))
+        forgetful = sorted(c for c, e in nodes.items() if not e.ledger_file)
+        if resume and forgetful:
+            raise FlowerRunError(f"cannot resume: the nodes of clients {forgetful} keep their ledger in Flower's state, "
+                                 "which a new Flower run starts empty; give every node a ledger file")
+        made.append(FlowerClients(cfg, link, nodes, ledger, stamp, fed.label_names))
         return made[0]
 
     return run_rounds(cfg, out_dir, build_federation, make_clients, resume=resume, progress=progress,
-                      extra_results=lambda: made[0].summary())
+                      extra_results=lambda results: made[0].summary(results))

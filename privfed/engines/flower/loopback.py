@@ -24,6 +24,7 @@ from typing import Self
 import psutil
 
 from privfed.engines.flower.certificates import TlsFiles, make_tls_files
+from privfed.errors import PrivfedError
 
 CONNECTION = "privfed-loopback"
 
@@ -32,7 +33,7 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through every `finally` and `with`, which close the deployment
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(PrivfedError):
     """A Flower process did not start, or a run did not finish, in time (the logs say why)."""
 
 
@@ -43,8 +44,8 @@ def free_port() -> int:
 
 
 def node_config_text(values: dict) -> str:
-    """``--node-config``'s syntax: key=value pairs, strings quoted."""
-    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
+    """``--node-config``'s syntax: key=value pairs, TOML values (strings quoted, booleans lower case)."""
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, (str, bool)) else v}" for k, v in values.items())
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class LoopbackDeployment:
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
         self._started: dict[str, float] = {}
+        self._previous_sigterm = None
         self.tls_files: TlsFiles | None = None
 
     # ------------------------------------------------------------ processes
@@ -103,9 +105,14 @@ class LoopbackDeployment:
 
     def _spawn(self, name: str, command: list[str], flwr_home: Path) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(command, env=self._env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.work)
-        log.close()
+        try:
+            process = subprocess.Popen(command, env=self._env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.work)
+        except FileNotFoundError:
+            raise DeploymentError(f"{command[0]} is not installed: pip install 'privfed[flower]' (or ./install.sh "
+                                  "--flower)") from None
+        finally:
+            log.close()
         self.processes[name] = process
         return process
 
@@ -139,7 +146,7 @@ class LoopbackDeployment:
         atexit.register(self.close)  # an interpreter that exits (or is sent SIGTERM, below) still cleans up
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -174,7 +181,9 @@ class LoopbackDeployment:
 
     def kill_node(self, i: int) -> None:
         """SuperNode ``i`` and its ClientApp processes, at once (SIGKILL): a node that vanishes mid-round."""
-        self._kill([self.processes[f"supernode-{i}"]], signal.SIGKILL, grace=5.0)
+        process = self.processes[f"supernode-{i}"]
+        if process.poll() is None:
+            self._kill([process], signal.SIGKILL, grace=5.0)
 
     # ------------------------------------------------------------ runs
 
@@ -227,20 +236,28 @@ class LoopbackDeployment:
 
     @staticmethod
     def _kill(processes: list[subprocess.Popen], sig: signal.Signals, grace: float) -> None:
-        """Kill each process's session and every descendant (some start sessions of their own); bounded."""
+        """Kill each process's session (its own: started with start_new_session, so its group id is its pid, even
+        after it exited) and every live descendant with theirs (some start sessions of their own); bounded."""
         tree: list[psutil.Process] = []
         for process in processes:
-            try:
-                root = psutil.Process(process.pid)
-                tree += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        for pid in {p.pid for p in processes} | {p.pid for p in tree}:
-            for kill in (lambda pid=pid: os.killpg(os.getpgid(pid), sig), lambda pid=pid: os.kill(pid, sig)):
+            if process.poll() is None:
                 try:
-                    kill()
-                except (ProcessLookupError, PermissionError):
+                    root = psutil.Process(process.pid)
+                    tree += [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
                     pass
+        groups = {p.pid for p in processes}
+        for p in tree:
+            try:
+                groups.add(os.getpgid(p.pid))
+            except ProcessLookupError:
+                pass
+        groups.discard(os.getpgrp())  # never the caller's own group
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
         psutil.wait_procs(tree, timeout=grace)
         for p in tree:
             try:
@@ -255,10 +272,12 @@ class LoopbackDeployment:
 
     def close(self) -> None:
         """Kill everything this deployment started (idempotent)."""
-        running = [p for p in self.processes.values() if p.poll() is None]
-        if running:
-            self._kill(running, signal.SIGTERM, grace=10.0)
+        if self.processes:
+            self._kill(list(self.processes.values()), signal.SIGTERM, grace=10.0)
         atexit.unregister(self.close)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def __enter__(self) -> Self:
         try:

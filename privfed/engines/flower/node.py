@@ -7,12 +7,14 @@ enforces its own epsilon budget across every run it takes part in). Only the ste
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgpack
 import numpy as np
@@ -35,7 +37,7 @@ from privfed.engines.flower.wire import (
     Trained,
     fingerprint,
 )
-from privfed.errors import ConfigError
+from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.privacy.accounting import epsilon_of_events
 from privfed.privacy.ledger import Ledger
 from privfed.secure.messages import ProtocolError
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 # what a node keeps in Flower's node state: its client's facts, its protocol half, its ledger (without a ledger
 # file), and the federation's classes (from the server's hello)
 CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labels"
+HALF_ROUND_KEY, ROUND_KEY, TRAINED_KEY = "half-round", "round", "trained-round"  # rounds, as decimal bytes
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,11 @@ class NodeSettings:
     ``partition-id``: a partition of the config's data (demos, simulation); or ``data-path``: the organisation's
     own file or folder, in any data.source format, with ``client-id``. ``ledger``: the privacy ledger file that
     outlives runs (absent: the ledger lives for one run only). ``approved-config``: the only config fingerprint this
-    node accepts (absent: any config stamped like the node's own parse).
+    node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed Poisson sampling and
+    DP noise from the config's seed, round and client, so a run equals ``privfed run`` with the same seed; the
+    default only without a ledger file. A node whose ledger outlives runs draws fresh OS entropy for every round it
+    trains: two runs with one seed would otherwise add the same noise to two releases, and their difference would
+    cancel it.
     """
 
     client_id: int
@@ -63,10 +70,12 @@ class NodeSettings:
     data_path: str = ""
     ledger: str = ""
     approved_config: str = ""
+    reproducible: bool = True
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
-        known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config"}
+        known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config",
+                 "reproducible"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError("node-config", f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -82,8 +91,12 @@ class NodeSettings:
             raise ConfigError("node-config", f"client-id {client} must equal partition-id {partition} (or be left out)")
         if int(client) < 0:
             raise ConfigError("node-config", f"client-id must be >= 0, got {client}")
-        return cls(int(client), None if partition is None else int(partition), data_path,
-                   str(node_config.get("ledger", "")), str(node_config.get("approved-config", "")))
+        ledger = str(node_config.get("ledger", ""))
+        reproducible = node_config.get("reproducible", not ledger)
+        if not isinstance(reproducible, bool):
+            raise ConfigError("node-config", f"reproducible must be true or false, got {reproducible!r}")
+        return cls(int(client), None if partition is None else int(partition), data_path, ledger,
+                   str(node_config.get("approved-config", "")), reproducible)
 
 
 def stamp_problem(stamp: Stamp, cfg: ExperimentConfig, settings: NodeSettings) -> str:
@@ -101,26 +114,52 @@ def stamp_problem(stamp: Stamp, cfg: ExperimentConfig, settings: NodeSettings) -
 
 
 class NodeLedger:
-    """The node's ledger: a JSONL file kept across runs, or (no file configured) Flower's state for one run."""
+    """The node's ledger: a JSONL file kept across runs (locked while a message uses it), or (no file configured)
+    Flower's state for one run.
+
+    The file belongs to the data holder, not to a federation: every DP-SGD event in it counts towards the budget,
+    whatever client id a federation gave the node then. :meth:`open` returns it re-keyed to the current client.
+    """
 
     def __init__(self, settings: NodeSettings, state: MutableMapping[str, bytes]):
         self.path = Path(settings.ledger) if settings.ledger else None
         self.state = state
+        self._recorded: list = []  # the events as stored, before re-keying
+        self._lock = None
 
     @property
     def persistent(self) -> bool:
         return self.path is not None
 
-    def load(self) -> Ledger:
+    def __enter__(self) -> Self:
+        if self.path is not None:  # two runs (or two nodes) sharing a file must not both pass one budget check
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path.with_suffix(self.path.suffix + ".lock"), "a")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def open(self, client: int) -> Ledger:
         if self.path is not None:
-            return Ledger.read(self.path) if self.path.exists() else Ledger()
-        raw = self.state.get(LEDGER_KEY)
-        return Ledger.from_dicts(msgpack.unpackb(raw, raw=False)) if raw else Ledger()
+            stored = Ledger.read(self.path) if self.path.exists() else Ledger()
+        else:
+            raw = self.state.get(LEDGER_KEY)
+            stored = Ledger.from_dicts(msgpack.unpackb(raw, raw=False)) if raw else Ledger()
+        self._recorded = list(stored.events)
+        return Ledger(replace(e, client=client) for e in stored.events)
 
     def save(self, ledger: Ledger) -> None:
+        """Store the events appended to what :meth:`open` returned, after the ones already stored."""
+        ledger = Ledger([*self._recorded, *ledger.events[len(self._recorded):]])
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             ledger.write(self.path)
+            with open(self.path, "rb") as f:  # on disk before anything derived from the update leaves
+                os.fsync(f.fileno())
         else:
             self.state[LEDGER_KEY] = msgpack.packb(ledger.to_dicts(), use_bin_type=True)
 
@@ -200,8 +239,9 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
     state[CLIENT_KEY] = _pack_client(client)
     state[LABELS_KEY] = msgpack.packb(list(request.label_names))
-    ledger = NodeLedger(settings, state)
-    spent = epsilon_of_events(ledger.load().dp_sgd(client.id), cfg.privacy.delta, cfg.privacy.accountant)
+    with NodeLedger(settings, state) as ledger:
+        spent = epsilon_of_events(ledger.open(client.id).dp_sgd(client.id), cfg.privacy.delta,
+                                  cfg.privacy.accountant)
     return HelloReply(Status.OK, client.id, client.num_examples, float(spent), ledger.persistent)
 
 
@@ -223,8 +263,10 @@ def _backend(cfg: ExperimentConfig, request: Step) -> AggregationBackend:
 
 
 def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes]) -> StepReply:
-    """One protocol message: the budget check (first message of a round), local training (the input message), the
-    client half's reply; the half's state is saved for the round's next message."""
+    """One protocol message of a round: the client half's reply, after local training when the message asks for the
+    client's input. The node checks its budget against its ledger in the round's first message and again right
+    before training, trains at most once a round, and ignores rounds older than the newest it has seen; the half's
+    state is saved for the round's next message."""
     started = start_up_seconds()
     problem = stamp_problem(request.stamp, cfg, settings)
     if problem:
@@ -234,27 +276,56 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
     client = _unpack_client(state[CLIENT_KEY])
     if request.client != client.id:
         return StepReply(Status.LEFT, reason=f"a message for client {request.client} reached client {client.id}")
+    newest = int(state[ROUND_KEY]) if ROUND_KEY in state else 0
+    if request.round < newest:
+        return StepReply(Status.LEFT, reason=f"a message of round {request.round}, but round {newest} has begun")
+    with NodeLedger(settings, state) as ledger_store:
+        try:
+            return _step(cfg, settings, request, state, client, ledger_store, started)
+        except PrivacyViolationError as err:  # stops the run, as in process: never a silent dropout
+            return StepReply(Status.REFUSED, reason=f"privacy check failed on the node: {err}")
+
+
+def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes],
+          client: ClientState, ledger_store: NodeLedger, started: float) -> StepReply:
     backend = _backend(cfg, request)
-    ledger_store = NodeLedger(settings, state)
-    ledger = ledger_store.load()
-    if request.first:
+    ledger = ledger_store.open(client.id)
+
+    def refused() -> StepReply | None:
         skipped = budget.refusal(client, ledger, request.round, cfg.training.local_steps, cfg.privacy)
-        if skipped is not None:
-            ledger_store.save(ledger)
-            return StepReply(Status.SKIPPED, skipped=skipped)
+        if skipped is None:
+            return None
+        ledger.append(skipped)
+        ledger_store.save(ledger)
+        return StepReply(Status.SKIPPED, skipped=skipped)
+
+    if request.first:
+        state[ROUND_KEY] = str(request.round).encode()
+        skip = refused()
+        if skip is not None:
+            return skip
         half: ClientHalf = backend.client_half(request.round, client.id)
     else:
+        if HALF_KEY not in state or int(state[HALF_ROUND_KEY]) != request.round:
+            return StepReply(Status.LEFT, reason=f"no saved protocol state for round {request.round}")
         try:
             half = backend.restore_client(state[HALF_KEY])
-        except (KeyError, ProtocolError) as err:
-            return StepReply(Status.LEFT, reason=f"no saved protocol state for this round ({err})")
+        except ProtocolError as err:
+            return StepReply(Status.LEFT, reason=f"unreadable protocol state ({err})")
     trained, event, train_seconds = None, None, 0.0
     _build_seconds[0] = 0.0
     tick = time.perf_counter()
     if request.wants_input:
+        if TRAINED_KEY in state and int(state[TRAINED_KEY]) == request.round:
+            return StepReply(Status.LEFT, reason=f"this node already trained in round {request.round}")
+        skip = None if request.first else refused()  # again: the node's budget never trusts the server's "first"
+        if skip is not None:
+            return skip
         from privfed.client.recorded import train_recorded
 
         fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
+        fed.runtime.run_seed = cfg.seed if settings.reproducible else int.from_bytes(os.urandom(8), "little")
+        state[TRAINED_KEY] = str(request.round).encode()
         train_start = time.perf_counter()
         result = train_recorded(fed.runtime, client, fed.shard(client), request.round, request.global_vector, ledger)
         train_seconds = time.perf_counter() - train_start
@@ -268,6 +339,7 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
     except ProtocolError as err:
         return StepReply(Status.LEFT, reason=f"protocol error: {err}", trained=trained, event=event)
     state[HALF_KEY] = half.export_state()
+    state[HALF_ROUND_KEY] = str(request.round).encode()
     protocol = time.perf_counter() - tick - train_seconds - _build_seconds[0]
     times = NodeTimes(started, _build_seconds[0], train_seconds, max(0.0, protocol))
     return StepReply(Status.OK, reply, pack_report(half.report()), trained, event, times=times)
