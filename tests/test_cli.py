@@ -9,6 +9,8 @@ import pytest
 import yaml
 from conftest import TINY_CLASSIFIER
 
+from privfed.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -129,3 +131,31 @@ def test_unreachable_epsilon_is_one_config_error_line(capsys, tmp_path):
     assert err.startswith("privfed: config error: privacy.epsilon: target 0.01 is below 0.103")
     assert "privacy.accountant=prv" in err and "privacy.mode=fixed_noise" in err
     assert not out.exists()
+
+
+def test_flower_app_folder_embeds_the_config_and_certs_refuse_to_replace_a_ca(capsys, tmp_path):
+    import tomllib
+
+    from privfed.config import from_dict
+    from privfed.engines.flower.wire import fingerprint
+
+    config = _tiny_config(tmp_path)
+    assert main(["flower", "app", "--config", str(config), "--set", "training.rounds=1", "--out",
+                 str(tmp_path / "app")]) == 0
+    app = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "privfed.engines.flower.apps:server_app",
+                                 "clientapp": "privfed.engines.flower.apps:client_app"}
+    embedded = from_dict(json.loads(app["config"]["privfed-config"]))
+    assert embedded.training.rounds == 1 and fingerprint(embedded) in capsys.readouterr().out
+    assert main(["flower", "certs", str(tmp_path / "tls")]) == 0
+    assert (tmp_path / "tls" / "server.key").stat().st_mode & 0o077 == 0
+    assert main(["flower", "certs", str(tmp_path / "tls")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_flower_refusals_are_one_line_exit_2(capsys, tmp_path):
+    assert main(["flower", "simulate", "--set", "aggregation=paillier", "--work", str(tmp_path)]) == 2
+    assert "paillier is not available over Flower" in capsys.readouterr().err
+    assert main(["flower", "loopback", "--set", "partition.scheme=natural", "--set", "partition.num_clients=0",
+                 "--set", "data.source=chatterbot", "--set", "model.source=tiny_llama", "--work", str(tmp_path)]) == 2
+    assert "one SuperNode serves one client" in capsys.readouterr().err
