@@ -179,14 +179,14 @@ def node_federation(cfg: ExperimentConfig, settings: NodeSettings, label_names: 
     """The node's model and data (privfed.federation.setup.Federation), built once per process. Partitions of one
     config share it: a simulation worker serving many virtual nodes builds it once. A node's own file is labelled
     with the federation's ``label_names`` (it may hold only some classes)."""
-    from privfed.federation.setup import build_federation
-
     node_cfg = node_config_of(cfg, settings)
     own_file = settings.partition_id is None
     key = (fingerprint(node_cfg), label_names if own_file else ())
     if key not in _built:
         _built.clear()  # one model per process, never two
         start = time.perf_counter()
+        from privfed.federation.setup import build_federation  # torch, transformers, Opacus: part of building
+
         _built[key] = build_federation(node_cfg, label_names if own_file and label_names else None)
         _build_seconds[0] += time.perf_counter() - start
     return _built[key]
@@ -321,9 +321,9 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
         skip = None if request.first else refused()  # again: the node's budget never trusts the server's "first"
         if skip is not None:
             return skip
+        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
         from privfed.client.recorded import train_recorded
 
-        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
         fed.runtime.run_seed = cfg.seed if settings.reproducible else int.from_bytes(os.urandom(8), "little")
         state[TRAINED_KEY] = str(request.round).encode()
         train_start = time.perf_counter()
