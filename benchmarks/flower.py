@@ -87,8 +87,10 @@ def in_process_run(cfg, work: Path) -> tuple[dict, float]:
 
 
 def same(a: dict, b: dict) -> bool:
-    return all({k: ra.get(k) for k in COMPARED} == {k: rb.get(k) for k in COMPARED}
-               for ra, rb in zip(a["rounds"], b["rounds"], strict=True))
+    """Every compared metric of every round equal (NaN equals NaN: both runs had no value)."""
+    def values(row: dict) -> list[str]:
+        return [repr(row.get(k)) for k in COMPARED]  # repr: nan == nan, 0.1 != 0.1000001
+    return all(values(ra) == values(rb) for ra, rb in zip(a["rounds"], b["rounds"], strict=True))
 
 
 def deployment_part(quick: bool, work: Path) -> dict:

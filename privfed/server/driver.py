@@ -160,8 +160,9 @@ class RoundDriver:
                 self.clients.record_aggregation(r, outcome)
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
-        losses = [loss for loss, _ in trained.values()]
-        weights = [n for _, n in trained.values()]
+        # a client whose every Poisson batch came out empty has no loss to report: average over those that do
+        losses = [loss for loss, _ in trained.values() if math.isfinite(loss)]
+        weights = [n for loss, n in trained.values() if math.isfinite(loss)]
         record = RoundRecord(
             round=r, clients_trained=len(trained), clients_skipped=len(skipped),
             train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
