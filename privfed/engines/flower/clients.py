@@ -43,7 +43,7 @@ from privfed.errors import ConfigError, PrivfedError
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
 from privfed.secure.messages import ProtocolError
-from privfed.server.driver import ClientRound, ClientSide, OnSkipped, OnTrained, clients_per_round, sample_dropouts
+from privfed.server.driver import ClientRound, ClientSide, OnSkipped, OnTrained, sample_dropouts
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,6 @@ class FlowerClients(ClientSide):
         self.before = dict(nodes)  # as greeted at the start: what each had spent before this run
         self.tried: set[int] = set()
         self.weight_cap = max(entry.num_examples for entry in nodes.values())
-        self.max_clients = clients_per_round(cfg, len(nodes))
 
     @property
     def num_clients(self) -> int:
