@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 STAGE_ORDER = list(DropoutStage)  # a client dropping at stage S answers no batch of S or any later stage
 
 
+def gone_by(stage: DropoutStage, dropping: DropoutStage | None) -> bool:
+    """True when a client that drops at ``dropping`` (None: never) no longer answers a batch of ``stage``."""
+    return dropping is not None and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(dropping)
+
+
 class Transport(abc.ABC):
     @abc.abstractmethod
     def exchange(self, server: ServerHalf, outgoing: dict[int, bytes]) -> None:
@@ -53,8 +58,7 @@ class InProcessTransport(Transport):
         for cid, raw in outgoing.items():
             if cid in self.left:
                 continue
-            dropping = self.dropouts.get(cid)
-            if dropping is not None and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(dropping):
+            if gone_by(stage, self.dropouts.get(cid)):
                 self.left[cid] = f"dropped at stage {stage.value}"
                 continue
             client = self.clients[cid]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome
+from privfed.aggregation.base import AggregationBackend
 from privfed.client import budget
 from privfed.client.recorded import train_recorded
 from privfed.client.runtime import TrainedRound
@@ -78,10 +78,6 @@ class InProcessClients(ClientSide):
         state = self.fed.clients[client]
         return train_recorded(self.fed.runtime, state, self.fed.shard(state), round_idx, global_vector, self.ledger)
 
-    def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
-        if outcome.noise is not None:
-            for cid in outcome.contributors:
-                self.ledger.append(outcome.noise.event(cid, round_idx))
 
 
 def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,

@@ -20,7 +20,7 @@ from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
-from privfed.privacy.ledger import DpSgdEvent, SkippedEvent
+from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
 from privfed.server.events import (
     Callback,
     ClientSkipped,
@@ -97,9 +97,13 @@ class ClientSide(abc.ABC):
         """The sampled clients' budget checks, local training from ``global_vector`` and the secure sum of their
         contributions (see :func:`contribution`), driven through ``backend``'s server half."""
 
-    @abc.abstractmethod
+    ledger: Ledger  # the run's ledger: every event of this run's clients (on Flower, the copy the nodes report)
+
     def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
         """After the sum: contributors record what entering it cost them (distributed-DP noise shares)."""
+        if outcome.noise is not None:
+            for cid in outcome.contributors:
+                self.ledger.append(outcome.noise.event(cid, round_idx))
 
 
 class RoundDriver:

@@ -20,8 +20,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 import privfed
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, unpack_report
-from privfed.aggregation.transport import STAGE_ORDER, Transport, recording_tap, run_protocol
+from privfed.aggregation.base import AggregationBackend, unpack_report
+from privfed.aggregation.transport import Transport, gone_by, recording_tap, run_protocol
 from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.engines.flower.wire import (
@@ -172,7 +172,7 @@ class FlowerTransport(Transport):
         for cid, raw in outgoing.items():
             if cid in self.left:
                 continue
-            if cid in self.dropouts and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(self.cfg.aggregation.dropout_stage):
+            if cid in self.dropouts and gone_by(stage, self.cfg.aggregation.dropout_stage):
                 self.left[cid] = f"dropped at stage {stage.value} (simulated)"
                 continue
             request = Step(self.stamp, self.round, cid, cid not in self.started, wants_input,
@@ -273,11 +273,6 @@ class FlowerClients(ClientSide):
         outcome = replace(outcome, details={**outcome.details, "nodes_left": left,
                                             "node_seconds": node_seconds(transport.times)})
         return ClientRound(backend.complete(outcome, reports), len(dropouts))
-
-    def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
-        if outcome.noise is not None:
-            for cid in outcome.contributors:
-                self.ledger.append(outcome.noise.event(cid, round_idx))
 
     def summary(self, results: dict) -> dict:
         """results.json's account of the nodes: where each client ran and what it had spent before this run."""
