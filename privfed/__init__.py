@@ -49,11 +49,12 @@ from privfed.errors import (
     PrivfedError,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from privfed.aggregation import AggregationBackend as Aggregator
     from privfed.aggregation import AggregationOutcome
+    from privfed.audit.settings import AuditSettings
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.report import plots
     from privfed.secure.packing import SlotLayout
@@ -72,6 +73,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
 # public name -> "module:attribute" (or "module" for a whole module), imported on first access
 _LAZY = {
     "plots": "privfed.report.plots",
+    "audit": "privfed.audit",
+    "build_federation": "privfed.federation.setup:build_federation",
     "ServerView": "privfed.federation.server_view:ServerView",
     "ReceivedMessage": "privfed.federation.server_view:ReceivedMessage",
     "Aggregator": "privfed.aggregation.base:AggregationBackend",
@@ -127,12 +130,14 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
 
 
 def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Path, *,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, audit: AuditSettings | None = None) -> list[dict]:
     """One run per ε target (``math.inf`` = no DP) under ``out_dir``, then table.md, table.csv and the
-    privacy/utility plot there; returns the runs' results. Finished runs are reused, interrupted ones resumed."""
+    privacy/utility plot there; returns the runs' results. Finished runs are reused, interrupted ones resumed.
+    With ``audit`` (:class:`privfed.audit.AuditSettings`) every run is audited: ε_lb and membership AUC join the
+    table, and audit_epsilon.png plots ε_lb against ε."""
     from privfed.epsilon_sweep import sweep as _sweep
 
-    return _sweep(config, [float(e) for e in epsilons], Path(out_dir), progress=progress)
+    return _sweep(config, [float(e) for e in epsilons], Path(out_dir), progress=progress, audit=audit)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -211,6 +216,8 @@ __all__ = [
     "TaskChoice",
     "TextUnit",
     "__version__",
+    "audit",
+    "build_federation",
     "from_dict",
     "load_config",
     "load_results",

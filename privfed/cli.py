@@ -1,4 +1,4 @@
-"""``privfed run | sweep | table | keygen | flower``: the command-line face of privfed.
+"""``privfed run | sweep | audit | table | keygen | flower``: the command-line face of privfed.
 
 Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
 and is detected before any result file is written.
@@ -42,8 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
     keygen.add_argument("--bits", type=int, default=3072, help="modulus bits: 2048, 3072 (default) or 4096")
     keygen.add_argument("--overwrite", action="store_true", help="replace an existing key file")
+    from privfed.audit_cli import add_audit_options, add_audit_parser
     from privfed.flower_cli import add_flower_parser
 
+    sweep.add_argument("--audit", action="store_true", help="audit every run too (privfed audit): ε_lb beside ε, "
+                                                            "membership AUC beside quality, and the ε_lb plot")
+    add_audit_options(sweep)
+    add_audit_parser(sub)
     add_flower_parser(sub)
     return parser
 
@@ -103,11 +108,25 @@ def _sweep(args: argparse.Namespace) -> int:
     from privfed.epsilon_sweep import parse_epsilons, sweep
 
     epsilons = parse_epsilons(args.epsilons)
+    settings = None
+    if not args.audit and (args.fault != "none" or args.audits != "all" or args.profile != "as_configured"):
+        raise ConfigError("--audit", "--audits, --fault and --profile apply to audited sweeps: add --audit")
+    if args.audit:
+        from privfed.audit_cli import settings_from
+
+        settings = settings_from(args)
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{cfg.name}-sweep"
-    sweep(cfg, epsilons, out, progress=not args.no_progress)
+    runs = sweep(cfg, epsilons, out, progress=not args.no_progress, audit=settings)
     print((out / "table.md").read_text())
-    print(f"wrote {out}/table.md, table.csv, privacy_utility.png")
+    print(f"wrote {out}/table.md, table.csv, privacy_utility.png"
+          + (", audit_epsilon.png and each run's audit.md" if args.audit else ""))
+    violated = [r["config"]["name"] for r in runs if r.get("audit", {}).get("verdict") == "VIOLATION"]
+    if violated:
+        from privfed.audit_cli import EXIT_VIOLATION
+
+        print(f"privfed: VIOLATION: an audit contradicts the accountant's ε in {', '.join(violated)}")
+        return EXIT_VIOLATION
     return 0
 
 
@@ -156,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             from privfed.flower_cli import flower_command
 
             return flower_command(args)
+        if args.command == "audit":
+            from privfed.audit_cli import audit_command
+
+            return audit_command(args)
         return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)
     except (ConfigError, MissingAssetError) as err:
         kind = "config error" if isinstance(err, ConfigError) else "missing asset"

@@ -58,6 +58,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+AUDIT_FILES = ("audit.json", "audit.md")  # privfed audit's report: removed when a new run starts in the directory
+
+
 class RunDirectory:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -68,7 +71,7 @@ class RunDirectory:
 
     def start(self, cfg: ExperimentConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, METRICS, LEDGER, GENERATIONS):
+        for name in (CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, METRICS, LEDGER, GENERATIONS, *AUDIT_FILES):
             (self.path / name).unlink(missing_ok=True)
         _atomic_write(self.path / CONFIG, dump_yaml(cfg).encode())
 

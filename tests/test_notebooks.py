@@ -33,10 +33,12 @@ SMALL_PARAMETERS = {
                   "partition.num_clients": 3, "training.rounds": 1, "training.local_steps": 2,
                   "training.batch_size": 8},
         "PRETRAIN_SIZES": {"training.rounds": 2, "training.local_steps": 2}},
+    "06_privacy_audits": {"OVERRIDES": TINY_DEMO, "EPSILONS": [1.0, 8.0], "CANARIES": 300,
+                          "MECHANISM_CANARIES": 1000},
 }
 # plots each notebook shows inline: catches a backend that silently draws nothing
 FIGURES = {"01_quickstart": 1, "02_privacy_vs_utility": 1, "03_secure_aggregation_inside": 2, "04_paillier": 0,
-           "05_federated_language_model": 2}
+           "05_federated_language_model": 2, "06_privacy_audits": 1}
 
 
 def _parameters_cell(nb) -> int:

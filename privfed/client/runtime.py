@@ -22,7 +22,7 @@ from privfed.data.tokenize import ExplicitInputs, as_batch
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import trainable_parameters
-from privfed.privacy.dpsgd import DpSettings, DpSgdRound, History, PlainRound, wrap_for_dp
+from privfed.privacy.dpsgd import DpSettings, DpSgdRound, History, PlainRound, StepInstrument, wrap_for_dp
 from privfed.privacy.ledger import DpSgdEvent
 
 
@@ -57,6 +57,8 @@ class ClientRuntime:
         self.params = [p for _, p in trainable_parameters(model)]
         self.device = self.params[0].device
         self.module = wrap_for_dp(model, self.params, dp) if dp is not None else model
+        # client id -> what an audit attaches to that client's local training (canaries); empty in normal runs
+        self.instruments: dict[int, StepInstrument] = {}
 
     def load(self, global_vector: np.ndarray) -> None:
         """Set the trainable tensors to the global state (also what evaluation of the global model needs)."""
@@ -71,14 +73,15 @@ class ClientRuntime:
         self.load(global_vector)
         anchor = torch.from_numpy(global_vector.copy()).to(self.device) if cfg.prox_mu > 0 else None
         optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
+        instrument = self.instruments.get(client.id)
         if not self.model.training:  # evaluation restores train mode; Opacus records nothing in eval mode
             self.module.train()
         if client.noise_multiplier is None:
             local: DpSgdRound | PlainRound = PlainRound(self.params, optimizer, shard, cfg.batch_size,
-                                                        cfg.physical_batch_size)
+                                                        cfg.physical_batch_size, instrument)
         else:
             local = DpSgdRound(self.module, self.params, optimizer, shard, cfg.batch_size, cfg.physical_batch_size,
-                               client.noise_multiplier, self.dp, history)
+                               client.noise_multiplier, self.dp, history, instrument)
 
         def loss_of(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
             batch = as_batch(tuple(t.to(self.device) for t in tensors), self.explicit)

@@ -19,6 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from opacus.data_loader import DPDataLoader
@@ -121,6 +122,20 @@ NOT_HOOKED = "Opacus did not hook the layer that owns them; refusing to take a n
 LossFunction = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
 
 
+class StepInstrument(Protocol):
+    """What an audit attaches to one client's local training (:mod:`privfed.audit.canaries`): it may add
+    synthetic examples' gradients to each step and, to test the auditor, inject a mechanism fault. Production
+    runs attach none."""
+
+    def attach(self, local: DpSgdRound | PlainRound) -> None:
+        """Called once the round's optimizer and loader exist, before the first step."""
+
+    def before_step(self, local: DpSgdRound | PlainRound) -> None:
+        """Called once per logical step before the optimizer consumes the gradients: under DP-SGD after the first
+        physical chunk's backward pass (its per-sample gradients, ``p.grad_sample``), without DP after every chunk's
+        (the batch gradient, ``p.grad``)."""
+
+
 class DpSgdRound:
     """One client's DP-SGD for one round on the shared wrapped model: each ``step(loss_of)`` is one Poisson step.
 
@@ -130,9 +145,10 @@ class DpSgdRound:
 
     def __init__(self, module: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  shard: TensorDataset, batch_size: int, physical_batch_size: int, noise_multiplier: float,
-                 dp: DpSettings, history: History):
+                 dp: DpSettings, history: History, instrument: StepInstrument | None = None):
         self.module, self.params, self.dp = module, params, dp
         self.noise_multiplier = noise_multiplier
+        self.physical_batch_size = physical_batch_size
         self.sample_rate = poisson_sample_rate(len(shard), batch_size)
         optimizer_class = get_optimizer_class(clipping="flat", distributed=False,
                                               grad_sample_mode="ghost" if dp.ghost else "hooks")
@@ -153,11 +169,19 @@ class DpSgdRound:
         if not math.isclose(self.loader.sample_rate, self.sample_rate):
             raise PrivacyViolationError(f"Opacus samples at q={self.loader.sample_rate}, privfed accounted for "
                                         f"q={self.sample_rate}")
-        # Opacus' BatchMemoryManager mechanism: the same Poisson batches, cut into physical chunks; the optimizer
-        # is told to skip (accumulate) until a logical batch's last chunk
-        loader = self.loader if not physical_batch_size else wrap_data_loader(
-            data_loader=self.loader, max_batch_size=physical_batch_size, optimizer=self.optimizer)
-        self._batches: Iterator = _endless(loader)
+        self.use_loader(self.loader)
+        self.instrument = instrument
+        self._instrument_pending = False
+        if instrument is not None:
+            instrument.attach(self)
+
+    def use_loader(self, loader: DPDataLoader) -> None:
+        """Draw the following batches from ``loader``. With a physical batch size, Opacus' BatchMemoryManager
+        mechanism: the same Poisson batches cut into physical chunks, the optimizer told to skip (accumulate) until
+        a logical batch's last chunk."""
+        self.loader = loader
+        self._batches: Iterator = _endless(loader if not self.physical_batch_size else wrap_data_loader(
+            data_loader=loader, max_batch_size=self.physical_batch_size, optimizer=self.optimizer))
 
     @property
     def accountant_history(self) -> History:
@@ -168,6 +192,7 @@ class DpSgdRound:
         losses: list[tuple[float, int]] = []  # (loss sum, rows) of each non-empty physical chunk
         before = _probe(self.params) if self.noise_multiplier > 0 else None
         taken = self.steps_taken
+        self._instrument_pending = self.instrument is not None
         while self.steps_taken == taken:  # physical chunks until the optimizer takes the logical step
             self._physical_step(next(self._batches), loss_of, losses)
         if before is not None:
@@ -191,6 +216,9 @@ class DpSgdRound:
                 losses.append((float(per_example.detach().sum()), rows))
                 self._backward(per_example)
         self._require_gradients()
+        if self._instrument_pending:
+            self._instrument_pending = False
+            self.instrument.before_step(self)  # type: ignore[union-attr]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -229,10 +257,15 @@ class PlainRound:
     """A client's round without DP: shuffled mini-batches of ``batch_size``, optionally in physical chunks."""
 
     def __init__(self, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, shard: TensorDataset,
-                 batch_size: int, physical_batch_size: int):
+                 batch_size: int, physical_batch_size: int, instrument: StepInstrument | None = None):
         self.params, self.optimizer = params, optimizer
+        self.batch_size = batch_size
+        self.sample_rate = min(1.0, batch_size / len(shard))  # the share of the shard in each step
         self._batches: Iterator = _endless(DataLoader(shard, batch_size=batch_size, shuffle=True))
         self.chunk = physical_batch_size or batch_size
+        self.instrument = instrument
+        if instrument is not None:
+            instrument.attach(self)
 
     def step(self, loss_of: LossFunction) -> list[float]:
         """One step on the next shuffled batch; returns its mean loss."""
@@ -245,6 +278,8 @@ class PlainRound:
             total += float(per_example.detach().sum())
         _require([p.grad is not None for p in self.params], "gradient",
                  "the loss does not depend on them; refusing to report them as trained")
+        if self.instrument is not None:
+            self.instrument.before_step(self)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return [total / rows]

@@ -66,6 +66,35 @@ def plot_privacy_utility(runs: Sequence[dict], *, path: Path | str | None = None
     return _finish(fig, path)
 
 
+def plot_audit_epsilon(runs: Sequence[dict], *, path: Path | str | None = None, ax=None) -> Figure:
+    """The one-run audit's ε lower bounds (Steinke; f-DP) against the accountant's ε, with the diagonal ε_lb = ε:
+    a point above it is a violation. A run without DP sits at the right edge, marked ∞."""
+    audited = [r for r in runs if "audit" in r and r["audit"].get("ε_lb") is not None]
+    if not audited:
+        raise ValueError("plot_audit_epsilon needs runs audited with the one-run audit (privfed sweep --audit)")
+    claimed = [float(r["audit"]["audited ε"]) for r in audited]  # the audited client's ε ("inf" without DP)
+    finite = [e for e in claimed if math.isfinite(e)]
+    right = 2 * max(finite) if finite else 10.0
+    xs = [e if math.isfinite(e) else right for e in claimed]
+    fig = plt.subplots(figsize=_SIZE, dpi=120)[0] if ax is None else ax.figure
+    ax = ax or fig.axes[0]
+    top = max([right] + [float(r["audit"]["ε_lb"]) for r in audited])
+    ax.plot([0, right], [0, right], ":", color="grey", label="ε_lb = ε (above: a violation)")
+    for key, marker, label in (("ε_lb", "o", "Steinke et al. (decides the verdict)"),
+                               ("ε_lb f-DP", "s", "f-DP, Gaussian trade-off")):
+        ys = [float(r["audit"][key]) if r["audit"].get(key) is not None else math.nan for r in audited]
+        ax.plot(xs, ys, marker, label=label, alpha=0.8)
+    ax.set_xticks(xs, [f"{e:.3g}" if math.isfinite(e) else "∞ (no DP)" for e in claimed])
+    ax.set_xlim(0, right * 1.08)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_xlabel("ε claimed by the accountant (audited client)")
+    ax.set_ylabel("ε lower bound from one run (95 %)")
+    ax.set_title(audited[0]["config"]["name"].split("-eps")[0] + ": audited ε")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
 def plot_rounds(results: dict, *, path: Path | str | None = None) -> Figure:
     """Quality and ε per round, on twin axes; round 0 is the model before training."""
     key = quality_key(results)

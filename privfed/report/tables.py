@@ -55,6 +55,7 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
             "δ": final["delta"],
             "accuracy" if key == "eval_accuracy" else "perplexity": final[key],
             "initial": res["initial"].get(key),
+            **res.get("audit", {}),
             "seconds": res["seconds"],
         })
     if not any(math.isfinite(_num(r["user ε"])) for r in rows):  # no distributed DP anywhere: omit the column
