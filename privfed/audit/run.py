@@ -85,15 +85,11 @@ def _claimed_epsilon(cfg: ExperimentConfig, results: dict, client: int) -> float
     return float(next(c["epsilon"] for c in results["privacy"]["clients"] if c["client"] == client))
 
 
-def _backend_name(cfg: ExperimentConfig) -> str:
-    return cfg.aggregation.method.value
-
-
 def _observations(cfg: ExperimentConfig, observer: AuditObserver, client: int) -> list[tuple[str, Observation]]:
     """The client's own update; the server's reading of its upload (when the back-end hides it); the sum."""
     seen = [(f"client {client}'s update (a plain upload)", observer.upload)]
     if cfg.aggregation.method is not Aggregation.PLAIN:
-        seen.append((f"client {client}'s upload as the server reads it ({_backend_name(cfg)})",
+        seen.append((f"client {client}'s upload as the server reads it ({cfg.aggregation.method.value})",
                      observer.server_view))
     seen.append(("the aggregate (what every back-end reveals)", observer.aggregate))
     return seen
