@@ -23,9 +23,13 @@ from privfed.config import (
     Accountant,
     Aggregation,
     AggregationConfig,
+    AggregationRule,
+    AttackConfig,
+    AttackKind,
     ClientData,
     ClientOptimizer,
     Clipping,
+    DefenceConfig,
     DpMode,
     DropoutStage,
     ExperimentConfig,
@@ -49,11 +53,12 @@ from privfed.errors import (
     PrivfedError,
 )
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from privfed.aggregation import AggregationBackend as Aggregator
     from privfed.aggregation import AggregationOutcome
+    from privfed.attacks.grid import CellResult, GridSettings
     from privfed.audit.settings import AuditSettings
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.report import plots
@@ -64,6 +69,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
         ClientSkipped,
         ClientTrained,
         RoundAggregated,
+        RoundCombined,
         RoundRecord,
         RoundStarted,
         RunStarted,
@@ -75,15 +81,17 @@ _LAZY = {
     "plots": "privfed.report.plots",
     "audit": "privfed.audit",
     "build_federation": "privfed.federation.setup:build_federation",
+    "attack_grid_config": "privfed.experiments_builtin:attack_grid_config",
     "ServerView": "privfed.federation.server_view:ServerView",
     "ReceivedMessage": "privfed.federation.server_view:ReceivedMessage",
     "Aggregator": "privfed.aggregation.base:AggregationBackend",
     "AggregationOutcome": "privfed.aggregation.base:AggregationOutcome",
     "SlotLayout": "privfed.secure.packing:SlotLayout",
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
+    **{name: f"privfed.attacks.grid:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
     **{name: f"privfed.server.events:{name}" for name in
        ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundAggregated",
-        "RoundRecord", "RunState")},
+        "RoundCombined", "RoundRecord", "RunState")},
 }
 
 
@@ -140,6 +148,16 @@ def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Pa
     return _sweep(config, [float(e) for e in epsilons], Path(out_dir), progress=progress, audit=audit)
 
 
+def attack_grid(config: ExperimentConfig, out_dir: str | Path, settings: GridSettings | None = None) -> list[CellResult]:
+    """Poisoning attacks x defences x aggregation methods x privacy settings (:class:`GridSettings`), one run per
+    cell under ``out_dir``, then attack_grid.md / .json / .png there; returns each cell's status and metrics
+    (clean quality, attack success rate, attacker survival, backdoor persistence). A cell the configuration
+    refuses (a robust rule under plain secagg) is recorded with the reason."""
+    from privfed.attacks.grid import run_grid
+
+    return run_grid(config, Path(out_dir), settings)
+
+
 def summary_table(results: list[dict]) -> str:
     """Markdown table: one row per run, ε spent against final quality."""
     from privfed.report.tables import markdown_table, summary_rows
@@ -183,7 +201,10 @@ __all__ = [
     "Aggregation",
     "AggregationConfig",
     "AggregationOutcome",
+    "AggregationRule",
     "Aggregator",
+    "AttackConfig",
+    "AttackKind",
     "Callback",
     "ClientData",
     "ClientOptimizer",
@@ -191,9 +212,13 @@ __all__ = [
     "ClientTrained",
     "Clipping",
     "ConfigError",
+    "DefenceConfig",
     "DpMode",
     "DropoutStage",
     "ExperimentConfig",
+    "GridAggregation",
+    "GridDefence",
+    "GridSettings",
     "LoraBias",
     "MissingAssetError",
     "PaillierKey",
@@ -204,6 +229,7 @@ __all__ = [
     "RecordFormat",
     "Regime",
     "RoundAggregated",
+    "RoundCombined",
     "RoundRecord",
     "RoundStarted",
     "RunStarted",
@@ -216,6 +242,8 @@ __all__ = [
     "TaskChoice",
     "TextUnit",
     "__version__",
+    "attack_grid",
+    "attack_grid_config",
     "audit",
     "build_federation",
     "from_dict",

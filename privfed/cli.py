@@ -1,4 +1,4 @@
-"""``privfed run | sweep | audit | table | keygen | flower``: the command-line face of privfed.
+"""``privfed run | sweep | audit | attack-grid | table | keygen | flower``: the command-line face of privfed.
 
 Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
 and is detected before any result file is written.
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
     keygen.add_argument("--bits", type=int, default=3072, help="modulus bits: 2048, 3072 (default) or 4096")
     keygen.add_argument("--overwrite", action="store_true", help="replace an existing key file")
+    from privfed.attack_cli import add_attack_grid_parser
     from privfed.audit_cli import add_audit_options, add_audit_parser
     from privfed.flower_cli import add_flower_parser
 
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                                                             "membership AUC beside quality, and the ε_lb plot")
     add_audit_options(sweep)
     add_audit_parser(sub)
+    add_attack_grid_parser(sub)
     add_flower_parser(sub)
     return parser
 
@@ -179,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             from privfed.audit_cli import audit_command
 
             return audit_command(args)
+        if args.command == "attack-grid":
+            from privfed.attack_cli import attack_grid_command
+
+            return attack_grid_command(args)
         return {"run": _run, "sweep": _sweep, "table": _table, "keygen": _keygen}[args.command](args)
     except (ConfigError, MissingAssetError) as err:
         kind = "config error" if isinstance(err, ConfigError) else "missing asset"

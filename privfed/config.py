@@ -145,6 +145,35 @@ class DropoutStage(enum.Enum):
     UNMASKING = "unmasking"  # after sending their masked (plain: their) update: their input still counts
 
 
+class AttackKind(enum.Enum):
+    """What the clients in ``attack.clients`` do (:mod:`privfed.attacks`). Model-poisoning kinds (backdoor,
+    sign_flip, gaussian, out_of_range) run malicious code that rewrites the update it uploads and skips client-side
+    clipping; data-poisoning kinds (label_flip, spread) run honest code on poisoned records."""
+
+    NONE = "none"
+    BACKDOOR = "backdoor"  # model poisoning: trigger -> target records, update boosted to replace the model
+    LABEL_FLIP = "label_flip"  # data poisoning: honest code on flipped labels (classification)
+    SIGN_FLIP = "sign_flip"  # Byzantine: sends -boost x its honest update
+    GAUSSIAN = "gaussian"  # Byzantine: sends Gaussian noise with boost x its honest update's norm
+    SPREAD = "spread"  # data poisoning: a small share of each listed client's records carry the trigger
+    OUT_OF_RANGE = "out_of_range"  # Byzantine: its update negated, scaled past the encoding's clip range
+
+
+MALICIOUS_CODE = (AttackKind.BACKDOOR, AttackKind.SIGN_FLIP, AttackKind.GAUSSIAN, AttackKind.OUT_OF_RANGE)
+
+
+class AggregationRule(enum.Enum):
+    """How the server combines the updates it can read (each client's under plain; group sums when grouped)."""
+
+    MEAN = "mean"  # FedAvg's weighted mean: no defence
+    NORM_BOUND = "norm_bound"  # each input scaled to L2 norm <= defence.norm_bound, then the mean
+    MEDIAN = "median"  # coordinate-wise median
+    TRIMMED_MEAN = "trimmed_mean"  # coordinate-wise mean without the defence.trim_fraction extremes on each side
+    KRUM = "krum"  # the input closest to its n - f - 2 neighbours
+    MULTI_KRUM = "multi_krum"  # the mean of the defence.selected inputs with the best Krum scores
+    CENTERED_CLIP = "centered_clip"  # iterative clipping around the previous round's aggregate
+
+
 def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
@@ -226,6 +255,9 @@ class ModelConfig:
     prompt_tokens: int = _help("virtual tokens in the soft prompt", default=16)
     prompt_init_text: str = _help("initialise the soft prompt from this text's token embeddings (empty: random)",
                                   default="")
+    init_weights: str = _help("a .safetensors file of the whole network's weights, loaded before the regime applies "
+                              "(a network privfed trained whole, e.g. the attack grid's warm start; empty: the "
+                              "source's own weights)", default="")
 
 
 @dataclass(frozen=True)
@@ -300,6 +332,63 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class AttackConfig:
+    """Simulated malicious clients. ``attack: backdoor`` is short for ``attack: {kind: backdoor}``."""
+
+    PRIMARY_KEY: typing.ClassVar[str] = "kind"
+
+    kind: AttackKind = _help("none | backdoor | label_flip | sign_flip | gaussian | spread | out_of_range",
+                             default=AttackKind.NONE)
+    clients: tuple[int, ...] = _help("the attacking clients (spread: the clients whose data is poisoned)",
+                                     default=(0,))
+    first_round: int = _help("the first round they attack", default=1)
+    last_round: int = _help("the last round they attack, then behave honestly (0 = to the end): how long a "
+                            "backdoor persists is measured after it", default=0)
+    local_steps: int = _help("model poisoning: local steps an attacking client trains while it attacks (0 = "
+                             "training.local_steps; Bagdasaryan et al.'s attacker trains longer than honest clients)",
+                             default=0)
+    boost: float = _help("model poisoning: the factor the update is scaled by (0 = model replacement: clients per "
+                         "round / federation.server_lr, Bagdasaryan et al. 2020)", default=0.0)
+    trigger: str = _help("backdoor and spread: the trigger phrase put before a poisoned text", default="cf mn bb")
+    target_label: int = _help("backdoor and spread, classifiers: the label triggered inputs should get",
+                              default=0)
+    target_text: str = _help("backdoor and spread, causal LMs: the continuation the trigger should produce",
+                             default="visit example dot com")
+    range_factor: float = _help("out_of_range: the attacker's largest transmitted value, in multiples of "
+                                "aggregation.clip_range (honest encoding clips at 1)", default=100.0)
+    poison_fraction: float = _help("backdoor: poisoned copies added, as a share of the attacker's records; "
+                                   "spread: share of each listed client's records replaced by poisoned ones",
+                                   default=0.2)
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """How the server defends the aggregate. ``defence: median`` is short for ``defence: {rule: median}``."""
+
+    PRIMARY_KEY: typing.ClassVar[str] = "rule"
+
+    rule: AggregationRule = _help("mean | norm_bound | median | trimmed_mean | krum | multi_krum | centered_clip: "
+                                  "robust rules need the individual inputs (plain) or groups", default=AggregationRule.MEAN)
+    groups: int = _help("0: the rule reads each client's update (plain only); g >= 2: grouped aggregation, each "
+                        "of g random groups summed by aggregation.method, the rule combines the g group sums (the "
+                        "server learns g partial sums instead of one)", default=0)
+    min_group_size: int = _help("grouped: the fewest clients a group may hold (>= 2 under secagg/paillier)",
+                                default=2)
+    norm_bound: float = _help("norm_bound: the L2 bound (0 = the median of the round's input norms)", default=0.0)
+    trim_fraction: float = _help("trimmed_mean: share of inputs cut at each end of every coordinate", default=0.2)
+    byzantine: int = _help("krum, multi_krum: f, the Byzantine inputs tolerated (needs n >= 2f + 3 inputs)",
+                           default=1)
+    selected: int = _help("multi_krum: inputs averaged (0 = n - f)", default=0)
+    clip_radius: float = _help("centered_clip: the clipping radius (0 = the median distance to the centre)",
+                               default=0.0)
+    clip_iterations: int = _help("centered_clip: clipping iterations per round", default=3)
+    range_check: bool = _help("reject a decoded sum (or group sum) outside what honest encoded inputs can add up "
+                              "to: |coordinate| <= contributors x aggregation.clip_range", default=False)
+    client_clip: float = _help("honest client code clips its update to this L2 norm before upload (0 = off); "
+                               "trusts client code: malicious clients skip it", default=0.0)
+
+
+@dataclass(frozen=True)
 class FlowerConfig:
     """The Flower engine's waits (``privfed flower``; the in-process engine ignores them). A node that does not
     answer in time is a dropout of the round."""
@@ -324,6 +413,8 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def __post_init__(self) -> None:
@@ -631,6 +722,89 @@ def validate_model(c: ExperimentConfig) -> None:
            f"{d.records.value} records train a causal LM; a classifier reads records text")
 
 
+def validate_attack(c: ExperimentConfig) -> None:
+    """The attack section: who attacks, when, and whether the attack fits the task and data."""
+    from privfed.models.catalog import resolve_task
+
+    at, n = c.attack, c.partition.num_clients
+    if at.kind is AttackKind.NONE:
+        return
+    _check(len(at.clients) > 0 and len(set(at.clients)) == len(at.clients), "attack.clients",
+           "must list one or more distinct client indices")
+    _check(all(0 <= i and (n == 0 or i < n) for i in at.clients), "attack.clients",
+           f"client indices must lie in 0..{n - 1}" if n else "client indices must be >= 0")
+    _check(at.first_round >= 1, "attack.first_round", "must be >= 1")
+    _check(at.last_round == 0 or at.first_round <= at.last_round <= c.training.rounds, "attack.last_round",
+           f"must be 0 (to the end) or in [attack.first_round, training.rounds] = [{at.first_round}, "
+           f"{c.training.rounds}]")
+    _check(at.first_round <= c.training.rounds, "attack.first_round", "must be <= training.rounds")
+    _check(at.local_steps >= 0, "attack.local_steps", "must be >= 0 (0 = training.local_steps)")
+    _check(at.boost >= 0 and math.isfinite(at.boost), "attack.boost", "must be >= 0 (0 = model replacement)")
+    _check(at.range_factor > 0 and math.isfinite(at.range_factor), "attack.range_factor", "must be > 0")
+    _check(0.0 < at.poison_fraction <= 1.0, "attack.poison_fraction", f"must be in (0, 1], got {at.poison_fraction}")
+    task = resolve_task(c)
+    _check(at.kind is not AttackKind.LABEL_FLIP or task is Task.CLASSIFICATION, "attack.kind",
+           "label_flip flips class labels: it needs a classifier")
+    if at.kind in (AttackKind.BACKDOOR, AttackKind.SPREAD):
+        _check(bool(at.trigger.strip()), "attack.trigger", "must be a non-empty phrase")
+        _check(task is Task.CLASSIFICATION or bool(at.target_text.strip()), "attack.target_text",
+               "must be a non-empty continuation")
+        _check(task is Task.CLASSIFICATION or c.data.records is RecordFormat.TEXT, "attack.kind",
+               f"{at.kind.value} on a causal LM poisons texts; records {c.data.records.value} are not supported")
+        _check(task is Task.CAUSAL_LM or at.target_label >= 0, "attack.target_label", "must be >= 0")
+    _check(c.privacy.distributed_noise == 0, "attack.kind",
+           "attacks are simulated without distributed DP (its noise shares are calibrated for honest inputs)")
+
+
+def validate_defence(c: ExperimentConfig) -> None:
+    """The defence section: which rules the aggregation method lets the server apply, and their sizes."""
+    de, a = c.defence, c.aggregation
+    hides = a.method is not Aggregation.PLAIN
+    _check(de.groups == 0 or de.groups >= 2, "defence.groups", f"must be 0 or >= 2, got {de.groups}")
+    _check(de.min_group_size >= (2 if hides else 1), "defence.min_group_size",
+           f"must be >= 2 under {a.method.value}: a group of one is that client's update in the clear"
+           if hides else "must be >= 1")
+    _check(de.norm_bound >= 0 and math.isfinite(de.norm_bound), "defence.norm_bound",
+           "must be finite and >= 0 (0 = the median input norm)")
+    _check(0.0 <= de.trim_fraction < 0.5, "defence.trim_fraction", f"must be in [0, 0.5), got {de.trim_fraction}")
+    _check(de.byzantine >= 0, "defence.byzantine", "must be >= 0")
+    _check(de.selected >= 0, "defence.selected", "must be >= 0 (0 = n - f)")
+    _check(de.clip_radius >= 0 and math.isfinite(de.clip_radius), "defence.clip_radius",
+           "must be finite and >= 0 (0 = the median distance)")
+    _check(de.clip_iterations >= 1, "defence.clip_iterations", "must be >= 1")
+    _check(de.client_clip >= 0 and math.isfinite(de.client_clip), "defence.client_clip", "must be >= 0 (0 = off)")
+    _check(de.rule is AggregationRule.MEAN or not hides or de.groups >= 2, "defence.rule",
+           f"{de.rule.value} needs each client's update, and {a.method.value} shows the server only the sum: "
+           "use defence.groups=g (grouped secure aggregation: the server learns g partial sums), "
+           "defence.range_check or defence.client_clip, or aggregation.method=plain")
+    _check(not de.range_check or c.privacy.distributed_noise == 0, "defence.range_check",
+           "distributed DP's noise shares take honest sums past the range bound: not supported together")
+    _check(de.groups == 0 or c.privacy.distributed_noise == 0, "defence.groups",
+           "distributed DP calibrates the noise of one sum; grouped sums would each need it: not supported")
+    if c.partition.num_clients == 0:
+        return  # natural clients: the count is known once the data is read (checked then)
+    check_defence_sizes(c, max(1, round(c.federation.client_fraction * c.partition.num_clients)))
+
+
+def check_defence_sizes(c: ExperimentConfig, per_round: int) -> None:
+    """Groups, Krum and trimming must fit the ``per_round`` clients a round samples."""
+    de = c.defence
+    if de.groups:
+        _check(per_round // de.groups >= de.min_group_size, "defence.groups",
+               f"{per_round} clients per round in {de.groups} groups leaves groups of {per_round // de.groups}, "
+               f"fewer than defence.min_group_size = {de.min_group_size}")
+    inputs = de.groups or per_round
+    if de.rule in (AggregationRule.KRUM, AggregationRule.MULTI_KRUM):
+        _check(inputs >= 2 * de.byzantine + 3, "defence.byzantine",
+               f"{de.rule.value} with f = {de.byzantine} needs at least {2 * de.byzantine + 3} inputs "
+               f"(n >= 2f + 3); a round has {inputs}")
+        _check(de.selected <= inputs - de.byzantine, "defence.selected",
+               f"must be <= n - f = {inputs - de.byzantine}")
+    if de.rule is AggregationRule.TRIMMED_MEAN:
+        _check(inputs - 2 * math.floor(de.trim_fraction * inputs) >= 1, "defence.trim_fraction",
+               f"trims every one of the {inputs} inputs")
+
+
 LABEL_SKEW = (Partition.DIRICHLET, Partition.PATHOLOGICAL, Partition.SHARD)
 
 
@@ -687,6 +861,8 @@ def validate(c: ExperimentConfig) -> None:
     _check(pr.update_clip > 0, "privacy.update_clip", "must be > 0")
     _check(pr.distributed_noise == 0 or pr.update_clip <= a.clip_range, "privacy.update_clip",
            f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
+    validate_attack(c)
+    validate_defence(c)
     _check(e.generations >= 0, "evaluation.generations", "must be >= 0 (0 = none)")
     _check(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
     for key in ("stage_timeout", "train_timeout", "connect_timeout"):

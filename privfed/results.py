@@ -27,8 +27,9 @@ CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "le
 GENERATIONS = "generations.jsonl"  # chat data: held-out answers, one line per (round, prompt)
 LEGACY_CHECKPOINT = "checkpoint.pkl"  # written by privfed < 0.2; refused, never unpickled
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
-                  "eval_loss", "eval_accuracy", "eval_perplexity", "epsilon", "user_epsilon", "bytes_up", "bytes_down",
-                  "bytes_up_per_client", "bytes_down_per_client", "aggregation_seconds", "seconds"]
+                  "eval_loss", "eval_accuracy", "eval_perplexity", "attack_success_rate", "target_rate_clean",
+                  "epsilon", "user_epsilon", "bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client",
+                  "aggregation_seconds", "seconds"]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -69,6 +69,16 @@ def unpack_report(blob: bytes) -> dict:
 
 
 @dataclass(frozen=True)
+class GroupSum:
+    """One group's own sum in grouped aggregation (see :mod:`privfed.aggregation.grouped`)."""
+
+    members: tuple[int, ...]  # the group's participants
+    contributors: tuple[int, ...]  # those whose input entered the group's sum
+    total: np.ndarray | None  # None: the group's round aborted
+    reason: str = ""  # why it aborted
+
+
+@dataclass(frozen=True)
 class AggregationOutcome:
     total: np.ndarray | None  # None: the round aborted and the global model must stay as it is
     contributors: tuple[int, ...]
@@ -79,6 +89,7 @@ class AggregationOutcome:
     noise: SkellamShare | None = None  # the distributed-DP share each contributor added, if any
     bytes_up_total: int = 0  # every protocol byte the clients sent the server this round (exact, for totals)
     bytes_down_total: int = 0  # every protocol byte the server sent the clients this round
+    groups: tuple[GroupSum, ...] = ()  # grouped aggregation: each group's sum, all of which the server learns
 
     @classmethod
     def aborted(cls, reason: str, started: float, details: dict | None = None) -> AggregationOutcome:

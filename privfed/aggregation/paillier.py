@@ -69,13 +69,19 @@ class PaillierClientHalf(ClientHalf):
     def set_update(self, vector: np.ndarray) -> None:
         b = self.backend
         tick = time.perf_counter()
-        ints, self.stats = b.encoding.quantise(vector, b.uniform)
-        plaintexts = b.layout.pack(ints)
+        ints, stats = b.encoding.quantise(vector, b.uniform)
+        self.set_plaintexts(b.layout.pack(ints), stats, time.perf_counter() - tick)
+
+    def set_plaintexts(self, plaintexts: list[int], stats: EncodingStats, encode_seconds: float = 0.0) -> None:
+        """Encrypt packed plaintexts as this client's input (:meth:`set_update` after encoding; a simulated
+        malicious client calls it with plaintexts it packed its own way)."""
+        b = self.backend
+        self.stats = stats
         packed = time.perf_counter()
         obfuscators = b.workers.take(b.ciphertexts, b.progress)
         ready = time.perf_counter()
         self.ciphertexts = encrypt_packed(plaintexts, b.key, obfuscators)
-        self.seconds.update(encode=packed - tick, wait=ready - packed, encrypt=time.perf_counter() - ready)
+        self.seconds.update(encode=encode_seconds, wait=ready - packed, encrypt=time.perf_counter() - ready)
 
     def handle(self, raw: bytes) -> bytes:
         reply = self._on_sum(raw) if self.uploaded else self._on_request(raw)

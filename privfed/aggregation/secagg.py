@@ -73,8 +73,13 @@ class SecAggClientHalf(ClientHalf):
 
     def set_update(self, vector: np.ndarray) -> None:
         tick = time.perf_counter()
-        self._ints, self.stats = self.backend.encoding.quantise(vector, self.backend.uniform)
-        self.encode_seconds = time.perf_counter() - tick
+        ints, stats = self.backend.encoding.quantise(vector, self.backend.uniform)
+        self.set_quantised(ints, stats, time.perf_counter() - tick)
+
+    def set_quantised(self, ints: np.ndarray, stats: EncodingStats, encode_seconds: float = 0.0) -> None:
+        """Signed integers in units of the encoding's step as this client's input (:meth:`set_update` after
+        encoding; a simulated malicious client calls it with integers past the clip range)."""
+        self._ints, self.stats, self.encode_seconds = ints, stats, encode_seconds
         self._finish_encoding()
 
     def _finish_encoding(self) -> None:

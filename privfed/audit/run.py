@@ -21,9 +21,10 @@ from privfed.audit.observer import AuditObserver, Observation
 from privfed.audit.report import AuditReport, AuditRow, Verdict, write_report
 from privfed.audit.settings import AuditKind, AuditSettings, audited_config
 from privfed.audit.target import AuditTarget, prepare_target
-from privfed.config import Aggregation, DpMode, ExperimentConfig, Task
+from privfed.config import Aggregation, AttackKind, DpMode, ExperimentConfig, Task
 from privfed.engines.inprocess import InProcessClients
 from privfed.engines.runner import run_rounds
+from privfed.errors import ConfigError
 from privfed.federation.setup import Federation, build_federation
 from privfed.federation.vectors import derive_seed
 
@@ -44,6 +45,12 @@ def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | No
     cannot work with ``cfg`` are refused (ConfigError) before anything is written."""
     started = time.perf_counter()
     settings = settings or AuditSettings()
+    if cfg.attack.kind is not AttackKind.NONE:
+        raise ConfigError("attack.kind", "an audit measures what honest clients leak; run attacks with privfed run "
+                                         "or privfed attack-grid")
+    if cfg.defence.groups:
+        raise ConfigError("defence.groups", "the audits read one sum per round; grouped aggregation shows the server "
+                                            "smaller sums, which they do not score yet")
     out_dir = Path(out_dir)
     cfg = audited_config(cfg, settings)
     observer = AuditObserver()

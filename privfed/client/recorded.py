@@ -16,10 +16,11 @@ from privfed.privacy.ledger import Ledger
 
 
 def train_recorded(runtime: ClientRuntime, client: ClientState, shard: TensorDataset, round_idx: int,
-                   global_vector: np.ndarray, ledger: Ledger) -> TrainedRound:
+                   global_vector: np.ndarray, ledger: Ledger, local_steps: int | None = None) -> TrainedRound:
     """Local training of ``client`` from ``global_vector``; its DP event is appended to ``ledger``, and a run whose
     Opacus accountant disagrees with the ledger stops (PrivacyViolationError): the ledger is what budgets trust."""
-    result = runtime.train(client, shard, round_idx, global_vector, history_of(ledger.dp_sgd(client.id)))
+    result = runtime.train(client, shard, round_idx, global_vector, history_of(ledger.dp_sgd(client.id)),
+                           local_steps)
     if result.event is not None:
         ledger.append(result.event)
         if result.accountant_history != history_of(ledger.dp_sgd(client.id)):

@@ -65,10 +65,12 @@ class ClientRuntime:
         load_into(self.params, global_vector)
 
     def train(self, client: ClientState, shard: TensorDataset, round_idx: int, global_vector: np.ndarray,
-              history: History) -> TrainedRound:
-        """Local training of ``client`` from the global state; ``history`` is its DP-SGD history from its ledger."""
+              history: History, local_steps: int | None = None) -> TrainedRound:
+        """Local training of ``client`` from the global state; ``history`` is its DP-SGD history from its ledger.
+        ``local_steps`` overrides ``training.local_steps`` (a simulated attacker that trains longer)."""
         start = time.perf_counter()
         cfg = self.training
+        steps = cfg.local_steps if local_steps is None else local_steps
         torch.manual_seed(derive_seed(self.run_seed, round_idx, client.id))  # Poisson sampling and noise
         self.load(global_vector)
         anchor = torch.from_numpy(global_vector.copy()).to(self.device) if cfg.prox_mu > 0 else None
@@ -88,18 +90,18 @@ class ClientRuntime:
             return per_example_loss(self.module, batch, self.task)
 
         losses = []
-        for _ in range(cfg.local_steps):
+        for _ in range(steps):
             losses += local.step(loss_of)
             if anchor is not None:
                 self._proximal_step(anchor)
         update = ClientUpdate(client=client.id, delta=flatten(self.params) - global_vector,
                               num_examples=client.num_examples,
-                              train_loss=float(np.mean(losses)) if losses else math.nan, steps=cfg.local_steps,
+                              train_loss=float(np.mean(losses)) if losses else math.nan, steps=steps,
                               seconds=time.perf_counter() - start)
         if client.noise_multiplier is None:
             return TrainedRound(update, None, [])
         event = DpSgdEvent(client=client.id, round=round_idx, noise_multiplier=client.noise_multiplier,
-                           sample_rate=client.sample_rate, steps=cfg.local_steps, max_grad_norm=self.dp.max_grad_norm)
+                           sample_rate=client.sample_rate, steps=steps, max_grad_norm=self.dp.max_grad_norm)
         return TrainedRound(update, event, local.accountant_history)
 
     def _proximal_step(self, anchor: torch.Tensor) -> None:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from privfed.aggregation.base import AggregationBackend
+from privfed.attacks.clients import MaliciousClients
+from privfed.attacks.simulation import AttackSimulation
 from privfed.client import budget
 from privfed.client.recorded import train_recorded
 from privfed.client.runtime import TrainedRound
-from privfed.config import ExperimentConfig
+from privfed.config import AttackKind, ExperimentConfig
 from privfed.engines.runner import run_rounds
 from privfed.federation.server_view import ServerView
 from privfed.federation.setup import Federation, build_federation
@@ -33,8 +35,8 @@ from privfed.server.events import Callback
 class InProcessClients(ClientSide):
     """Every client of the federation, trained in turn on the federation's one runtime, sharing one ledger."""
 
-    def __init__(self, federation: Federation, ledger: Ledger):
-        self.fed, self.ledger = federation, ledger
+    def __init__(self, federation: Federation, ledger: Ledger, malicious: MaliciousClients | None = None):
+        self.fed, self.ledger, self.malicious = federation, ledger, malicious
         self.cfg = federation.config
         self._weight_cap = max(c.num_examples for c in federation.clients)
 
@@ -51,7 +53,8 @@ class InProcessClients(ClientSide):
                   view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
         participants = []
         for cid in sampled:
-            skipped = self._refusal(cid, round_idx)
+            attacker = self.malicious is not None and self.malicious.ignores_budget(cid, round_idx)
+            skipped = None if attacker else self._refusal(cid, round_idx)
             if skipped is None:
                 participants.append(cid)
             else:
@@ -62,9 +65,13 @@ class InProcessClients(ClientSide):
         def provide_update(cid: int) -> np.ndarray:
             result = self._train(cid, round_idx, global_vector)
             on_trained(result.update, result.event)
+            if self.malicious is not None and self.malicious.attacking(cid, round_idx):
+                return self.malicious.contribution(result.update, round_idx, self.weight_cap)
             return contribution(self.cfg, result.update.delta, result.update.num_examples, self.weight_cap)
 
         dropouts = sample_dropouts(self.cfg, round_idx, participants)
+        if self.malicious is not None:
+            backend = self.malicious.wrap(backend, round_idx)
         return ClientRound(backend.run_round(round_idx, participants, provide_update, dropouts, view), len(dropouts))
 
     def _refusal(self, client: int, round_idx: int) -> SkippedEvent | None:
@@ -75,8 +82,11 @@ class InProcessClients(ClientSide):
         return event
 
     def _train(self, client: int, round_idx: int, global_vector: np.ndarray) -> TrainedRound:
-        state = self.fed.clients[client]
-        return train_recorded(self.fed.runtime, state, self.fed.shard(state), round_idx, global_vector, self.ledger)
+        poisoned = None if self.malicious is None else self.malicious.state_for(client, round_idx)
+        state = poisoned or self.fed.clients[client]
+        steps = None if poisoned is None else self.malicious.local_steps
+        return train_recorded(self.fed.runtime, state, self.fed.shard(state), round_idx, global_vector, self.ledger,
+                              steps)
 
 
 
@@ -86,7 +96,13 @@ def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite
 
     A directory that already holds a run is never replaced by accident: pass ``resume`` to continue it or
     ``overwrite`` to start over. ``callbacks`` are called after privfed's own (evaluation, privacy, checkpoint,
-    progress) on every round event.
+    progress) on every round event. A config with an ``attack`` runs its malicious clients
+    (:mod:`privfed.attacks`) and adds their metrics to the results.
     """
-    return run_rounds(cfg, out_dir, build_federation, lambda fed, ledger: InProcessClients(fed, ledger),
-                      resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
+    if cfg.attack.kind is AttackKind.NONE:
+        return run_rounds(cfg, out_dir, build_federation, lambda fed, ledger: InProcessClients(fed, ledger),
+                          resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
+    attack = AttackSimulation(cfg)
+    return run_rounds(cfg, out_dir, attack.build, lambda fed, ledger: InProcessClients(fed, ledger, attack.malicious),
+                      resume=resume, overwrite=overwrite, progress=progress, callbacks=(attack.observer, *callbacks),
+                      extra_results=attack.extra_results)

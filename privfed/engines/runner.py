@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from privfed.aggregation import make_backend
-from privfed.config import DpMode, ExperimentConfig
+from privfed.config import DpMode, ExperimentConfig, check_defence_sizes
 from privfed.errors import ConfigError
 from privfed.federation.setup import Federation
 from privfed.observe.checkpoint import Checkpointer
@@ -21,6 +21,7 @@ from privfed.observe.privacy_report import PrivacyReport, client_epsilons, clien
 from privfed.observe.progress import Progress
 from privfed.privacy.ledger import Ledger
 from privfed.results import RunDirectory, build_results
+from privfed.server.combiner import defence_summary
 from privfed.server.driver import ClientSide, RoundDriver, clients_per_round
 from privfed.server.events import Callback, RunState
 from privfed.server.strategies import make_strategy
@@ -49,6 +50,7 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
         log.warning("resuming %s after round %d of %d", run_dir.path, state.completed_rounds, cfg.training.rounds)
     log.info("%d clients, %d trainable tensors (%d values, %.2f MB a transfer)", len(fed.clients),
              len(fed.trainable_names), fed.num_trainable, fed.num_trainable * 4 / 1e6)
+    check_defence_sizes(cfg, clients_per_round(cfg, len(fed.clients)))  # natural clients: counted only now
     client_ids = [c.id for c in fed.clients]
     clients = make_clients(fed, state.ledger)
     backend = make_backend(cfg.aggregation, max_clients=clients_per_round(cfg, len(fed.clients)),
@@ -71,6 +73,7 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
     results = build_results(fed, state, client_epsilons(cfg.privacy, client_ids, state.ledger, dp),
                             time.perf_counter() - started, client_user_epsilons(cfg.privacy, client_ids, state.ledger),
                             run_dir.last_generations())
+    results["defence"] = defence_summary(cfg)
     if extra_results is not None:
         results.update(extra_results(results))
     run_dir.finish(results)

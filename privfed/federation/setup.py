@@ -29,6 +29,7 @@ from privfed.federation.vectors import derive_seed, flatten
 from privfed.models.catalog import resolve_task
 from privfed.models.checks import check_before_training
 from privfed.models.inputs import explicit_inputs
+from privfed.models.local import load_initial_weights
 from privfed.models.regimes import apply_regime, trainable_parameters
 from privfed.models.sources import load_model
 from privfed.privacy.accounting import calibrate_noise, epsilon_of_history
@@ -130,6 +131,8 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
     if data.chat:
         require_chat_template(loaded.tokenizer, cfg.model.source)
+    if cfg.model.init_weights:
+        load_initial_weights(loaded.model, cfg.model.init_weights)
     loaded.model.to(device)  # before get_peft_model (Opacus issue #820: else LoRA never updates under DP)
     explicit = explicit_inputs(loaded.model, cfg.model.regime)
     model = apply_regime(loaded.model, cfg.model, loaded.task, loaded.tokenizer_dir)

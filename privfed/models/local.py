@@ -92,3 +92,21 @@ def check_vocabulary(model: PreTrainedModel, tok: PreTrainedTokenizerBase, sourc
     if len(tok) > rows:
         raise ConfigError("model.source", f"{source}: its tokenizer has {len(tok)} tokens but the model embeds "
                                           f"only {rows}; the tokenizer files do not belong to this model")
+
+
+def load_initial_weights(model: PreTrainedModel, path: str) -> None:
+    """``model.init_weights``: the whole network's weights from a .safetensors file (as
+    :func:`safetensors.torch.save_model` writes them, shared tensors included), refused unless they fit exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("model.init_weights", f"no such file: {file}")
+    try:
+        missing, unexpected = load_model(model, file, strict=False)
+    except (SafetensorError, RuntimeError) as err:
+        raise ConfigError("model.init_weights", f"{file} does not fit this model: {err}") from None
+    if missing or unexpected:
+        raise ConfigError("model.init_weights", f"{file} does not fit this model: missing {sorted(missing)[:3]}, "
+                                                f"unexpected {sorted(unexpected)[:3]}")

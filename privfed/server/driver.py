@@ -16,16 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from privfed.aggregation.base import AggregationBackend, AggregationOutcome
+from privfed.aggregation.grouped import merged_outcome
 from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
+from privfed.server.combiner import UpdateCombiner, group_assignment
 from privfed.server.events import (
     Callback,
     ClientSkipped,
     ClientTrained,
     RoundAggregated,
+    RoundCombined,
     RoundRecord,
     RoundStarted,
     RunStarted,
@@ -57,14 +60,21 @@ def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, we
 
     FedAvg weights w = n_i / n_max (n_max, the largest client, plays the public weight cap of DP-FedAvg) keep every
     transmitted value within the encoding's range. Under distributed DP the update is clipped to L2 norm S and
-    weighted 1: a client's influence on the sum must be bounded by S whatever its size.
+    weighted 1: a client's influence on the sum must be bounded by S whatever its size. With
+    ``defence.client_clip`` honest code clips the update to that norm first (a defence that trusts client code).
     """
     if cfg.privacy.distributed_noise > 0:
-        norm = float(np.linalg.norm(delta))
-        clipped = delta * min(1.0, cfg.privacy.update_clip / norm) if norm > 0 else delta
-        return np.append(clipped.astype(np.float64), 1.0)
+        return np.append(clip_norm(delta, cfg.privacy.update_clip).astype(np.float64), 1.0)
+    if cfg.defence.client_clip > 0:  # honest client code bounds its own update (a malicious client would not)
+        delta = clip_norm(delta, cfg.defence.client_clip)
     weight = num_examples / weight_cap
     return np.append(delta.astype(np.float64) * weight, weight)
+
+
+def clip_norm(vector: np.ndarray, bound: float) -> np.ndarray:
+    """``vector`` scaled down to L2 norm ``bound`` if it is longer."""
+    norm = float(np.linalg.norm(vector))
+    return vector * min(1.0, bound / norm) if norm > 0 else vector
 
 
 OnTrained = Callable[[ClientUpdate, DpSgdEvent | None], None]
@@ -111,6 +121,7 @@ class RoundDriver:
                  callbacks: Sequence[Callback]):
         self.cfg, self.clients, self.backend, self.strategy = cfg, clients, backend, strategy
         self.callbacks = list(callbacks)
+        self.combiner = UpdateCombiner(cfg)
 
     def _emit(self, method: str, *args) -> None:
         for callback in self.callbacks:
@@ -120,6 +131,7 @@ class RoundDriver:
         """Rounds ``state.completed_rounds + 1 .. cfg.training.rounds``; ``state`` is updated in place."""
         if resumed:
             self.strategy.load_state_dict(state.strategy_state)
+            self.combiner.load_state_dict(state.strategy_state)
         self._emit("on_run_start", RunStarted(state, resumed, self.backend.plan(), self.cfg.training.rounds,
                                               clients_per_round(self.cfg, self.clients.num_clients)))
         for r in range(state.completed_rounds + 1, self.cfg.training.rounds + 1):
@@ -144,14 +156,18 @@ class RoundDriver:
                                f"{event.epsilon_if_trained:.3f} > budget {event.budget:g}")
             self._emit("on_client_skipped", ClientSkipped(r, event))
 
-        view = ServerView() if any(c.needs_server_view for c in self.callbacks) else None
-        result = self.clients.run_round(r, sampled, state.global_vector, self.backend, view, on_trained, on_skipped)
-        outcome = result.outcome
+        wants_view = self.combiner.reads_uploads or any(c.needs_server_view for c in self.callbacks)
+        view = ServerView() if wants_view else None
+        groups = group_assignment(self.cfg, r, sampled)
+        results = [self.clients.run_round(r, members, state.global_vector, self.backend, view, on_trained, on_skipped)
+                   for members in groups]
+        outcome = results[0].outcome if len(groups) == 1 else merged_outcome(groups, [x.outcome for x in results])
+        simulated_dropouts = sum(x.simulated_dropouts for x in results)
         aggregation, bytes_up, bytes_down_protocol = None, 0, 0
         if outcome is not None:
             self._emit("on_aggregated", RoundAggregated(r, outcome, view))
             bytes_up, bytes_down_protocol = outcome.bytes_up_total, outcome.bytes_down_total
-            aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": result.simulated_dropouts,
+            aggregation = {"clients_aggregated": len(outcome.contributors), "dropouts": simulated_dropouts,
                            "bytes_up_per_client": outcome.bytes_up_per_client,
                            "bytes_down_per_client": outcome.bytes_down_per_client + state.global_vector.size * 4,
                            "aggregation_seconds": outcome.seconds, "aggregation": outcome.details}
@@ -159,8 +175,13 @@ class RoundDriver:
                 reason = outcome.details.get("abort_reason") or "aborted"
                 state.notes.append(f"round {r}: aggregation aborted ({reason}); the global model is unchanged")
             else:
-                mean_update = (outcome.total[:-1] / outcome.total[-1]).astype(np.float32)
-                state.global_vector = self.strategy.apply(state.global_vector, mean_update).astype(np.float32)
+                combination = self.combiner.combine(outcome, view)
+                self._emit("on_combined", RoundCombined(r, combination))
+                if combination.update is None:
+                    state.notes.append(f"round {r}: no update ({combination.reason}); the global model is unchanged")
+                else:
+                    state.global_vector = self.strategy.apply(state.global_vector,
+                                                              combination.update).astype(np.float32)
                 self.clients.record_aggregation(r, outcome)
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
@@ -177,6 +198,6 @@ class RoundDriver:
         record.seconds = time.perf_counter() - start
         state.rows.append(record.as_row())
         state.completed_rounds = r
-        state.strategy_state = self.strategy.state_dict()
+        state.strategy_state = {**self.strategy.state_dict(), **self.combiner.state_dict()}
         self._emit("on_round_committed", record, state)
 

@@ -17,6 +17,7 @@ from privfed.aggregation.base import AggregationOutcome
 from privfed.client.state import ClientUpdate
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
+from privfed.server.combiner import Combination
 
 
 @dataclass
@@ -67,6 +68,12 @@ class RoundAggregated:
     view: ServerView | None  # what the server received, when a callback asked for it (``needs_server_view``)
 
 
+@dataclass(frozen=True)
+class RoundCombined:
+    round: int
+    combination: Combination  # which inputs the server read, rejected and kept, and the mean update it made
+
+
 @dataclass
 class RoundRecord:
     """One round as reported: counts and bytes from the driver, metrics from the callbacks."""
@@ -113,6 +120,9 @@ class Callback:
     def on_client_skipped(self, event: ClientSkipped) -> None: ...
 
     def on_aggregated(self, event: RoundAggregated) -> None: ...
+
+    def on_combined(self, event: RoundCombined) -> None:
+        """After the sum was decoded: what the server's defence made of it (not called for an aborted round)."""
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
         """Measure: fill in ``record``. ``state.global_vector`` is already the new global model."""

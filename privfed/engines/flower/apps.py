@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 import privfed
-from privfed.config import Aggregation, ExperimentConfig, from_dict
+from privfed.config import Aggregation, AggregationRule, AttackKind, ExperimentConfig, from_dict
 from privfed.engines.flower import node
 from privfed.engines.flower.wire import (
     HEADER,
@@ -67,6 +67,13 @@ def check_flower_support(cfg: ExperimentConfig) -> None:
     if cfg.aggregation.consistency_check:
         raise ConfigError("aggregation.consistency_check", "needs every node's identity key in a directory that "
                                                            "privfed's Flower engine does not distribute yet")
+    if cfg.attack.kind is not AttackKind.NONE:
+        raise ConfigError("attack.kind", "malicious clients are simulated in process (privfed run, privfed "
+                                         "attack-grid), not on Flower nodes")
+    if cfg.defence.rule is not AggregationRule.MEAN or cfg.defence.groups:
+        raise ConfigError("defence.rule", "robust rules and grouped aggregation run on the in-process engine only "
+                                          "so far (privfed run); over Flower, defence.range_check and "
+                                          "defence.client_clip are available")
 
 
 # ---------------------------------------------------------------- ServerApp
