@@ -105,7 +105,7 @@ class BypassingBackend(AggregationBackend):
 
     def client_half(self, round_idx: int, client_id: int) -> ClientHalf:
         half = self.inner.client_half(round_idx, client_id)
-        return OutOfRangeHalf(half, self.inner) if client_id in self.attackers else half
+        return OutOfRangeHalf(half) if client_id in self.attackers else half
 
     def complete(self, outcome: AggregationOutcome, reports: list[dict]) -> AggregationOutcome:
         return self.inner.complete(outcome, reports)
@@ -116,8 +116,8 @@ class OutOfRangeHalf(ClientHalf):
     encoding's step, as large as the protocol's word (secagg) or slot (paillier) carries without wrapping alone.
     Under plain there is no encoding to bypass: the update goes as it is."""
 
-    def __init__(self, half: ClientHalf, backend: AggregationBackend):
-        self.half, self.backend = half, backend
+    def __init__(self, half: ClientHalf):
+        self.half = half
         self.client_id = half.client_id
 
     @property
