@@ -62,6 +62,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from privfed.audit.settings import AuditSettings
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.report import plots
+    from privfed.report.intervals import Interval
+    from privfed.runners.sweep import Point, Sweep, SweepPlan, TrialScore, load_sweep, summarize
     from privfed.secure.packing import SlotLayout
     from privfed.secure.paillier_keys import PaillierKey
     from privfed.server.events import (
@@ -87,6 +89,9 @@ _LAZY = {
     "Aggregator": "privfed.aggregation.base:AggregationBackend",
     "AggregationOutcome": "privfed.aggregation.base:AggregationOutcome",
     "SlotLayout": "privfed.secure.packing:SlotLayout",
+    "Interval": "privfed.report.intervals:Interval",
+    **{name: f"privfed.runners.sweep:{name}" for name in ("Sweep", "SweepPlan", "Point", "TrialScore", "summarize",
+                                                         "load_sweep")},
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
     **{name: f"privfed.attacks.grid:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
     **{name: f"privfed.server.events:{name}" for name in
@@ -137,15 +142,27 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
     return run(RunDirectory(Path(out_dir)).config(), out_dir, resume=True, progress=progress)
 
 
-def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Path, *,
-          progress: bool = True, audit: AuditSettings | None = None) -> list[dict]:
-    """One run per ε target (``math.inf`` = no DP) under ``out_dir``, then table.md, table.csv and the
-    privacy/utility plot there; returns the runs' results. Finished runs are reused, interrupted ones resumed.
-    With ``audit`` (:class:`privfed.audit.AuditSettings`) every run is audited: ε_lb and membership AUC join the
-    table, and audit_epsilon.png plots ε_lb against ε."""
-    from privfed.epsilon_sweep import sweep as _sweep
+def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Path, *, tune: Sequence[str] = (),
+          seeds: int = 1, fixed_split: bool = False, validation_fraction: float = 0.1, progress: bool = True,
+          audit: AuditSettings | None = None, workers: int = 1) -> Sweep:
+    """Runs per ε target (``math.inf`` = no DP) under ``out_dir``, then table.md, seeds.csv, sweep.json and the
+    privacy/utility plot there; returns the :class:`Sweep` (a :class:`Point` per ε, with ``.quality`` as mean ±
+    95 % interval over the seeds, ``.runs`` each run's results; ``sweep.seed_rows()`` one row per run).
 
-    return _sweep(config, [float(e) for e in epsilons], Path(out_dir), progress=progress, audit=audit)
+    ``tune`` (``["training.lr=0.005,0.01,0.02", ...]``, as ``--tune``) runs every trial at every ε, ∞ included,
+    and keeps per ε the trial with the best mean quality on a validation split (``validation_fraction`` of each
+    client's training examples; never the test set); tuning is not privacy-accounted. ``seeds`` repeats every
+    cell (model init, sampling, noise, and the data split unless ``fixed_split``); ``workers`` > 1 runs that many
+    runs at once, one torch thread each. Finished runs are reused, interrupted ones resumed. With ``audit``
+    (:class:`privfed.audit.AuditSettings`) every run is audited: ε_lb and membership AUC join the results, and
+    audit_epsilon.png plots ε_lb against ε."""
+    from privfed.runners.sweep import SweepPlan
+    from privfed.runners.sweep import sweep as _sweep
+    from privfed.runners.tuning import parse_tune
+
+    plan = SweepPlan(tuple(float(e) for e in epsilons), tuple(parse_tune(t) for t in tune), seeds, fixed_split,
+                     validation_fraction)
+    return _sweep(config, plan, Path(out_dir), progress=progress, audit=audit, workers=workers)
 
 
 def attack_grid(config: ExperimentConfig, out_dir: str | Path, settings: GridSettings | None = None) -> list[CellResult]:
@@ -163,6 +180,21 @@ def summary_table(results: list[dict]) -> str:
     from privfed.report.tables import markdown_table, summary_rows
 
     return markdown_table(summary_rows(results))
+
+
+def sweep_table(result: Sweep) -> str:
+    """Markdown: a sweep's points (mean ± 95 % interval over seeds, the trial each ε kept), with what was tuned
+    and how many seeds in words above it (what ``privfed sweep`` writes to table.md)."""
+    from privfed.report.tables import sweep_markdown
+
+    return sweep_markdown(result)
+
+
+def tuning_table(result: Sweep) -> str:
+    """Markdown: every trial the tuner ran at every ε, its validation and test quality, and which it kept."""
+    from privfed.report.tables import tuning_markdown
+
+    return tuning_markdown(result)
 
 
 def rounds_table(results: dict) -> str:
@@ -219,9 +251,11 @@ __all__ = [
     "GridAggregation",
     "GridDefence",
     "GridSettings",
+    "Interval",
     "LoraBias",
     "MissingAssetError",
     "PaillierKey",
+    "Point",
     "Partition",
     "PrivacyViolationError",
     "PrivfedError",
@@ -237,10 +271,13 @@ __all__ = [
     "ServerView",
     "SizeGrowth",
     "SlotLayout",
+    "Sweep",
+    "SweepPlan",
     "Strategy",
     "Task",
     "TaskChoice",
     "TextUnit",
+    "TrialScore",
     "__version__",
     "attack_grid",
     "attack_grid_config",
@@ -249,12 +286,16 @@ __all__ = [
     "from_dict",
     "load_config",
     "load_results",
+    "load_sweep",
     "make_aggregator",
     "plots",
     "resume",
     "rounds_table",
     "run",
+    "summarize",
     "summary_table",
+    "sweep_table",
     "sweep",
     "to_dict",
+    "tuning_table",
 ]

@@ -53,7 +53,7 @@ def _choices(flag: str, text: str, kind: type[enum.Enum]) -> tuple:
 def attack_grid_command(args: argparse.Namespace) -> int:
     from privfed.attacks.grid import GridAggregation, GridDefence, GridSettings, default_workers, run_grid
     from privfed.config import AttackKind, load_config
-    from privfed.epsilon_sweep import parse_epsilons
+    from privfed.runners.sweep import parse_epsilons
     from privfed.errors import ConfigError
     from privfed.experiments_builtin import TINY_WARM_START, attack_grid_config
 

@@ -28,15 +28,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
     run.add_argument("--help-config", action="store_true", help="list every config key with default and meaning")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sweep = sub.add_parser("sweep", help="one run per ε target, then the ε/quality table and plot")
+    sweep = sub.add_parser("sweep", help="runs per ε target (tuned at every ε with --tune, repeated with --seeds), "
+                                         "then the ε/quality table and plot")
     sweep.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
     sweep.add_argument("--epsilons", required=True, help="comma-separated targets, inf = no DP (e.g. 1,3,8,inf)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="tune KEY over the values at every ε, inf included, selecting on a validation split of "
+                            "the clients' training data (repeatable; KEY1/KEY2=A1/B1,A2/B2 moves keys together); "
+                            "tuning is not privacy-accounted")
+    sweep.add_argument("--seeds", type=int, default=1, help="runs per cell, seeds seed..seed+K-1 (default 1); "
+                                                            "tables show mean ± 95%% interval")
+    sweep.add_argument("--fixed-split", action="store_true", help="every seed on the same data split (only init, "
+                                                                  "sampling and noise vary)")
+    sweep.add_argument("--validation-fraction", type=float, default=None,
+                       help="with --tune: share of each client's training examples held out for selection (0.1)")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at once, one torch thread each (default 1)")
     sweep.add_argument("--out", type=Path, help="output directory (default: runs/<name>-sweep)")
     sweep.add_argument("--no-progress", action="store_true")
-    table = sub.add_parser("table", help="rebuild the ε/quality table from saved run directories")
+    table = sub.add_parser("table", help="rebuild the ε/quality table (mean ± 95%% interval over seeds, and every "
+                                         "run) from saved run or sweep directories")
     table.add_argument("dirs", nargs="+", type=Path, help="run directories (or sweep directories)")
     table.add_argument("--rounds", action="store_true", help="also print each run's per-round table")
+    table.add_argument("--csv", action="store_true", help="also print every run's row as CSV")
     keygen = sub.add_parser("keygen", help="write a Paillier key pair for aggregation.key_file (the clients' "
                                            "shared secret: give it to the clients, never to the server)")
     keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
@@ -107,9 +121,15 @@ def _short(text: str, limit: int = 80) -> str:
 
 def _sweep(args: argparse.Namespace) -> int:
     from privfed.config import load_config
-    from privfed.epsilon_sweep import parse_epsilons, sweep
+    from privfed.runners.sweep import SweepPlan, parse_epsilons, sweep
+    from privfed.runners.tuning import parse_tune
 
-    epsilons = parse_epsilons(args.epsilons)
+    if args.validation_fraction is not None and not args.tune:
+        raise ConfigError("--validation-fraction", "applies to tuned sweeps: add --tune")
+    if args.workers < 1:
+        raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
+    plan = SweepPlan(tuple(parse_epsilons(args.epsilons)), tuple(parse_tune(t) for t in args.tune), args.seeds,
+                     args.fixed_split, 0.1 if args.validation_fraction is None else args.validation_fraction)
     settings = None
     if not args.audit and (args.fault != "none" or args.audits != "all" or args.profile != "as_configured"):
         raise ConfigError("--audit", "--audits, --fault and --profile apply to audited sweeps: add --audit")
@@ -119,11 +139,12 @@ def _sweep(args: argparse.Namespace) -> int:
         settings = settings_from(args)
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{cfg.name}-sweep"
-    runs = sweep(cfg, epsilons, out, progress=not args.no_progress, audit=settings)
+    result = sweep(cfg, plan, out, progress=not args.no_progress, audit=settings, workers=args.workers)
     print((out / "table.md").read_text())
-    print(f"wrote {out}/table.md, table.csv, privacy_utility.png"
-          + (", audit_epsilon.png and each run's audit.md" if args.audit else ""))
-    violated = [r["config"]["name"] for r in runs if r.get("audit", {}).get("verdict") == "VIOLATION"]
+    print(f"wrote {out}/table.md, seeds.csv, sweep.json, privacy_utility.png"
+          + (", tuning.md" if plan.tuned else "") + (", audit_epsilon.png and each run's audit.md" if args.audit
+                                                     else ""))
+    violated = [r["config"]["name"] for r in result.runs if r.get("audit", {}).get("verdict") == "VIOLATION"]
     if violated:
         from privfed.audit_cli import EXIT_VIOLATION
 
@@ -133,19 +154,27 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from privfed import rounds_table, summary_table
+    from privfed import rounds_table
+    from privfed.report.tables import csv_table, markdown_table, sweep_markdown
     from privfed.results import RESULTS, read_results
+    from privfed.runners.sweep import is_sweep_dir, load_sweep, summarize
 
-    runs = []
     for d in args.dirs:
-        found = [d] if (d / RESULTS).is_file() else sorted(p.parent for p in d.glob(f"*/{RESULTS}"))
-        if not found:
-            raise ConfigError(str(d), "holds no results.json (nor do its sub-directories)")
-        runs += [read_results(p) for p in found]
-    print(summary_table(runs))
-    if args.rounds:
-        for res in runs:
-            print(f"\n## {res['config']['name']}\n\n{rounds_table(res)}")
+        if is_sweep_dir(d):
+            result = load_sweep(d)
+        else:
+            found = [d] if (d / RESULTS).is_file() else sorted(p.parent for p in d.glob(f"*/{RESULTS}"))
+            if not found:
+                raise ConfigError(str(d), "holds no results.json (nor do its sub-directories)")
+            result = summarize([read_results(p) for p in found])
+        print(sweep_markdown(result))
+        print(f"\n### {result.label}: every run\n")
+        print(markdown_table(result.seed_rows()))
+        if args.csv:
+            print("\n" + csv_table(result.seed_rows()), end="")
+        if args.rounds:
+            for res in result.runs:
+                print(f"\n## {res['config']['name']}\n\n{rounds_table(res)}")
     return 0
 
 

@@ -115,8 +115,12 @@ class Clipping(enum.Enum):
 
 
 class ClientOptimizer(enum.Enum):
+    """The client's local optimizer (fresh every round: clients keep no optimizer state across rounds)."""
+
     SGD = "sgd"
     ADAM = "adam"
+    ADAM_BC = "adam_bc"  # DP-AdamBC (Tang et al., AAAI 2024): Adam whose second moment has the DP noise's
+    # variance taken out; without it, DP-Adam's denominator is the noise and Adam degrades to sign-like DP-SGD
 
 
 class Strategy(enum.Enum):
@@ -212,6 +216,11 @@ class DataConfig:
     test_fraction: float = _help("share of the data held out for evaluation", default=0.2)
     eval_examples: int = _help("held-out examples evaluated each round (0 = all)", default=400)
     max_examples: int = _help("cap on examples loaded before splitting (0 = all)", default=0)
+    validation_fraction: float = _help("share of each client's training examples held out as the validation set "
+                                       "that hyper-parameter tuning selects on (privfed sweep --tune), never the "
+                                       "held-out test set; 0 = none", default=0.0)
+    split_seed: int = _help("seed of the train/test split, the client partition and the validation split (-1 = "
+                            "the run's seed; privfed sweep --fixed-split keeps one split across seeds)", default=-1)
     languages: tuple[str, ...] = _help("chatterbot languages to load", default=("english",))
 
 
@@ -232,6 +241,8 @@ class PartitionConfig:
     classes_per_client: int = _help("pathological: classes each client holds", default=2)
     shards_per_client: int = _help("shard: label-sorted shards each client holds", default=2)
     size_growth: SizeGrowth = _help("size_skew: linear | square | exponential", default=SizeGrowth.LINEAR)
+    max_client_examples: int = _help("cap on each client's training examples, drawn at random from its share "
+                                     "(0 = all): how per-client data size alone moves quality", default=0)
 
 
 @dataclass(frozen=True)
@@ -252,6 +263,9 @@ class ModelConfig:
     lora_dropout: float = _help("dropout on the LoRA path", default=0.0)
     lora_bias: LoraBias = _help("none | all | lora_only: biases that train beside the adapters",
                                 default=LoraBias.NONE)
+    lora_freeze_a: bool = _help("FFA-LoRA (Sun et al., ICLR 2024): LoRA's A stays at its random initialisation "
+                                "and only B trains: half the adapter values under DP noise and on the wire, and "
+                                "FedAvg of B is exactly FedAvg of BA", default=False)
     prompt_tokens: int = _help("virtual tokens in the soft prompt", default=16)
     prompt_init_text: str = _help("initialise the soft prompt from this text's token embeddings (empty: random)",
                                   default="")
@@ -283,7 +297,10 @@ class TrainingConfig:
     rounds: int = _help("federated rounds", default=3)
     local_steps: int = _help("DP-SGD steps per client per round", default=3)
     batch_size: int = _help("expected (Poisson) batch size", default=64)
-    optimizer: ClientOptimizer = _help("client optimizer", default=ClientOptimizer.ADAM)
+    optimizer: ClientOptimizer = _help("client optimizer: sgd | adam | adam_bc (DP-AdamBC: Adam with the DP "
+                                       "noise's variance taken out of its second moment)", default=ClientOptimizer.ADAM)
+    adam_bc_floor: float = _help("adam_bc: the floor under Adam's corrected second moment (Tang et al.'s 5e-8)",
+                                 default=5e-8)
     lr: float = _help("client learning rate", default=2e-2)
     prox_mu: float = _help("FedProx proximal coefficient (0 = off)", default=0.0)
     physical_batch_size: int = _help("examples per forward/backward pass (0 = the whole Poisson batch at once); a "
@@ -705,6 +722,8 @@ def validate_model(c: ExperimentConfig) -> None:
     _check(all(bool(t) for t in m.lora_targets), "model.lora_targets", "module names must be non-empty")
     _check(0.0 <= m.lora_dropout < 1.0, "model.lora_dropout", f"must be in [0, 1), got {m.lora_dropout}")
     _check(m.prompt_tokens >= 1, "model.prompt_tokens", "must be >= 1")
+    _check(not m.lora_freeze_a or m.regime is Regime.LORA, "model.lora_freeze_a",
+           f"freezes LoRA's A matrices: it needs model.regime=lora, got {m.regime.value}")
     _check(not m.prompt_init_text or m.regime is Regime.PROMPT, "model.prompt_init_text",
            "initialises the soft prompt: it needs model.regime=prompt")
     task = resolve_task(c)
@@ -816,6 +835,9 @@ def validate(c: ExperimentConfig) -> None:
     _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
     _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0 (0 = all)")
     _check(d.max_examples >= 0, "data.max_examples", "must be >= 0 (0 = all)")
+    _check(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction",
+           f"must be in [0, 1) (0 = no validation split), got {d.validation_fraction}")
+    _check(d.split_seed >= -1, "data.split_seed", f"must be >= 0, or -1 for the run's seed; got {d.split_seed}")
     _check(len(d.languages) > 0, "data.languages", "must name at least one language")
     validate_data(d)
     _check(p.num_clients >= 0, "partition.num_clients", "must be >= 1 (or 0 = one per group with natural)")
@@ -825,6 +847,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(p.min_examples >= 1, "partition.min_examples", "must be >= 1")
     _check(p.classes_per_client >= 1, "partition.classes_per_client", "must be >= 1")
     _check(p.shards_per_client >= 1, "partition.shards_per_client", "must be >= 1")
+    _check(p.max_client_examples >= 0, "partition.max_client_examples", "must be >= 0 (0 = all)")
     _check(not d.clients or p.scheme is Partition.NATURAL, "partition.scheme",
            "data.clients gives one natural client per entry: set partition.scheme=natural")
     validate_model(c)
@@ -844,6 +867,7 @@ def validate(c: ExperimentConfig) -> None:
     _check(t.local_steps >= 1, "training.local_steps", "must be >= 1")
     _check(t.batch_size >= 1, "training.batch_size", "must be >= 1")
     _check(t.lr > 0, "training.lr", "must be > 0")
+    _check(t.adam_bc_floor > 0 and math.isfinite(t.adam_bc_floor), "training.adam_bc_floor", "must be > 0")
     _check(t.prox_mu >= 0, "training.prox_mu", "must be >= 0")
     _check(t.physical_batch_size >= 0, "training.physical_batch_size", "must be >= 0 (0 = the whole batch at once)")
     _check(DEVICE_PATTERN.fullmatch(t.device) is not None, "training.device",

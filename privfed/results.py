@@ -27,8 +27,8 @@ CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "le
 GENERATIONS = "generations.jsonl"  # chat data: held-out answers, one line per (round, prompt)
 LEGACY_CHECKPOINT = "checkpoint.pkl"  # written by privfed < 0.2; refused, never unpickled
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
-                  "eval_loss", "eval_accuracy", "eval_perplexity", "attack_success_rate", "target_rate_clean",
-                  "epsilon", "user_epsilon", "bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client",
+                  "eval_loss", "eval_accuracy", "eval_perplexity", "val_loss", "val_accuracy", "val_perplexity",
+                  "attack_success_rate", "target_rate_clean", "epsilon", "user_epsilon", "bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client",
                   "aggregation_seconds", "seconds"]
 
 
@@ -168,6 +168,9 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
     metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
     scored = {} if metric == "eval_accuracy" else {
         "perplexity_over": "assistant tokens" if cfg.data.records is not RecordFormat.TEXT else "all tokens"}
+    validation = metric.replace("eval_", "val_")
+    if validation in last:  # tuning's validation split, carved from the clients' training data
+        scored[validation] = last[validation]
     return {
         "config": to_dict(cfg),
         "versions": versions(),

@@ -16,7 +16,7 @@ from privfed.audit.run import run_audit
 from privfed.audit.settings import AuditKind, AuditSettings, MechanismFault
 from privfed.audit.target import prepare_target
 from privfed.cli import main
-from privfed.epsilon_sweep import write_report
+from privfed.runners.sweep import summarize, write_report
 from privfed.federation.setup import build_federation
 from privfed.privacy.dpsgd import expected_batch_size, poisson_sample_rate
 from privfed.results import RunDirectory, read_results
@@ -169,7 +169,7 @@ def test_sweep_with_audit_shows_epsilon_lower_bounds(tmp_path, capsys):
     assert (out / "audit_epsilon.png").stat().st_size > 0
     assert RunDirectory(out / "tiny-bert-eps1").config().name == "tiny-bert-eps1-audit"  # never reused as plain
     runs = [read_results(out / name) for name in ("tiny-bert-eps1", "tiny-bert-epsinf")]
-    write_report(runs, tmp_path / "report")  # runs without an audit: no ε_lb plot, no crash
+    write_report(summarize(runs), tmp_path / "report")  # runs without an audit: no ε_lb plot, no crash
     assert not (tmp_path / "report" / "audit_epsilon.png").exists()
     no_dp = json.loads((out / "tiny-bert-epsinf" / AUDIT_JSON).read_text())
     steinke = next(r for r in no_dp["rows"] if r["metric"].startswith("ε_lb (Steinke)"))

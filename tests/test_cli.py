@@ -89,13 +89,28 @@ def test_sweep_with_secagg_and_distributed_dp_writes_table_csv_and_plot(tmp_path
     table = (out / "table.md").read_text()
     assert "∞" in table or "inf" in table
     assert "user ε" in table  # user-level epsilon from distributed DP beside the record-level one
-    assert (out / "table.csv").read_text().count("\n") == 3
+    assert "not tuned" in table  # the untuned sweep says its non-private line is no tuned baseline
+    assert (out / "seeds.csv").read_text().count("\n") == 3
     png = (out / "privacy_utility.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    again = _privfed("table", str(out), cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("tiny-bert-eps") == 2
-    bad = _privfed("sweep", "--epsilons", "3,-1", cwd=tmp_path)
-    assert bad.returncode == 2 and "--epsilons" in bad.stderr
+    again = _privfed("table", str(out), "--csv", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("tiny-bert-eps") == 2 * 2  # every run: Markdown and CSV
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--epsilons", "3,-1"], "--epsilons"), (["--epsilons", "8", "--tune", "training.nope=1,2"], "--tune"),
+    (["--epsilons", "8", "--tune", "training.lr="], "--tune"), (["--epsilons", "8", "--seeds", "0"], "--seeds"),
+    (["--epsilons", "8", "--validation-fraction", "0.2"], "--validation-fraction"),
+    (["--epsilons", "8", "--tune", "training.lr=0.1,0.2", "--validation-fraction", "0.9",
+      "--set", "data.max_examples=40", "--set", "partition.scheme=iid", "--set", "partition.num_clients=10"],
+     "--validation-fraction"),
+])
+def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, flag):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--config", str(_tiny_config(tmp_path)), *args, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and flag in err, err
+    assert not out.exists()
 
 
 def _run_in_process(capsys, out, *overrides):

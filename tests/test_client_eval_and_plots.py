@@ -58,7 +58,7 @@ def test_every_plot_draws_and_saves(causal_runs, tmp_path):
     res = causal_runs[0]
     figures = {
         "rounds": privfed.plots.plot_rounds(res, path=tmp_path / "rounds.png"),
-        "utility": privfed.plots.plot_privacy_utility(causal_runs, path=tmp_path / "utility.png"),
+        "utility": privfed.plots.plot_privacy_utility([privfed.summarize(causal_runs)], path=tmp_path / "utility.png"),
         "clients": privfed.plots.plot_client_quality(causal_runs, labels=["a", "b"], path=tmp_path / "clients.png"),
     }
     inputs = {c: np.full(300, 0.1 * c) for c in range(3)}
@@ -87,7 +87,7 @@ def test_every_plot_draws_and_saves(causal_runs, tmp_path):
 
 
 def test_plot_errors_say_what_is_missing(causal_runs, tiny_classifier, tmp_path):
-    with pytest.raises(ValueError, match="at least one run"):
+    with pytest.raises(ValueError, match="at least one sweep"):
         privfed.plots.plot_privacy_utility([])
     with pytest.raises(ValueError, match="2 labels for 1 runs"):
         privfed.plots.plot_client_quality(causal_runs[:1], labels=["a", "b"])

@@ -10,10 +10,11 @@ from torch.utils.data import TensorDataset
 
 import privfed
 from privfed.client.runtime import build_optimizer
-from privfed.config import Accountant, ClientOptimizer, Clipping
+from privfed.config import Accountant, ClientOptimizer, Clipping, TrainingConfig
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.federation.setup import build_federation
 from privfed.privacy.accounting import epsilon_of_history
+from privfed.privacy.dp_adam import DpAdamBC
 from privfed.privacy.dpsgd import DpSettings, DpSgdRound, expected_batch_size, wrap_for_dp
 
 
@@ -152,5 +153,6 @@ def test_dp_off_reports_infinite_epsilon(tiny_classifier, tmp_path):
 
 def test_client_optimizer_enum_is_respected():
     params = [nn.Parameter(torch.zeros(2))]
-    kinds = {kind: type(build_optimizer(kind, params, 0.1)) for kind in ClientOptimizer}
-    assert kinds == {ClientOptimizer.SGD: torch.optim.SGD, ClientOptimizer.ADAM: torch.optim.Adam}
+    kinds = {kind: type(build_optimizer(TrainingConfig(optimizer=kind), params, 0.1)) for kind in ClientOptimizer}
+    assert kinds == {ClientOptimizer.SGD: torch.optim.SGD, ClientOptimizer.ADAM: torch.optim.Adam,
+                     ClientOptimizer.ADAM_BC: DpAdamBC}

@@ -22,15 +22,28 @@ from privfed.data.tokenize import ExplicitInputs, as_batch
 from privfed.federation.vectors import derive_seed, flatten, load_into
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import trainable_parameters
-from privfed.privacy.dpsgd import DpSettings, DpSgdRound, History, PlainRound, StepInstrument, wrap_for_dp
+from privfed.privacy.dp_adam import DpAdamBC
+from privfed.privacy.dpsgd import (
+    DpSettings,
+    DpSgdRound,
+    History,
+    PlainRound,
+    StepInstrument,
+    expected_batch_size,
+    wrap_for_dp,
+)
 from privfed.privacy.ledger import DpSgdEvent
 
 
-def build_optimizer(kind: ClientOptimizer, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """A fresh client optimizer: clients are stateless across rounds (the FedAvg convention)."""
-    if kind is ClientOptimizer.ADAM:
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr)
+def build_optimizer(training: TrainingConfig, params: list[nn.Parameter], noise_std: float) -> torch.optim.Optimizer:
+    """A fresh client optimizer: clients are stateless across rounds (the FedAvg convention). ``noise_std`` is the
+    DP noise's standard deviation per coordinate of the gradient the optimizer receives, σC/B (0 without DP):
+    DP-AdamBC takes its variance out of Adam's second moment."""
+    if training.optimizer is ClientOptimizer.ADAM:
+        return torch.optim.Adam(params, lr=training.lr)
+    if training.optimizer is ClientOptimizer.ADAM_BC:
+        return DpAdamBC(params, lr=training.lr, noise_variance=noise_std ** 2, floor=training.adam_bc_floor)
+    return torch.optim.SGD(params, lr=training.lr)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,9 @@ class ClientRuntime:
         torch.manual_seed(derive_seed(self.run_seed, round_idx, client.id))  # Poisson sampling and noise
         self.load(global_vector)
         anchor = torch.from_numpy(global_vector.copy()).to(self.device) if cfg.prox_mu > 0 else None
-        optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
+        noise_std = 0.0 if client.noise_multiplier is None else (
+            client.noise_multiplier * self.dp.max_grad_norm / expected_batch_size(len(shard), cfg.batch_size))
+        optimizer = build_optimizer(cfg, self.params, noise_std)
         instrument = self.instruments.get(client.id)
         if not self.model.training:  # evaluation restores train mode; Opacus records nothing in eval mode
             self.module.train()

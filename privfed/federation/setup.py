@@ -53,6 +53,7 @@ class Federation:
     test_owners: np.ndarray | None = None  # natural partitions: the client owning each held-out example's group
     test_chats: tuple[Chat, ...] = ()  # chat data: the held-out chats, in test_data's order (text data: none)
     label_names: tuple[str, ...] = ()  # the classes labels index (unlabelled data: none)
+    validation_data: TensorDataset | None = None  # data.validation_fraction of each client's examples (tuning)
 
     @property
     def num_trainable(self) -> int:
@@ -68,6 +69,31 @@ def split_train_test(n: int, test_fraction: float, rng: np.random.Generator) -> 
     order = rng.permutation(n)
     n_test = max(1, round(n * test_fraction))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def hold_out_validation(shards: list[np.ndarray], fraction: float, rng: np.random.Generator
+                        ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each client's shard less ``fraction`` of its examples (at least one, drawn at random), and the indices held
+    out: the validation set that tuning selects on, carved from the clients' training data, never from the test
+    set. A client left without a training example is refused."""
+    kept, held = [], []
+    for cid, shard in enumerate(shards):
+        n_val = max(1, round(fraction * len(shard)))
+        if n_val >= len(shard):
+            raise ConfigError("data.validation_fraction", f"client {cid} holds {len(shard)} training example(s); "
+                              f"holding out {n_val} for validation leaves it none: lower data.validation_fraction "
+                              "or give the clients more data")
+        chosen = rng.permutation(len(shard))[:n_val]
+        mask = np.zeros(len(shard), dtype=bool)
+        mask[chosen] = True
+        kept.append(shard[~mask])
+        held.append(shard[mask])
+    return kept, np.sort(np.concatenate(held))
+
+
+def cap_client_examples(shards: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each shard cut to at most ``cap`` examples drawn at random (``partition.max_client_examples``)."""
+    return [np.sort(rng.choice(shard, cap, replace=False)) if len(shard) > cap else shard for shard in shards]
 
 
 def planned_steps(cfg: ExperimentConfig) -> int:
@@ -100,7 +126,8 @@ def dp_settings_for(cfg: ExperimentConfig) -> DpSettings | None:
 def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None = None) -> Federation:
     """The federation ``cfg`` describes. ``label_names``: the classes of the whole federation when ``cfg.data``
     is one node's own file, which may hold only some of them (labels then index these, as on the server)."""
-    rng = np.random.default_rng(derive_seed(cfg.seed, 0xDA7A))
+    split_seed = cfg.seed if cfg.data.split_seed < 0 else cfg.data.split_seed
+    rng = np.random.default_rng(derive_seed(split_seed, 0xDA7A))
     data = load_data(cfg.data)
     if label_names is not None:
         try:
@@ -125,6 +152,11 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
     if empty:
         raise ConfigError("partition.num_clients", f"{len(empty)} of {len(shards)} clients got no training example "
                                                    f"({len(pool)} in the pool); use fewer clients or more data")
+    validation_idx = None
+    if cfg.data.validation_fraction > 0:
+        shards, validation_idx = hold_out_validation(shards, cfg.data.validation_fraction, rng)
+    if cfg.partition.max_client_examples:
+        shards = cap_client_examples(shards, cfg.partition.max_client_examples, rng)
     device = resolve_device(cfg.training.device)
 
     loaded = load_model(cfg.model, resolve_task(cfg), num_labels=max(1, len(data.label_names)),
@@ -146,8 +178,11 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
         clients.append(ClientState(cid, np.asarray(idx, dtype=np.int64), sample_rate,
                                    noise_multiplier_for(cfg, sample_rate)))
     owners = natural_owners(pool, shards, test.groups) if cfg.partition.scheme is Partition.NATURAL else None
-    return Federation(cfg, loaded.task, clients, runtime, tokenize(pool, loaded.tokenizer, cfg.data.max_length),
+    tokenized = tokenize(pool, loaded.tokenizer, cfg.data.max_length)
+    validation = None if validation_idx is None else TensorDataset(
+        *(t[torch.from_numpy(validation_idx)] for t in tokenized.tensors))
+    return Federation(cfg, loaded.task, clients, runtime, tokenized,
                       tokenize(test, loaded.tokenizer, cfg.data.max_length), describe(pool, shards), names,
                       flatten(runtime.params), loaded.tokenizer, owners,
                       test_chats=test.examples if test.chat else (),  # type: ignore[arg-type]
-                      label_names=data.label_names)
+                      label_names=data.label_names, validation_data=validation)

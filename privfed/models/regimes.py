@@ -106,6 +106,23 @@ def lora_targets(model: nn.Module, cfg: ModelConfig) -> list[str] | None:
     return list(cfg.lora_targets)
 
 
+def freeze_lora_a(model: nn.Module) -> None:
+    """FFA-LoRA (Sun et al., ICLR 2024): LoRA's A matrices keep peft's random initialisation and only B trains.
+
+    Every client starts each round from the same global model, so all hold the same frozen A and the server's
+    average of the B updates is exactly the average of the BA updates (plain LoRA averages B and A separately,
+    which is not the average of their products). Half the adapter values train, so DP-SGD's noise, whose norm grows
+    with the square root of the trained dimension, and the upload both shrink.
+    """
+    frozen = 0
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ConfigError("model.lora_freeze_a", "found no LoRA A matrix to freeze (peft names them lora_A)")
+
+
 def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task, tokenizer_dir: Path) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set on exactly the tensors of the regime.
 
@@ -124,6 +141,8 @@ def apply_regime(model: nn.Module, cfg: ModelConfig, task: Task, tokenizer_dir: 
                           target_modules=targets, layers_to_transform=lora_layer_indices(model, cfg),
                           bias=cfg.lora_bias.value)
         peft_model = _peft(model, lora)
+        if cfg.lora_freeze_a:
+            freeze_lora_a(peft_model)
     else:
         task_type = TaskType.SEQ_CLS if task is Task.CLASSIFICATION else TaskType.CAUSAL_LM
         from_text = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.prompt_init_text,

@@ -1,4 +1,5 @@
-"""Evaluate the global model before round 1 and after every round, on the held-out examples."""
+"""Evaluate the global model before round 1 and after every round, on the held-out examples (and, when the
+clients hold out a validation split for tuning, on that too)."""
 from __future__ import annotations
 
 from privfed.evaluation import evaluate
@@ -23,3 +24,7 @@ class GlobalEvaluation(Callback):
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
         record.evaluation = self._evaluate(state)
+        if self.fed.validation_data is not None:  # the tuner's split: scored on the model just evaluated
+            scores = evaluate(self.fed.runtime.model, self.fed.validation_data, self.fed.task,
+                              explicit=self.fed.runtime.explicit)
+            record.evaluation.update({"val_" + k.removeprefix("eval_"): v for k, v in scores.items()})

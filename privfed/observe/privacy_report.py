@@ -1,4 +1,4 @@
-"""Each round's privacy as reported: the largest per-client epsilon so far, from the ledger alone."""
+"""Each round's privacy as reported: every client's epsilon so far and the largest, from the ledger alone."""
 from __future__ import annotations
 
 import math
@@ -29,8 +29,10 @@ class PrivacyReport(Callback):
         self.privacy, self.client_ids, self.dp = privacy, client_ids, dp
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
-        record.epsilon = max(client_epsilons(self.privacy, self.client_ids, state.ledger, self.dp).values(),
-                             default=0.0)
+        epsilons = client_epsilons(self.privacy, self.client_ids, state.ledger, self.dp)
+        record.epsilon = max(epsilons.values(), default=0.0)
+        if self.dp:
+            record.client_epsilons = {str(c): e for c, e in epsilons.items()}
         if self.privacy.distributed_noise > 0:
             record.user_epsilon = max(client_user_epsilons(self.privacy, self.client_ids, state.ledger).values(),
                                       default=0.0)

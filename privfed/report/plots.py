@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker
@@ -16,6 +17,9 @@ from matplotlib.figure import Figure
 
 from privfed.federation.server_view import ServerView
 from privfed.report.tables import quality_key
+
+if TYPE_CHECKING:
+    from privfed.runners.sweep import Sweep
 
 _SIZE = (5.5, 3.8)
 
@@ -32,37 +36,105 @@ def _finish(fig: Figure, path: Path | str | None) -> Figure:
     return fig
 
 
-def plot_privacy_utility(runs: Sequence[dict], *, path: Path | str | None = None, ax=None) -> Figure:
-    """Final quality against ε spent (log scale); non-private runs dashed, the untrained model dotted.
-
-    Given ``ax``, draws there (and ``path`` saves that axes' whole figure).
+def plot_privacy_utility(sweeps: Sequence[Sweep], *, path: Path | str | None = None, ax=None) -> Figure:
+    """Final quality against ε spent (log scale), one series per sweep with 95 % error bars over its seeds; each
+    series' non-private point as a dashed line of its colour with its interval as a band, labelled "tuned" or
+    "same hyper-parameters, not tuned"; the untrained model dotted. Given ``ax``, draws there.
     """
-    if not runs:
-        raise ValueError("plot_privacy_utility needs at least one run's results")
-    key = quality_key(runs[0])
-    private = sorted((float(r["final"]["epsilon"]), float(r["final"][key])) for r in runs
-                     if math.isfinite(float(r["final"]["epsilon"])))
-    public = [float(r["final"][key]) for r in runs if not math.isfinite(float(r["final"]["epsilon"]))]
-    fig = plt.subplots(figsize=_SIZE, dpi=120)[0] if ax is None else ax.figure
+    if not sweeps or not any(s.points for s in sweeps):
+        raise ValueError("plot_privacy_utility needs at least one sweep with a point (privfed.summarize(runs) "
+                         "makes one from run results)")
+    metric = next(s.metric for s in sweeps if s.points)
+    fig = plt.subplots(figsize=(6.4, 4.2), dpi=120)[0] if ax is None else ax.figure
     ax = ax or fig.axes[0]
-    if private:
-        ax.plot([e for e, _ in private], [q for _, q in private], "o-", label="DP-SGD (record-level)")
-        for e, q in private:
-            ax.annotate(f"{q:.3f}", (e, q), textcoords="offset points", xytext=(4, 6), fontsize=8)
-    for q in public:
-        ax.axhline(q, linestyle="--", color="grey", label=f"no DP ({q:.3f})")
-    initial = runs[0].get("initial", {}).get(key)
+    ticks: list[float] = []
+    for i, sweep in enumerate(sweeps):
+        colour = f"C{i}"
+        private = sorted((p for p in sweep.points if p.private), key=lambda p: p.epsilon.mean)
+        if private:
+            xs = [p.epsilon.mean for p in private]
+            ys = [p.quality.mean for p in private]
+            errs = [0.0 if math.isnan(p.quality.half_width) else p.quality.half_width for p in private]
+            ax.errorbar(xs, ys, yerr=errs, fmt="o-", color=colour, capsize=3, label=sweep.label)
+            ticks += xs
+            if len(sweeps) == 1:
+                for p, x, y in zip(private, xs, ys):
+                    ax.annotate(p.quality.text(3), (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        base = sweep.nonprivate
+        if base is not None:
+            kind = "tuned" if sweep.plan.tuned else "same hyper-parameters, not tuned"
+            ax.axhline(base.quality.mean, linestyle="--", color=colour, linewidth=1,
+                       label=f"{sweep.label if len(sweeps) > 1 else ''} no DP, {kind} ({base.quality.text(3)})".strip())
+            if not math.isnan(base.quality.half_width):
+                ax.axhspan(base.quality.low, base.quality.high, color=colour, alpha=0.12, linewidth=0)
+    first = next(s for s in sweeps if s.points).points[0].runs[0]
+    initial = first.get("initial", {}).get(metric)
     if initial is not None:
-        ax.axhline(float(initial), linestyle=":", color="C3", label=f"before training ({float(initial):.3f})")
+        ax.axhline(float(initial), linestyle=":", color="grey", label=f"before training ({float(initial):.3f})")
     ax.set_xscale("log")
-    if private:  # ticks at the measured ε, written plainly (not 3×10⁰)
-        ax.set_xticks([e for e, _ in private], [f"{e:.3g}" for e, _ in private])
+    if ticks:  # ticks at the measured ε, written plainly (not 3×10⁰)
+        shown = sorted({round(t, 2) for t in ticks})
+        ax.set_xticks(shown, [f"{t:.3g}" for t in shown])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel(f"ε spent (per client, δ = {float(runs[0]['final']['delta']):g})")
-    ax.set_ylabel(_label(key))
-    ax.set_title(runs[0]["config"]["name"].split("-eps")[0])
+    seeds = max(p.quality.n for s in sweeps for p in s.points)
+    ax.set_xlabel(f"ε spent (per client, δ = {float(first['final']['delta']):g})")
+    ax.set_ylabel(_label(metric) + (f", mean ± 95 % CI of {seeds} seeds" if seeds > 1 else ""))
+    ax.set_title(sweeps[0].label if len(sweeps) == 1 else "quality against ε")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def plot_quality_vs_bytes(sweeps: Sequence[Sweep], *, path: Path | str | None = None) -> Figure:
+    """Final quality against the bytes a client uploads per round (log scale), a marker per sweep and ε: where the
+    regimes and aggregation methods sit between communication and quality."""
+    points = [(s, p) for s in sweeps for p in s.points]
+    if not points:
+        raise ValueError("plot_quality_vs_bytes needs at least one sweep with a point")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    markers = "os^Dv<>P"
+    epsilons = sorted({p.target_epsilon for _, p in points})
+    for i, sweep in enumerate(sweeps):
+        for p in sweep.points:
+            marker = markers[epsilons.index(p.target_epsilon) % len(markers)]
+            err = 0.0 if math.isnan(p.quality.half_width) else p.quality.half_width
+            ax.errorbar([p.upload.mean / 1e6], [p.quality.mean], yerr=[err], fmt=marker, color=f"C{i}", capsize=3,
+                        fillstyle="full" if p.private else "none")
+    for i, sweep in enumerate(sweeps):  # legend: colour = series, marker = ε
+        ax.plot([], [], "s", color=f"C{i}", label=sweep.label)
+    for j, eps in enumerate(epsilons):
+        ax.plot([], [], markers[j % len(markers)], color="k", fillstyle="full" if math.isfinite(eps) else "none",
+                label="no DP" if math.isinf(eps) else f"ε = {eps:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB uploaded per client per round")
+    ax.set_ylabel(_label(points[0][1].metric))
+    ax.set_title("quality against upload")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def plot_client_epsilons(results: dict, *, path: Path | str | None = None) -> Figure:
+    """Each client's ε after every round (from the round rows' ``client_epsilons``), with the target: who spends
+    its budget how fast (a small client's larger sampling rate, a client that sat a round out)."""
+    rows = [r for r in results["rounds"] if r.get("client_epsilons")]
+    if not rows:
+        raise ValueError(f"run {results['config']['name']!r} has no per-client ε per round (a run without DP, or "
+                         "one made before privfed recorded them)")
+    fig, ax = plt.subplots(figsize=_SIZE, dpi=120)
+    sizes = {str(c["client"]): c["examples"] for c in results["privacy"]["clients"]}
+    for cid in sorted(rows[0]["client_epsilons"], key=int):
+        ax.plot([0] + [r["round"] for r in rows], [0.0] + [float(r["client_epsilons"][cid]) for r in rows], "o-",
+                label=f"client {cid} ({sizes.get(cid, '?')} examples)")
+    target = results["privacy"].get("target_epsilon")
+    if target is not None:
+        ax.axhline(float(target), linestyle="--", color="grey", label=f"target ε = {float(target):g}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"ε spent (δ = {float(results['final']['delta']):g})")
+    ax.set_title(f"{results['config']['name']}: ε per client")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     return _finish(fig, path)
 
 

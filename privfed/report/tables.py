@@ -108,3 +108,89 @@ def csv_table(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _label(metric: str) -> str:
+    return "accuracy" if metric.endswith("accuracy") else "perplexity"
+
+
+def _interval_cell(interval) -> str:  # noqa: ANN001 - an Interval (imported lazily: tables stay light)
+    return interval.text(4 if abs(interval.mean) < 10 else 2)
+
+
+def sweep_rows(sweeps) -> list[dict[str, Any]]:  # noqa: ANN001 - Sweep objects
+    """One row per (series, ε): the kept trial's test quality over the seeds, its ε spent, the validation quality
+    the tuner saw, the hyper-parameters it kept, the upload per client per round and the seconds per run."""
+    from privfed.runners.tuning import trial_text
+
+    rows = []
+    for sweep in sweeps:
+        for p in sweep.points:
+            label = _label(p.metric)
+            validation = p.validation
+            rows.append({
+                "series": sweep.label,
+                "target ε": "inf" if not p.private else p.target_epsilon,
+                "ε spent": "inf" if not p.private else fmt(p.epsilon.mean),
+                label: _interval_cell(p.quality),
+                "seeds": p.quality.n,
+                f"validation {label}": "–" if validation is None else _interval_cell(validation),
+                "kept": trial_text(p.trial),
+                "user ε": fmt(max(_num(r["final"].get("user_epsilon", "inf")) for r in p.runs)),
+                "MB up/client/round": fmt(p.upload.mean / 1e6),
+                **_audit_cells(p.runs),
+                "seconds/run": fmt(sum(float(r["seconds"]) for r in p.runs) / len(p.runs), 1),
+            })
+    if not any(row["user ε"] != "∞" for row in rows):  # no distributed DP anywhere: omit the column
+        for row in rows:
+            del row["user ε"]
+    return rows
+
+
+def _audit_cells(runs: list[dict]) -> dict[str, Any]:
+    """An audited point's audit headline: numbers averaged over its runs, words joined (any violation shows)."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.get("audit", {})))
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [r["audit"].get(key) for r in runs if r.get("audit")]
+        numbers = [_num(v) for v in values if isinstance(v, (int, float)) or (isinstance(v, str) and _is_number(v))]
+        out[key] = fmt(math.fsum(numbers) / len(numbers)) if numbers and len(numbers) == len(values) else \
+            " / ".join(dict.fromkeys(str(v) for v in values))
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def sweep_markdown(sweep) -> str:  # noqa: ANN001 - a Sweep
+    """The sweep's table with what was tuned, how many seeds, and any warnings, in words above it."""
+    rows = sweep_rows([sweep])
+    for row in rows:
+        del row["series"]
+    lines = [f"**{sweep.label}** — {sweep.tuning_text()} {sweep.seed_text()}", "", markdown_table(rows)]
+    for warning in sweep.anomalies():
+        lines += ["", f"warning: {warning}"]
+    for failure in sweep.failed:
+        lines += ["", f"failed: {failure['run']}: {failure['error']}"]
+    return "\n".join(lines)
+
+
+def tuning_markdown(sweep) -> str:  # noqa: ANN001 - a Sweep
+    """Every trial at every ε: validation and test quality over the seeds, and which the tuner kept."""
+    from privfed.runners.tuning import trial_text
+
+    label = _label(sweep.metric)
+    rows = []
+    for t in sweep.trials:
+        validation = t.point.validation
+        rows.append({"target ε": "inf" if math.isinf(t.target_epsilon) else t.target_epsilon,
+                     "trial": trial_text(t.trial),
+                     f"validation {label}": "–" if validation is None else _interval_cell(validation),
+                     f"test {label}": _interval_cell(t.point.quality), "seeds": len(t.runs),
+                     "kept": "yes" if t.chosen else ""})
+    return f"**{sweep.label}: every trial** — {sweep.tuning_text()}\n\n{markdown_table(rows)}"

@@ -89,6 +89,7 @@ class RoundRecord:
     evaluation: dict = field(default_factory=dict)  # eval_loss, eval_accuracy | eval_perplexity, per_client
     epsilon: float = math.nan
     user_epsilon: float | None = None
+    client_epsilons: dict[str, float] | None = None  # each client's ε so far (DP runs), keyed by its id as text
 
     def as_row(self) -> dict:
         """The round's row of results.json and metrics.csv."""
@@ -97,6 +98,8 @@ class RoundRecord:
                      "train_loss": self.train_loss, **self.evaluation, "epsilon": self.epsilon}
         if self.user_epsilon is not None:
             row["user_epsilon"] = self.user_epsilon
+        if self.client_epsilons is not None:
+            row["client_epsilons"] = self.client_epsilons
         row.update({"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "seconds": self.seconds})
         return row
 

@@ -70,6 +70,10 @@ def check_flower_support(cfg: ExperimentConfig) -> None:
     if cfg.attack.kind is not AttackKind.NONE:
         raise ConfigError("attack.kind", "malicious clients are simulated in process (privfed run, privfed "
                                          "attack-grid), not on Flower nodes")
+    if cfg.data.validation_fraction > 0:
+        raise ConfigError("data.validation_fraction", "the validation split lives on the clients, and the Flower "
+                                                      "engine evaluates on the server's data only so far; tune with "
+                                                      "the in-process engine (privfed sweep --tune)")
     if cfg.defence.rule is not AggregationRule.MEAN or cfg.defence.groups:
         raise ConfigError("defence.rule", "robust rules and grouped aggregation run on the in-process engine only "
                                           "so far (privfed run); over Flower, defence.range_check and "
