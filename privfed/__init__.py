@@ -53,7 +53,7 @@ from privfed.errors import (
     PrivfedError,
 )
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from privfed.aggregation import AggregationBackend as Aggregator

@@ -79,7 +79,7 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
-def test_sweep_with_secagg_and_distributed_dp_writes_table_csv_and_plot(tmp_path):
+def test_sweep_with_secagg_and_distributed_dp_writes_tables_and_plot(tmp_path):
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "sweep"
     proc = _privfed("sweep", "--config", str(cfg), "--epsilons", "2,inf", "--out", str(out), "--no-progress",

@@ -2,6 +2,7 @@
 the DP fine-tuning recipe's options (FFA-LoRA, DP-AdamBC, per-client data caps)."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from privfed.federation.setup import build_federation, hold_out_validation
 from privfed.models.regimes import trainable_parameters
 from privfed.privacy.dp_adam import DpAdamBC
 from privfed.report.intervals import Interval
-from privfed.runners.sweep import Point, Sweep, SweepPlan, load_sweep, plan_runs, summarize
+from privfed.runners.sweep import Point, Sweep, SweepPlan, load_sweep, plan_runs, select, summarize
 from privfed.runners.tuning import best_index, check_axes, parse_tune, trials
 
 FAST = ("model.regime=lora", "training.rounds=1", "training.local_steps=1", "data.eval_examples=16",
@@ -86,6 +87,18 @@ def _fake_run(eps: float, quality: float, seed: int) -> dict:
             "seconds": 1.0, "rounds": [],
             "final": {"eval_accuracy": quality, "epsilon": eps, "delta": 1e-5},
             "privacy": {"target_epsilon": None if math.isinf(eps) else eps, "mode": "off" if math.isinf(eps) else "t"}}
+
+
+def test_selection_keeps_only_its_own_runs_from_a_shared_pool():
+    """make_tables runs a whole study in one pool: each sweep's report must hold its runs, not its neighbours'."""
+    base = make_config(TINY_CLASSIFIER, *FAST)
+    plan = SweepPlan((8.0,), seeds=2)
+    specs = plan_runs(base, plan)
+    outcomes = {s.config.name: _fake_run(8.0, 0.9, s.seed_index) for s in specs}
+    outcomes |= {"other-eps8-s0": _fake_run(8.0, 0.1, 0), "other-eps8-s1": "crashed"}
+    found = select("x", plan, specs, outcomes)
+    assert len(found.runs) == 2 and not found.failed
+    assert found.points[0].quality.mean == pytest.approx(0.9)
 
 
 def test_a_private_point_above_the_non_private_one_is_flagged():
@@ -185,10 +198,9 @@ def test_runtime_hands_dp_adam_bc_the_noise_variance_opacus_adds(tiny_classifier
 
 def test_tuned_seeded_sweep_selects_on_validation_and_reports_intervals(tmp_path):
     base = make_config(TINY_CLASSIFIER, *FAST, "data.max_examples=200")
-    result = privfed.sweep(base, [8, math.inf], tmp_path, tune=["training.lr=0.001,0.05",
-                                                                  "privacy.max_grad_norm=0.5,1"],
+    result = privfed.sweep(base, [8, math.inf], tmp_path, tune=["privacy.max_grad_norm=0.5,1", "training.lr=0.05"],
                            seeds=2, fixed_split=True, progress=False)
-    assert len(result.runs) == 2 * 4 + 2 * 2  # ε = 8: 4 trials; ∞: the clipping axis drops out, 2 trials
+    assert len(result.runs) == 2 * 2 + 2  # ε = 8: 2 trials; ∞: the clipping axis drops out, 1 trial
     for p in result.points:
         scored = [t for t in result.trials if t.target_epsilon == p.target_epsilon]
         best = max(scored, key=lambda t: (t.point.validation.mean, -scored.index(t)))
@@ -236,3 +248,29 @@ def test_sweep_plans_are_validated_up_front(tiny_classifier):
     assert {s.config.seed for s in specs} == {1, 2, 3} and {s.config.data.split_seed for s in specs} == {-1}
     untuned = plan_runs(base, SweepPlan((8.0,)))
     assert [s.config.name for s in untuned] == ["tiny-bert-eps8"] and untuned[0].config.data.validation_fraction == 0
+
+
+def test_every_study_of_make_tables_is_a_valid_plan(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "make_tables.py"
+    spec = importlib.util.spec_from_file_location("make_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_tables", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    for name, series in module.STUDIES.items():
+        for s in series:
+            for base, plan in s.plans():
+                assert plan_runs(base, plan), (name, s.label)  # every config and trial validates
+
+
+def test_gap_plot_draws_a_line_per_epsilon():
+    def sweep_at(quality: float) -> Sweep:
+        points = (Point(8.0, {}, (_fake_run(8.0, quality, 0), _fake_run(8.0, quality + 0.01, 1))),
+                  Point(math.inf, {}, (_fake_run(math.inf, 0.95, 0),)))
+        return Sweep("x", SweepPlan((8.0, math.inf), seeds=2), points)
+
+    fig = privfed.plots.plot_quality_against_setting([(1, sweep_at(0.9)), (10, sweep_at(0.7))], xlabel="clients")
+    assert len(fig.axes[0].containers) == 2  # ε = 8 and no DP, each with error bars
+    assert list(fig.axes[0].containers[0].lines[0].get_ydata()) == pytest.approx([0.905, 0.705])

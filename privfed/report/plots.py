@@ -114,6 +114,32 @@ def plot_quality_vs_bytes(sweeps: Sequence[Sweep], *, path: Path | str | None = 
     return _finish(fig, path)
 
 
+def plot_quality_against_setting(settings: Sequence[tuple[float, Sweep]], *, xlabel: str,
+                                 path: Path | str | None = None, ax=None) -> Figure:
+    """Quality against a setting (clients, examples per client, ...; log scale), one line per target ε with 95 %
+    error bars: how far the private line sits below the non-private one as the setting moves (the gap study)."""
+    if not settings:
+        raise ValueError("plot_quality_against_setting needs at least one (setting, sweep) pair")
+    fig = plt.subplots(figsize=_SIZE, dpi=120)[0] if ax is None else ax.figure
+    ax = ax or fig.axes[0]
+    epsilons = sorted({p.target_epsilon for _, s in settings for p in s.points})
+    for i, eps in enumerate(epsilons):
+        found = sorted((x, p) for x, s in settings for p in s.points if p.target_epsilon == eps)
+        errs = [0.0 if math.isnan(p.quality.half_width) else p.quality.half_width for _, p in found]
+        ax.errorbar([x for x, _ in found], [p.quality.mean for _, p in found], yerr=errs, fmt="o-" if
+                    math.isfinite(eps) else "s--", color=f"C{i}", capsize=3,
+                    label="no DP" if math.isinf(eps) else f"ε = {eps:g}")
+    xs = sorted({x for x, _ in settings})
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_label(settings[0][1].metric))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
 def plot_client_epsilons(results: dict, *, path: Path | str | None = None) -> Figure:
     """Each client's ε after every round (from the round rows' ``client_epsilons``), with the target: who spends
     its budget how fast (a small client's larger sampling rate, a client that sat a round out)."""

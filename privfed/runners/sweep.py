@@ -350,32 +350,39 @@ def _worker_init() -> None:
 
 def execute(specs: Sequence[RunSpec], out_dir: Path, *, audit: AuditSettings | None = None, progress: bool = True,
             workers: int = 1) -> dict[str, dict | str]:
-    """Run every spec in ``out_dir/<its name>`` (``workers`` processes of one torch thread each when > 1); returns
-    each run's results or its error, by run name. A progress bar counts the runs."""
+    """Run every spec in ``out_dir/<its name>``; see :func:`execute_jobs`."""
+    return execute_jobs([(s.config, out_dir / s.config.name) for s in specs], audit=audit, progress=progress,
+                        workers=workers)
+
+
+def execute_jobs(jobs: Sequence[tuple[ExperimentConfig, Path]], *, audit: AuditSettings | None = None,
+                 progress: bool = True, workers: int = 1) -> dict[str, dict | str]:
+    """Run each config in its directory (``workers`` processes of one torch thread each when > 1, so runs of
+    several sweeps can share the pool); returns each run's results or its error, by run name. A progress bar
+    counts the runs."""
     from tqdm.auto import tqdm
 
     outcomes: dict[str, dict | str] = {}
-    bar = tqdm(total=len(specs), desc="sweep runs", unit="run", disable=not progress or len(specs) < 2,
+    bar = tqdm(total=len(jobs), desc="sweep runs", unit="run", disable=not progress or len(jobs) < 2,
                file=sys.stderr, position=1 if workers <= 1 else 0, leave=True)
     try:
         if workers <= 1:
-            for spec in specs:
-                bar.set_postfix_str(spec.config.name)
+            for cfg, path in jobs:
+                bar.set_postfix_str(cfg.name)
                 try:
-                    outcomes[spec.config.name] = run_one(spec.config, out_dir / spec.config.name, audit,
-                                                         progress and len(specs) == 1)
+                    outcomes[cfg.name] = run_one(cfg, path, audit, progress and len(jobs) == 1)
                 except ConfigError:
                     raise  # a config the data refuses (too few examples for the validation split): bad input
                 except Exception as err:  # noqa: BLE001 - recorded, and the sweep goes on
-                    outcomes[spec.config.name] = f"{type(err).__name__}: {err}"
+                    outcomes[cfg.name] = f"{type(err).__name__}: {err}"
                 bar.update()
         else:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                         initializer=_worker_init) as pool:
-                futures = {pool.submit(_run_quietly, s.config, out_dir / s.config.name, audit): s for s in specs}
+                futures = {pool.submit(_run_quietly, cfg, path, audit): cfg.name for cfg, path in jobs}
                 for future in concurrent.futures.as_completed(futures):
-                    outcomes[futures[future].config.name] = future.result()
+                    outcomes[futures[future]] = future.result()
                     bar.update()
     finally:
         bar.close()
@@ -383,15 +390,19 @@ def execute(specs: Sequence[RunSpec], out_dir: Path, *, audit: AuditSettings | N
 
 
 def select(base_name: str, plan: SweepPlan, specs: Sequence[RunSpec], outcomes: dict[str, dict | str]) -> Sweep:
-    """Each ε's kept trial: the best mean validation quality over the seeds (untuned: the one trial)."""
-    failed = tuple({"run": name, "error": o} for name, o in outcomes.items() if isinstance(o, str))
+    """Each ε's kept trial: the best mean validation quality over the seeds (untuned: the one trial).
+
+    ``outcomes`` may hold other sweeps' runs too (one pool for a whole study): only ``specs``' runs are this
+    sweep's."""
+    mine = {s.config.name: outcomes[s.config.name] for s in specs if s.config.name in outcomes}
+    failed = tuple({"run": name, "error": o} for name, o in mine.items() if isinstance(o, str))
     points, scores = [], []
     for epsilon in plan.epsilons:
         candidates = []
         for trial in trials(plan.tune, private=math.isfinite(epsilon)):
-            mine = [s for s in specs if s.epsilon == epsilon and s.trial == trial]
-            done = tuple(o for s in mine if isinstance(o := outcomes.get(s.config.name), dict))
-            candidates.append((trial, done, len(done) == len(mine)))
+            cell = [s for s in specs if s.epsilon == epsilon and s.trial == trial]
+            done = tuple(o for s in cell if isinstance(o := mine.get(s.config.name), dict))
+            candidates.append((trial, done, len(done) == len(cell)))
         complete = [(t, runs) for t, runs, whole in candidates if whole and runs]
         if not complete:
             continue  # every trial lost a run: the ε is missing, its failures listed
@@ -403,7 +414,7 @@ def select(base_name: str, plan: SweepPlan, specs: Sequence[RunSpec], outcomes: 
             chosen = 0
         points.append(Point(epsilon, complete[chosen][0], complete[chosen][1]))
         scores += [TrialScore(epsilon, t, runs, i == chosen) for i, (t, runs) in enumerate(complete)]
-    every = tuple(o for o in outcomes.values() if isinstance(o, dict))
+    every = tuple(o for o in mine.values() if isinstance(o, dict))
     return Sweep(base_name, plan, tuple(points), tuple(scores), failed, every)
 
 
