@@ -211,7 +211,9 @@ def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_
     ``aggregator.aggregate(round, {client: vector}, dropouts, view=ServerView())`` returns an
     :class:`AggregationOutcome` (the sum, or None if the round aborted; contributors; bytes; seconds; ``details``,
     whose keys depend on the back-end) and fills the view with what the server received. Vectors hold
-    ``vector_length`` values in [-clip_range, clip_range]. ``plan()`` is the cost line a run prints first;
+    ``vector_length`` values: an update in [-clip_range, clip_range], then the client's weight in [0, 1] (sent
+    in units of clip_range, so never clipped; a training run's contributions look like this). ``plan()`` is the
+    cost line a run prints first;
     ``prepare_round(round, clients)`` starts Paillier's obfuscators early (in training, while clients train);
     ``close()``, or a ``with`` block, stops Paillier's worker processes. The back-end also makes each round's
     client and server halves, which talk only in bytes (``server_half``, ``client_half``; see

@@ -335,8 +335,13 @@ class AggregationConfig:
                             "SecAgg+)", default=0)
     threshold: float = _help("secagg: share of a client's neighbourhood needed to unmask it (> 0.5)", default=0.6)
     clip_range: float = _help("encoding: each transmitted value is clipped to [-R, R]", default=1.0)
-    value_bits: int = _help("encoding: signed fixed-point bits per value (word: 32 or 64 bits, chosen to fit)",
-                            default=20)
+    value_bits: int = _help("encoding: signed fixed-point bits per value (0 = automatic: 20, or under a fixed "
+                            "word_bits the most whose exact sum fits it)", default=0)
+    word_bits: int = _help("secagg: bits per value on the wire and of the sum's modulus 2^k, 4 to 64 (0 = "
+                           "automatic: 32, or 64 when value_bits need it); 8 uploads a quarter of 32's bytes",
+                           default=0)
+    rotation: bool = _help("secagg: rotate each update by a randomized Hadamard transform before quantising "
+                           "(flattens it, so few bits lose less; pads to a power of two)", default=False)
     consistency_check: bool = _help("secagg: extra signed round against an active server", default=False)
     dropout_fraction: float = _help("simulated: share of each round's participants that drop (at dropout_stage)", default=0.0)
     dropout_stage: DropoutStage = _help("simulated: advertise_keys | share_keys | masked_input | unmasking",
@@ -626,7 +631,14 @@ def validate_aggregation(a: AggregationConfig) -> None:
     _check(0.5 < a.threshold <= 1.0, "aggregation.threshold",
            f"must be in (0.5, 1]: a majority, so no two disjoint groups can both unmask; got {a.threshold}")
     _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
-    _check(2 <= a.value_bits <= 53, "aggregation.value_bits", f"must be in [2, 53], got {a.value_bits}")
+    _check(a.value_bits == 0 or 2 <= a.value_bits <= 53, "aggregation.value_bits",
+           f"must be 0 (automatic) or in [2, 53], got {a.value_bits}")
+    _check(a.word_bits == 0 or 4 <= a.word_bits <= 64, "aggregation.word_bits",
+           f"must be 0 (automatic) or in [4, 64], got {a.word_bits}")
+    _check(a.word_bits == 0 or a.method is Aggregation.SECAGG, "aggregation.word_bits",
+           f"{a.word_bits}-bit words apply to secagg only (paillier packs value_bits into slots; plain sends float32)")
+    _check(not a.rotation or a.method is Aggregation.SECAGG, "aggregation.rotation",
+           f"applies to secagg only, not {a.method.value}")
     _check(0.0 <= a.dropout_fraction < 1.0, "aggregation.dropout_fraction", "must be in [0, 1)")
     _check(not a.consistency_check or a.method is Aggregation.SECAGG, "aggregation.consistency_check",
            "applies to secagg only")
@@ -760,6 +772,8 @@ def validate_attack(c: ExperimentConfig) -> None:
     _check(at.local_steps >= 0, "attack.local_steps", "must be >= 0 (0 = training.local_steps)")
     _check(at.boost >= 0 and math.isfinite(at.boost), "attack.boost", "must be >= 0 (0 = model replacement)")
     _check(at.range_factor > 0 and math.isfinite(at.range_factor), "attack.range_factor", "must be > 0")
+    _check(at.kind is not AttackKind.OUT_OF_RANGE or not c.aggregation.rotation, "attack.kind",
+           "the simulated out_of_range client writes its words directly, unrotated; turn aggregation.rotation off")
     _check(0.0 < at.poison_fraction <= 1.0, "attack.poison_fraction", f"must be in (0, 1], got {at.poison_fraction}")
     task = resolve_task(c)
     _check(at.kind is not AttackKind.LABEL_FLIP or task is Task.CLASSIFICATION, "attack.kind",
@@ -779,6 +793,9 @@ def validate_defence(c: ExperimentConfig) -> None:
     """The defence section: which rules the aggregation method lets the server apply, and their sizes."""
     de, a = c.defence, c.aggregation
     hides = a.method is not Aggregation.PLAIN
+    _check(not (de.range_check and a.rotation), "aggregation.rotation",
+           "cannot be combined with defence.range_check: the check bounds each coordinate of the sum by n x "
+           "clip_range, but with rotation the clip applies to rotated coordinates; turn one off")
     _check(de.groups == 0 or de.groups >= 2, "defence.groups", f"must be 0 or >= 2, got {de.groups}")
     _check(de.min_group_size >= (2 if hides else 1), "defence.min_group_size",
            f"must be >= 2 under {a.method.value}: a group of one is that client's update in the clear"

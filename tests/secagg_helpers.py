@@ -12,6 +12,7 @@ from privfed.config import DropoutStage
 from privfed.secure.graph import effective_degree, round_threshold
 from privfed.secure.messages import ProtocolError
 from privfed.secure.secagg import RoundParameters, SecAggClient, SecAggServer, ServerOutcome, ServerStage
+from privfed.secure.wire import container_dtype
 
 # the server stage (the reply it awaits) from which a client dropping at a given stage no longer answers
 SILENT_FROM = {DropoutStage.ADVERTISE_KEYS: ServerStage.ADVERTISE_KEYS, DropoutStage.SHARE_KEYS: ServerStage.SHARE_KEYS,
@@ -24,10 +25,11 @@ def make_round(n: int, d: int, *, degree: int = 0, fraction: float = 0.6, word_b
     """Server and clients of one round over random (or given) words; returns (server, clients, inputs)."""
     session = hashlib.sha256(b"test-session-%d" % seed).digest()[:16]  # fixed per seed: reproducible graphs
     ids = list(range(n))
-    dtype = np.uint32 if word_bits == 32 else np.uint64
+    dtype = container_dtype(word_bits)
     rng = np.random.default_rng(seed)
-    if inputs is None:
-        inputs = {c: rng.integers(0, np.iinfo(dtype).max, d, dtype=dtype, endpoint=True) for c in ids}
+    if inputs is None:  # words of Z_2^k in their container
+        top = (1 << word_bits) - 1
+        inputs = {c: rng.integers(0, top, d, dtype=np.uint64, endpoint=True).astype(dtype) for c in ids}
     identities = {c: Ed25519PrivateKey.generate() for c in ids} if consistency else {}
     directory = {c: k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
                  for c, k in identities.items()}

@@ -125,6 +125,14 @@ def _run_in_process(capsys, out, *overrides):
     return code, capsys.readouterr().err
 
 
+def test_a_word_too_narrow_for_the_exact_sum_is_one_config_error_line(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, err = _run_in_process(capsys, out, "aggregation=secagg", "aggregation.word_bits=4")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("privfed: config error: aggregation.word_bits: 4 bits cannot hold the exact sum of")
+    assert "even 2-bit values need" in err and not out.exists()
+
+
 @pytest.mark.parametrize("overrides", [
     ("model.source=tiny_bert",),
     ("model.source=tiny_llama", "data.source=chatterbot", "partition.scheme=natural"),

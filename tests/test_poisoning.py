@@ -14,6 +14,7 @@ from privfed.config import AttackKind
 from privfed.errors import ConfigError
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
+from privfed.secure.encoding import AUTOMATIC_WORD_VALUE_BITS
 from privfed.server.combiner import UpdateCombiner, group_assignment
 from privfed.server.driver import ClientRound, ClientSide, RoundDriver
 from privfed.server.events import RunState
@@ -109,7 +110,7 @@ def test_grouped_secagg_equals_the_rule_on_plain_group_sums(tiny_classifier, rul
     assert len(groups) == 5 and sorted(c for g in groups for c in g) == list(range(10))
     sums = np.stack([np.sum([vectors[c] for c in g], axis=0) for g in groups])
     expected = reference.combine(sums[:, :-1] / sums[:, -1:], sums[:, -1]).update
-    step = cfg.aggregation.clip_range / (2 ** (cfg.aggregation.value_bits - 1) - 1)
+    step = cfg.aggregation.clip_range / (2 ** (AUTOMATIC_WORD_VALUE_BITS - 1) - 1)
     np.testing.assert_allclose(_one_round(cfg, vectors), expected, atol=20 * step)
     plain_mean = sum(vectors.values())
     assert np.abs(expected - plain_mean[:-1] / plain_mean[-1]).max() > 100 * step  # the rule did something

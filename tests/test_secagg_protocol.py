@@ -12,6 +12,7 @@ from privfed.config import DropoutStage
 from privfed.secure.graph import neighbour_graph, share_holders, suggested_degree, threshold_for
 from privfed.secure.messages import MessageType, ProtocolError, decode
 from privfed.secure.secagg import RoundAborted
+from privfed.secure.wire import container_dtype, packed_size, unpack
 
 STAGES = list(DropoutStage)
 
@@ -22,7 +23,7 @@ def rounds(draw):
     d = draw(st.integers(1, 40))
     degree = draw(st.sampled_from([0] + [k for k in (2, 4, 6) if k < n - 1]))
     fraction = draw(st.sampled_from([0.51, 0.6, 0.75, 1.0]))
-    word_bits = draw(st.sampled_from([32, 64]))
+    word_bits = draw(st.sampled_from([4, 5, 8, 12, 31, 32, 33, 64]))  # masks and sums live in Z_2^k
     dropped = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
     stages = {c: draw(st.sampled_from(STAGES)) for c in dropped}
     consistency = draw(st.booleans())
@@ -81,11 +82,13 @@ def test_below_threshold_aborts_and_releases_nothing():
         server.result()
 
 
-def test_single_masked_vector_is_uniform_and_the_check_catches_skipped_masking():
-    """All-zero inputs are as structured as inputs get; what the server receives must look uniform anyway."""
+@pytest.mark.parametrize("word_bits", [32, 6])
+def test_single_masked_vector_is_uniform_and_the_check_catches_skipped_masking(word_bits):
+    """All-zero inputs are as structured as inputs get; what the server receives must look uniform anyway, at full
+    words and at bit-packed 6-bit words (masks reduced modulo 2^6)."""
     d = 40_000
-    zeros = {c: np.zeros(d, dtype=np.uint32) for c in range(3)}
-    server, clients, _ = make_round(3, d, inputs=zeros)
+    zeros = {c: np.zeros(d, dtype=container_dtype(word_bits)) for c in range(3)}
+    server, clients, _ = make_round(3, d, inputs=zeros, word_bits=word_bits)
     received = {}
     original = server.receive
 
@@ -98,10 +101,13 @@ def test_single_masked_vector_is_uniform_and_the_check_catches_skipped_masking()
     run(server, clients)
     one = decode(received[MessageType.MASKED_INPUT][0], max_bytes=server.max_bytes, session=server.params.session,
                  round_idx=1)
-    words = np.frombuffer(one.body["vector"], dtype=np.uint32)
+    assert len(one.body["vector"]) == packed_size(d, word_bits)  # k bits a value on the wire, not a 32-bit word
+    words = unpack(one.body["vector"], word_bits, d)
 
     def uniform_p(values):
-        counts = np.bincount((values >> np.uint32(24)).astype(np.int64), minlength=256)  # top byte: 256 bins
+        bins = min(word_bits, 8)  # the top byte (or every bit of a narrow word): up to 256 bins
+        counts = np.bincount((values.astype(np.uint64) >> np.uint64(word_bits - bins)).astype(np.int64),
+                             minlength=1 << bins)
         return stats.chisquare(counts).pvalue
 
     assert uniform_p(words) > 1e-6

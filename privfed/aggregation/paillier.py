@@ -29,7 +29,14 @@ from privfed.aggregation.base import (
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.errors import ConfigError
-from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
+from privfed.secure.encoding import (
+    AUTOMATIC_WORD_VALUE_BITS,
+    EncodingStats,
+    FixedPointEncoding,
+    UniformSource,
+    os_uniform,
+    summarise,
+)
 from privfed.secure.messages import SERVER, SESSION_BYTES, Message, MessageType, ProtocolError, decode, encode
 from privfed.secure.packing import SlotLayout
 from privfed.secure.paillier import (
@@ -69,7 +76,7 @@ class PaillierClientHalf(ClientHalf):
     def set_update(self, vector: np.ndarray) -> None:
         b = self.backend
         tick = time.perf_counter()
-        ints, stats = b.encoding.quantise(vector, b.uniform)
+        ints, stats = b.encoding.quantise_contribution(vector, b.uniform)
         self.set_plaintexts(b.layout.pack(ints), stats, time.perf_counter() - tick)
 
     def set_plaintexts(self, plaintexts: list[int], stats: EncodingStats, encode_seconds: float = 0.0) -> None:
@@ -151,9 +158,9 @@ class PaillierServerHalf(ServerHalf):
     """Multiplies the inputs' ciphertexts with a :class:`PaillierServer` (public key only); has a contributor
     decrypt the product and decodes the plaintext sum it returns."""
 
-    def __init__(self, public: PaillierKey, layout: SlotLayout, step: float, length: int, round_idx: int,
-                 participants: list[int], details: dict, setup_bytes: tuple[int, int]):
-        self.public, self.layout, self.step, self.length = public, layout, step, length
+    def __init__(self, public: PaillierKey, layout: SlotLayout, encoding: FixedPointEncoding, length: int,
+                 round_idx: int, participants: list[int], details: dict, setup_bytes: tuple[int, int]):
+        self.public, self.layout, self.encoding, self.length = public, layout, encoding, length
         self.round, self.participants, self.details = round_idx, participants, details
         self.setup_up, self.setup_down = setup_bytes  # the key hand-out, billed to the first round
         self.started = time.perf_counter()
@@ -214,7 +221,8 @@ class PaillierServerHalf(ServerHalf):
         if body["contributors"] != sorted(self.server.contributors) or len(body["sum"]) != self.length * dtype.itemsize:
             raise ProtocolError(f"client {sender}'s decrypted sum is not the sum of this round's "
                                 f"{len(self.server.contributors)} inputs of {self.length} values")
-        self.total = np.frombuffer(body["sum"], dtype=dtype).astype(np.float64) * self.step
+        self.total = self.encoding.decode_contribution_sum(np.frombuffer(body["sum"], dtype=dtype).astype(np.float64)
+                                                           * self.encoding.step)
 
     def advance(self) -> dict[int, bytes]:
         if self.collecting:
@@ -279,9 +287,10 @@ class PaillierBackend(AggregationBackend):
                  progress: bool = False, uniform: UniformSource = os_uniform):
         self.cfg, self.vector_length, self.progress, self.uniform = cfg, vector_length, progress, uniform
         self.max_clients = max_clients
-        self.encoding = FixedPointEncoding(cfg.clip_range, cfg.value_bits, word_bits=64)  # no words: only ints
+        value_bits = cfg.value_bits or AUTOMATIC_WORD_VALUE_BITS  # fewer value bits: narrower slots, more a ciphertext
+        self.encoding = FixedPointEncoding(cfg.clip_range, value_bits, word_bits=64)  # no words: only ints
         # the modulus has exactly key_bits bits, so plaintexts below 2^(key_bits - 1) are below n
-        self.layout = SlotLayout.for_clients(cfg.value_bits, max_clients, cfg.key_bits - 1)
+        self.layout = SlotLayout.for_clients(value_bits, max_clients, cfg.key_bits - 1)
         self.key, self.key_setup = self._client_key(cfg, client_ids)
         self._setup_unbilled = True  # the key hand-out is billed to the first round's bytes up and down
         self.server_key = self.key.public()  # all the server ever holds
@@ -358,7 +367,7 @@ class PaillierBackend(AggregationBackend):
                    "value_bits": self.encoding.value_bits, "clip_range": self.encoding.clip_range,
                    "step": self.encoding.step, "ciphertexts_per_client": self.ciphertexts,
                    "bytes_per_ciphertext": ciphertext_bytes(self.key), "clients": len(ids)}
-        return PaillierServerHalf(self.server_key, self.layout, self.encoding.step, self.vector_length, round_idx, ids,
+        return PaillierServerHalf(self.server_key, self.layout, self.encoding, self.vector_length, round_idx, ids,
                                   details, setup)
 
     def client_half(self, round_idx: int, client_id: int) -> PaillierClientHalf:

@@ -1,11 +1,14 @@
 """``aggregation: secagg``: SecAgg / SecAgg+ halves around the state machines of :mod:`privfed.secure.secagg`.
 
-The client half encodes its update (clip, stochastic rounding, an optional Skellam noise share), and its
+The client half encodes its update (an optional randomized Hadamard rotation, clip, stochastic rounding, an optional
+Skellam noise share), and its
 :class:`~privfed.secure.secagg.SecAggClient` masks the words once the routed shares arrive; keys are agreed and
 shared before the update exists. The server half wraps a :class:`~privfed.secure.secagg.SecAggServer`, which only
 ever receives masked bytes and keeps their running sum, then decodes the unmasked sum. The encoding's word size is
 fixed by the back-end, before any round, for the largest round (``max_clients``): a configuration whose sum could
-wrap around is a ConfigError then, not a wrong model later.
+wrap around is a ConfigError then, not a wrong model later. With ``aggregation.rotation`` the update part of the
+vector (not its weight, the last value) is rotated with signs drawn from the round's session id, which a client
+knows once SETUP arrives; so a rotating client encodes then, and the server rotates the decoded sum back.
 """
 from __future__ import annotations
 
@@ -27,11 +30,19 @@ from privfed.aggregation.base import (
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
-from privfed.privacy.distributed import SkellamShare
-from privfed.secure.encoding import EncodingStats, FixedPointEncoding, UniformSource, os_uniform, summarise
+from privfed.errors import ConfigError
+from privfed.privacy.distributed import MAX_POISSON_MU, SkellamShare
+from privfed.secure.encoding import (
+    EncodingStats,
+    FixedPointEncoding,
+    UniformSource,
+    exact_sum_bits,
+    os_uniform,
+    summarise,
+)
 from privfed.secure.graph import effective_degree, round_threshold
 from privfed.secure.messages import SESSION_BYTES, MessageType, ProtocolError, decode
-from privfed.secure.primitives import word_dtype
+from privfed.secure.rotation import RandomizedHadamard, padded_length
 from privfed.secure.secagg import (
     ClientStage,
     RoundAborted,
@@ -40,6 +51,7 @@ from privfed.secure.secagg import (
     SecAggServer,
     ServerStage,
 )
+from privfed.secure.wire import unpack
 
 T = MessageType
 # the server's stage (named by the reply it awaits) -> the message it sent, and the dropout stage of that batch
@@ -59,6 +71,7 @@ class SecAggClientHalf(ClientHalf):
     def __init__(self, backend: SecAggBackend, client: SecAggClient):
         self.backend, self.client = backend, client
         self.client_id = client.id
+        self._vector: np.ndarray | None = None  # a rotating client's update, waiting for SETUP's session id
         self._ints: np.ndarray | None = None  # quantised, waiting for SETUP to add the noise share
         self.stats: EncodingStats | None = None
         self.encode_seconds = 0.0
@@ -72,8 +85,12 @@ class SecAggClientHalf(ClientHalf):
         return self.client.bytes_received
 
     def set_update(self, vector: np.ndarray) -> None:
+        if self.backend.rotates:
+            self._vector = np.asarray(vector, dtype=np.float64)
+            self._finish_encoding()
+            return
         tick = time.perf_counter()
-        ints, stats = self.backend.encoding.quantise(vector, self.backend.uniform)
+        ints, stats = self.backend.encoding.quantise_contribution(vector, self.backend.uniform)
         self.set_quantised(ints, stats, time.perf_counter() - tick)
 
     def set_quantised(self, ints: np.ndarray, stats: EncodingStats, encode_seconds: float = 0.0) -> None:
@@ -83,10 +100,18 @@ class SecAggClientHalf(ClientHalf):
         self._finish_encoding()
 
     def _finish_encoding(self) -> None:
-        """Noise share and words, once both the update and the round's participant count are known."""
-        if self._ints is None or self.client.stage is ClientStage.AWAIT_SETUP:
+        """Rotation, noise share and words, once both the update and the round's session and participant count
+        are known."""
+        if self.client.stage is ClientStage.AWAIT_SETUP:
             return
         tick = time.perf_counter()
+        if self._vector is not None:
+            vector, self._vector = self._vector, None
+            rotated = self.backend.rotation(self.client.params.session).rotate(vector[:-1])
+            self._ints, self.stats = self.backend.encoding.quantise_contribution(np.append(rotated, vector[-1]),
+                                                                                  self.backend.uniform)
+        if self._ints is None:
+            return
         ints, self._ints = self._ints, None
         share = self.backend.noise_share(len(self.client.params.participants))
         if share is not None:
@@ -102,6 +127,7 @@ class SecAggClientHalf(ClientHalf):
     def export_state(self) -> bytes:
         return msgpack.packb({"protocol": Aggregation.SECAGG.value, "client": self.client.export_state(),
                               "ints": None if self._ints is None else self._ints.tobytes(),
+                              "vector": None if self._vector is None else self._vector.tobytes(),
                               "stats": None if self.stats is None else dataclasses.astuple(self.stats),
                               "encode_seconds": self.encode_seconds}, use_bin_type=True)
 
@@ -116,6 +142,8 @@ class SecAggClientHalf(ClientHalf):
         half = cls(backend, SecAggClient.restore(state["client"], identity, directory))
         if state["ints"] is not None:
             half._ints = np.frombuffer(state["ints"], dtype=np.int64).copy()
+        if state.get("vector") is not None:
+            half._vector = np.frombuffer(state["vector"], dtype=np.float64).copy()
         half.stats = None if state["stats"] is None else EncodingStats(*state["stats"])
         half.encode_seconds = state["encode_seconds"]
         return half
@@ -128,9 +156,9 @@ class SecAggServerHalf(ServerHalf):
     """Routes the round through a :class:`SecAggServer` and decodes the unmasked sum; counts bytes as received."""
 
     def __init__(self, params: RoundParameters | None, encoding: FixedPointEncoding, details: dict,
-                 share: SkellamShare | None, participants: list[int]):
+                 share: SkellamShare | None, participants: list[int], rotation: RandomizedHadamard | None = None):
         self.started = time.perf_counter()
-        self.encoding, self.details, self.share = encoding, details, share
+        self.encoding, self.details, self.share, self.rotation = encoding, details, share, rotation
         self.participants = participants
         self.server = None if params is None else SecAggServer(params)
         self.expected: set[int] = set()  # who was sent the current batch
@@ -183,7 +211,10 @@ class SecAggServerHalf(ServerHalf):
             outgoing = self.server.advance()
             if not outgoing:
                 result = self.server.result()
-                self.total = self.encoding.decode_sum(result.total)
+                total = self.encoding.decode_contribution_sum(self.encoding.decode_sum(result.total))
+                if self.rotation is not None:
+                    total = np.append(self.rotation.unrotate(total[:-1]), total[-1])
+                self.total = total
                 self.contributors, self.recovered = result.contributors, result.recovered_dropouts
         except (RoundAborted, ProtocolError) as err:
             self.abort_reason = str(err)
@@ -214,7 +245,10 @@ class SecAggServerHalf(ServerHalf):
             return "MALFORMED", None
         if message.type is not T.MASKED_INPUT:
             return message.type.name, None
-        return message.type.name, np.frombuffer(message.body["vector"], dtype=word_dtype(params.word_bits)).copy()
+        try:
+            return message.type.name, unpack(message.body["vector"], params.word_bits, params.length)
+        except ValueError:
+            return "MALFORMED", None
 
 
 class SecAggBackend(AggregationBackend):
@@ -229,12 +263,10 @@ class SecAggBackend(AggregationBackend):
         self.uniform = uniform
         self.distributed_noise, self.update_clip = distributed_noise, update_clip
         self.vector_length, self.max_clients = vector_length, max_clients
-        self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients)
-        share = self.noise_share(max_clients)
-        if share is not None:  # the noise needs headroom too (and must be sampleable)
-            share.check_sampleable()
-            self.encoding = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, max_clients,
-                                                           extra_bound=share.tail_bound())
+        # on the wire: the update part, padded to a power of two when rotated, then the weight
+        self.rotates = cfg.rotation and vector_length > 1
+        self.wire_length = padded_length(vector_length - 1) + 1 if self.rotates else vector_length
+        self.encoding = self._encoding()
         self.identities: dict[int, Ed25519PrivateKey] = {}
         self.directory: dict[int, bytes] = {}  # client -> its identity's public key, known to all
 
@@ -243,12 +275,39 @@ class SecAggBackend(AggregationBackend):
                 distributed_noise: float, update_clip: float, progress: bool) -> SecAggBackend:
         return cls(cfg, max_clients, vector_length, distributed_noise, update_clip)
 
-    def noise_share(self, num_clients: int) -> SkellamShare | None:
-        """The Skellam share each of a round's ``num_clients`` adds (None without distributed DP)."""
+    def _encoding(self) -> FixedPointEncoding:
+        """The encoding whose sum of ``max_clients`` inputs, noise shares included, cannot wrap.
+
+        The noise share is counted in steps, so it depends on the step: finer values need more noise steps. With
+        automatic value bits under a fixed word, the finest value bits whose values and share fit are chosen.
+        """
+        cfg, clients = self.cfg, self.max_clients
+        if self.distributed_noise <= 0:
+            return FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, clients, word_bits=cfg.word_bits)
+        if cfg.value_bits or not cfg.word_bits:  # one candidate: the configured (or the automatic word's) bits
+            first = FixedPointEncoding.for_clients(cfg.clip_range, cfg.value_bits, clients, word_bits=cfg.word_bits)
+            share = self.noise_share(clients, first.step)
+            share.check_sampleable()
+            return FixedPointEncoding.for_clients(cfg.clip_range, first.value_bits, clients,
+                                                  extra_bound=share.tail_bound(), word_bits=cfg.word_bits)
+        for value_bits in range(cfg.word_bits - 1, 1, -1):
+            candidate = FixedPointEncoding(cfg.clip_range, value_bits, cfg.word_bits)
+            share = self.noise_share(clients, candidate.step)
+            if share.client_mu <= MAX_POISSON_MU and \
+                    exact_sum_bits(value_bits, clients, share.tail_bound()) <= cfg.word_bits:
+                return candidate
+        raise ConfigError("aggregation.word_bits", f"{cfg.word_bits} bits cannot hold the exact sum of {clients} "
+                          f"clients' values plus their distributed-DP noise shares (noise multiplier "
+                          f"{self.distributed_noise:g}, {self.wire_length - 1} noised values) at any value_bits; "
+                          "raise word_bits")
+
+    def noise_share(self, num_clients: int, step: float | None = None) -> SkellamShare | None:
+        """The Skellam share each of a round's ``num_clients`` adds at the encoding's step (or ``step``; None
+        without distributed DP)."""
         if self.distributed_noise <= 0:
             return None
         return SkellamShare(noise_multiplier=self.distributed_noise, update_clip=self.update_clip,
-                            step=self.encoding.step, dimension=self.vector_length - 1,
+                            step=self.encoding.step if step is None else step, dimension=self.wire_length - 1,
                             min_clients=round_threshold(num_clients, self.cfg.neighbours, self.cfg.threshold))
 
     def identity(self, client_id: int) -> tuple[Ed25519PrivateKey | None, dict[int, bytes]]:
@@ -270,13 +329,19 @@ class SecAggBackend(AggregationBackend):
         degree = effective_degree(len(ids), self.cfg.neighbours)
         params = RoundParameters(os.urandom(SESSION_BYTES), round_idx, tuple(ids), degree,
                                  round_threshold(len(ids), self.cfg.neighbours, self.cfg.threshold),
-                                 self.encoding.word_bits, self.vector_length, self.cfg.consistency_check)
+                                 self.encoding.word_bits, self.wire_length, self.cfg.consistency_check)
         details = {"protocol": "secagg+" if degree else "secagg", "clients": len(ids),
                    "neighbours": degree or len(ids) - 1, "threshold": params.threshold,
                    "word_bits": self.encoding.word_bits, "value_bits": self.encoding.value_bits,
                    "clip_range": self.encoding.clip_range, "step": self.encoding.step,
+                   "rotation": self.rotates, "wire_values": self.wire_length,
                    "consistency_check": self.cfg.consistency_check}
-        return SecAggServerHalf(params, self.encoding, details, self.noise_share(len(ids)), ids)
+        return SecAggServerHalf(params, self.encoding, details, self.noise_share(len(ids)), ids,
+                                self.rotation(params.session) if self.rotates else None)
+
+    def rotation(self, session: bytes) -> RandomizedHadamard:
+        """The round's rotation of the update part: signs from its session id, which every party knows."""
+        return RandomizedHadamard(self.vector_length - 1, session)
 
     def client_half(self, round_idx: int, client_id: int) -> SecAggClientHalf:
         return SecAggClientHalf(self, SecAggClient(client_id, round_idx, *self.identity(client_id)))

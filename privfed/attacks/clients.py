@@ -129,15 +129,17 @@ class OutOfRangeHalf(ClientHalf):
         return self.half.bytes_received
 
     def set_update(self, vector: np.ndarray) -> None:
-        values = np.asarray(vector, dtype=np.float64)
+        values = np.array(vector, dtype=np.float64)
         if isinstance(self.half, SecAggClientHalf):
             encoding = self.half.backend.encoding
             limit = 2 ** (encoding.word_bits - 2)  # far past the clip, short of wrapping on its own
+            values[-1] *= encoding.clip_range  # the weight travels in clip-range units, as honest encoding sends it
             ints = np.clip(np.rint(values / encoding.step), -limit, limit).astype(np.int64)
             self.half.set_quantised(ints, _stats(values))
         elif isinstance(self.half, PaillierClientHalf):
             backend = self.half.backend
             layout, step = backend.layout, backend.encoding.step
+            values[-1] *= backend.encoding.clip_range  # the weight in clip-range units, as honest encoding sends it
             wide = dataclasses.replace(layout, value_bits=layout.slot_bits - 1)  # packs values the check refuses
             low, high = -layout.offset, 2 * wide.offset - layout.offset  # the slot's whole range
             ints = np.clip(np.rint(values / step), low, high).astype(np.int64)

@@ -290,13 +290,15 @@ def readable_update(upload: np.ndarray, n: int) -> np.ndarray | None:
 
     Plain: the contribution's first ``n`` entries divided by its weight (last entry): the client's update.
     Secagg: the masked words cast to float — uniformly random numbers, carrying nothing of the update; a
-    curious server can still run the attacks on them, and they answer "every row moved" and a random mix.
+    curious server can still run the attacks on them, and they answer "every row moved" and a random mix. (With
+    ``aggregation.rotation`` the masked vector is longer, padded to a power of two: its first ``n`` words.)
     Paillier: None, ciphertexts are no floats; an attack can only guess.
     """
     kind = upload_kind(upload)
     if kind is UploadKind.CIPHERTEXTS:
         return None
-    if upload.shape != (n + 1,):
+    rotated = kind is UploadKind.MASKED and upload.ndim == 1 and upload.size > n + 1  # padded to a power of two
+    if upload.shape != (n + 1,) and not rotated:
         raise ValueError(f"a {kind.value} upload has shape {upload.shape}, a contribution of {n} values has {n + 1}")
     if kind is UploadKind.MASKED:
         return upload[:n].astype(np.float64)

@@ -249,11 +249,12 @@ def plot_client_quality(runs: Sequence[dict], *, labels: Sequence[str] | None = 
 
 
 def _as_unit_interval(upload: np.ndarray) -> tuple[np.ndarray, str, bool] | None:
-    """Unsigned words scaled to [0, 1) by their word size, Paillier ciphertexts (Python ints) by 2^(their largest
-    bit length); with the axis label and whether a uniform density of 1 is the reference (words fill [0, 1), while
+    """Unsigned words scaled to [0, 1) by 2^k (k: their largest bit length, the word size of uniform masked words,
+    which may be narrower than their container), Paillier ciphertexts (Python ints) by 2^(their largest bit
+    length); with the axis label and whether a uniform density of 1 is the reference (words fill [0, 1), while
     ciphertexts lie below n^2, short of 2^bits). None for floats, which are shown as they are."""
     if upload.dtype.kind == "u":
-        bits = upload.dtype.itemsize * 8
+        bits = max(int(upload.max(initial=0)).bit_length(), 1)
         return upload.astype(np.float64) / 2.0 ** bits, f"word / 2^{bits}", True
     if upload.dtype == object and len(upload) and isinstance(upload[0], int):
         bits = max(int(c).bit_length() for c in upload)

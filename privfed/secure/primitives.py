@@ -2,7 +2,8 @@
 
 Nothing here is a cipher, a KDF or a random generator of our own: key agreement is X25519, key derivation
 HKDF-SHA256, authenticated encryption AES-256-GCM and mask expansion AES-256-CTR (all from ``cryptography``);
-Shamir secret sharing is pycryptodome's (over GF(2^128)); fresh secrets come from the OS CSPRNG. What the wrappers
+Shamir secret sharing is pycryptodome's (over GF(2^128); the server recovers many secrets at once with
+:mod:`privfed.secure.shamir`); fresh secrets come from the OS CSPRNG. What the wrappers
 add is *domain separation*: every derived key binds the session, the round and the ordered pair of clients, so a key
 or a mask can never be replayed into another round, session or pair.
 """
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from privfed.secure.wire import container_dtype, reduce
 
 SEED_BYTES = 32  # self-mask seeds and derived pairwise seeds: 256 bits
 PUBLIC_KEY_BYTES = 32
@@ -85,16 +88,9 @@ def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
         raise DecryptionError("authentication failed") from None
 
 
-def word_dtype(word_bits: int) -> type[np.unsignedinteger]:
-    if word_bits == 32:
-        return np.uint32
-    if word_bits == 64:
-        return np.uint64
-    raise ValueError(f"word_bits must be 32 or 64, got {word_bits}")
-
-
 class MaskStream:
-    """Expands 256-bit seeds into masks of Z_2^k: the AES-256-CTR keystream under key = seed, read as words.
+    """Expands 256-bit seeds into masks of Z_2^k: the AES-256-CTR keystream under key = seed, read as words of the
+    container (uint32 or uint64); modulo 2^k for k below the container's width, a uniform word stays uniform.
 
     Uniformity follows from AES being a pseudorandom permutation (the basis of NIST's CTR_DRBG). OpenSSL writes the
     keystream straight into a scratch buffer that is reused across calls, and the all-zero plaintext is allocated
@@ -123,9 +119,9 @@ class MaskStream:
             np.add(target, mask, out=target)
 
     def mask(self, seed: bytes, length: int, word_bits: int) -> np.ndarray:
-        """A new array holding ``length`` mask words."""
-        dtype = word_dtype(word_bits)
-        return self._keystream(seed, length * np.dtype(dtype).itemsize).view(dtype).copy()
+        """A new array holding ``length`` mask words of Z_2^k (in their container)."""
+        dtype = container_dtype(word_bits)
+        return reduce(self._keystream(seed, length * np.dtype(dtype).itemsize).view(dtype).copy(), word_bits)
 
 
 def split_secret(secret: bytes, threshold: int, holders: int) -> list[tuple[int, bytes]]:
@@ -143,15 +139,3 @@ def split_secret(secret: bytes, threshold: int, holders: int) -> list[tuple[int,
     low = Shamir.split(threshold, holders, secret[:16])
     high = Shamir.split(threshold, holders, secret[16:])
     return [(i, a + b) for (i, a), (_, b) in zip(low, high, strict=True)]
-
-
-def combine_shares(shares: list[tuple[int, bytes]], threshold: int) -> bytes:
-    """Recover a secret from at least ``threshold`` shares of :func:`split_secret`."""
-    if len(shares) < threshold:
-        raise ValueError(f"{len(shares)} shares cannot recover a secret with threshold {threshold}")
-    chosen = shares[:threshold]
-    if threshold == 1:
-        return chosen[0][1]
-    low = Shamir.combine([(i, s[:16]) for i, s in chosen])
-    high = Shamir.combine([(i, s[16:]) for i, s in chosen])
-    return low + high

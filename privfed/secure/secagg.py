@@ -8,7 +8,8 @@ bytes to send, so the same objects run in the in-process simulation and behind a
 2. share keys     client: a fresh 256-bit self-mask seed b; Shamir shares (threshold t) of b and of s_sk for each
                   neighbour (and itself), AES-GCM-encrypted under HKDF(X25519(c_sk, c_pk_v)) and routed by the server
 3. masked input   client: y = x + PRG(b) + sum_v +-PRG(HKDF(X25519(s_sk, s_pk_v))) mod 2^k over neighbours v that
-                  shared keys; the server adds y into a running sum and keeps nothing else of it
+                  shared keys, sent bit-packed (k bits a value, k from 4 to 64); the server adds y into a running
+                  sum and keeps nothing else of it
 (3b. consistency  optional, against an active server: every client signs the survivor list with its Ed25519 identity
                   key, and each checks >= t valid signatures on the same list before revealing anything)
 4. unmask         client: for each neighbour, the share of b if it survived or the share of s_sk if it dropped,
@@ -34,7 +35,9 @@ from privfed.errors import PrivfedError
 from privfed.secure import primitives as crypto
 from privfed.secure.graph import neighbour_graph, share_holders
 from privfed.secure.messages import SERVER, Message, MessageType, ProtocolError, decode, encode, is_share
-from privfed.secure.primitives import MaskStream, word_dtype
+from privfed.secure.primitives import MaskStream
+from privfed.secure.shamir import combine_many
+from privfed.secure.wire import MAX_WORD_BITS, MIN_WORD_BITS, container_dtype, pack, packed_size, reduce, unpack
 
 T = MessageType
 SMALL_MESSAGE_BYTES = 4096  # setup, keys, signatures: plus a per-neighbour allowance below
@@ -52,7 +55,7 @@ class RoundParameters:
     participants: tuple[int, ...]
     degree: int  # 0 = complete graph (classic SecAgg)
     threshold: int  # shares needed to recover any client's secret
-    word_bits: int
+    word_bits: int  # k: the sum lives in Z_2^k and a masked vector crosses the wire as k bits a value
     length: int  # words per masked vector
     consistency: bool = False
 
@@ -76,7 +79,7 @@ def _cipher_key(private, peer_public: bytes, session: bytes, round_idx: int, a: 
 def max_message_bytes(params: RoundParameters) -> int:
     """The largest message any stage may carry: the masked vector, or per-neighbour lists."""
     peers = len(params.participants)
-    vector = params.length * params.word_bits // 8
+    vector = packed_size(params.length, params.word_bits)
     return max(vector, peers * PER_PEER_BYTES) + SMALL_MESSAGE_BYTES
 
 
@@ -163,7 +166,7 @@ class SecAggClient:
             client.revealed = state["revealed"]
             if state["words"] is not None:
                 bits, raw = state["words"]
-                client._words = np.frombuffer(raw, dtype=word_dtype(bits)).copy()
+                client._words = np.frombuffer(raw, dtype=container_dtype(bits)).copy()
             if "params" in state:
                 participants, degree, threshold, word_bits, length, consistency = state["params"]
                 client._start(RoundParameters(client.session, client.round, tuple(participants), degree, threshold,
@@ -217,7 +220,7 @@ class SecAggClient:
             raise ProtocolError(f"client {self.id}: setup names impossible ids or an odd/negative graph degree")
         if self.id not in participants:
             raise ProtocolError(f"client {self.id} is not among the round's participants")
-        if body["word_bits"] not in (32, 64) or body["length"] < 1:
+        if not MIN_WORD_BITS <= body["word_bits"] <= MAX_WORD_BITS or body["length"] < 1:
             raise ProtocolError(f"setup asks for {body['length']} words of {body['word_bits']} bits")
         if body["consistency"] and (self._identity is None or not self._directory):
             raise ProtocolError("the consistency check needs an identity key and the directory of public keys")
@@ -280,7 +283,7 @@ class SecAggClient:
         routed = self._expect(raw, T.ROUTED_SHARES, self.max_bytes).body["shares"]
         if self._words is None:
             raise ProtocolError(f"client {self.id}: asked for its masked input, but it has no vector to send")
-        if self._words.shape != (self.params.length,) or self._words.dtype != word_dtype(self.params.word_bits):
+        if self._words.shape != (self.params.length,) or self._words.dtype != container_dtype(self.params.word_bits):
             raise ProtocolError(f"setup asks for {self.params.length} words of {self.params.word_bits} bits; client "
                                 f"{self.id} holds {self._words.size} of {self._words.dtype.itemsize * 8}")
         if not set(routed) <= set(self.peer_keys):
@@ -312,7 +315,7 @@ class SecAggClient:
             seed = _mask_seed(self._mask_sk, self.peer_keys[peer][1], self.session, self.round, self.id, peer)
             stream.add(y, seed, subtract=self.id > peer)
         self.stage = ClientStage.AWAIT_CONSISTENCY if self.params.consistency else ClientStage.AWAIT_UNMASK
-        return self._send(T.MASKED_INPUT, {"vector": y.tobytes()})
+        return self._send(T.MASKED_INPUT, {"vector": pack(y, self.params.word_bits)})
 
     def _on_consistency(self, raw: bytes) -> bytes:
         survived = self._expect(raw, T.CONSISTENCY_REQUEST, self.max_bytes).body["survived"]
@@ -440,7 +443,7 @@ class SecAggServer:
                 raise ProtocolError(f"a second {message.type.name} from client {sender} (replay)")
             self._check_body(sender, message)
             if message.type is T.MASKED_INPUT:  # fold in at once: no individual vector is kept
-                vector = np.frombuffer(message.body["vector"], dtype=word_dtype(self.params.word_bits))
+                vector = unpack(message.body["vector"], self.params.word_bits, self.params.length)
                 if self.masked_sum is None:
                     self.masked_sum = vector.copy()
                 else:
@@ -457,9 +460,9 @@ class SecAggServer:
                 raise ProtocolError(f"client {sender} sent shares for {sorted(body['shares'])}, "
                                     f"its live neighbours are {sorted(expected)}")
         elif message.type is T.MASKED_INPUT:
-            if len(body["vector"]) != p.length * p.word_bits // 8:
+            if len(body["vector"]) != packed_size(p.length, p.word_bits):
                 raise ProtocolError(f"client {sender}'s masked vector has {len(body['vector'])} bytes, "
-                                    f"expected {p.length * p.word_bits // 8}")
+                                    f"expected {packed_size(p.length, p.word_bits)}")
         elif message.type is T.UNMASK_SHARES:
             for kind in ("seed_shares", "key_shares"):
                 for owner, (index, _) in body[kind].items():
@@ -544,10 +547,12 @@ class SecAggServer:
                 raise RoundAborted(f"fewer than {t} shares arrived to unmask clients {sorted(short)}")
             total = self.masked_sum.copy()
             stream = MaskStream()
+            seeds = combine_many({c: seed_shares[c] for c in self.masked}, t)  # every client at once
+            keys = combine_many({u: key_shares[u] for u in dropped}, t)
             for c in sorted(self.masked):
-                stream.add(total, crypto.combine_shares(seed_shares[c], t), subtract=True)
+                stream.add(total, seeds[c], subtract=True)
             for u in dropped:
-                mask_sk = crypto.private_from_bytes(crypto.combine_shares(key_shares[u], t))
+                mask_sk = crypto.private_from_bytes(keys[u])
                 if crypto.public_bytes(mask_sk) != self.keys[u][1]:
                     raise RoundAborted(f"the shares of client {u}'s key do not rebuild the key it advertised")
                 for v in sorted(set(self.graph[u]) & self.masked):
@@ -557,5 +562,5 @@ class SecAggServer:
                         raise RoundAborted(f"cannot rebuild the mask between {u} and {v}: {err}") from None
                     # v added +mask if v < u, -mask otherwise; undo it
                     stream.add(total, seed, subtract=v < u)
-            return ServerOutcome(total=total, contributors=tuple(sorted(self.masked)),
+            return ServerOutcome(total=reduce(total, self.params.word_bits), contributors=tuple(sorted(self.masked)),
                                  recovered_dropouts=tuple(dropped))
