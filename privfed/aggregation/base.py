@@ -108,7 +108,7 @@ class ClientHalf(abc.ABC):
     def set_update(self, vector: np.ndarray) -> None:
         """The client's contribution (float64, length vector_length, last entry = its weight). Encodes it at once
         (clip, stochastic rounding, distributed-DP noise share, packing/encryption where applicable) and keeps no
-        float copy."""
+        float copy — except a rotating secagg client, which holds it until SETUP names the round's rotation."""
 
     @abc.abstractmethod
     def handle(self, raw: bytes) -> bytes:
