@@ -32,6 +32,7 @@ from benchmark_table import table  # benchmarks/benchmark_table.py, beside this 
 from privfed.config import ExperimentConfig, load_config
 from privfed.errors import ConfigError
 from privfed.report.intervals import Interval
+from privfed.results import read_results
 from privfed.runners.sweep import execute_jobs, upload_per_client
 
 HERE = Path(__file__).resolve().parent
@@ -86,8 +87,6 @@ def main(argv: list[str]) -> dict:
             refused[s.label] = str(err)
     # a refusal that only building the back-end finds (the exact sum's headroom) comes back as the runs' error
     outcomes = execute_jobs([(c, p) for c, p in jobs if not (p / "results.json").exists()], workers=args.workers)
-    from privfed.results import read_results
-
     results: dict[str, list[dict]] = {}
     for s in chosen:
         for seed in range(args.seeds):

@@ -23,7 +23,6 @@ import numpy as np
 from Crypto.Protocol.SecretSharing import _Element
 
 HALF_BYTES = 16
-_MASK64 = (1 << 64) - 1
 
 
 def _to_limbs(values: Sequence[bytes]) -> np.ndarray:
