@@ -11,9 +11,18 @@ against plain float32 aggregation (mean ± 95 % Student-t interval over the seed
   ``--clip-range`` (default 0.125: an Adam update moves a coordinate at most about lr x local steps, 0.03 x 4);
 * ``secagg, 8 bits + rotation``: the same with the randomized Hadamard rotation.
 
-A setting the configuration refuses (too few bits for the clients' exact sum) is listed with the reason.
+With ``--user-noise Z`` a second family measures user-level distributed DP instead of record-level DP-SGD
+(``privacy.mode=off``): every client clips its whole update, the secure sum carries Skellam noise of multiplier Z,
+the update rotated (``--user-clip-range``, the rotated coordinates' range) and the clip norm adaptive (median,
+``--user-clip`` to start, learning rate 1 so that it moves within the demo's 3 rounds). Its rows are paired
+against its own 32-bit words (20 value bits): what the bits cost at the same user-level ε. Plus one row with the
+clip fixed at ``--user-clip``, to show what adaptive clipping buys.
+
+A setting the configuration refuses (too few bits for the clients' exact sum, or a noisy sum that would wrap more
+often than ``aggregation.max_wrap_probability``) is listed with the reason.
 
     python benchmarks/communication.py [--seeds 3] [--bits 32,16,12,8,6,5,4] [--clip-range 0.125] [--workers 2]
+                                       [--user-noise 0.02 --user-bits 32,16,12,8 --user-clip 1 --user-clip-range 0.05]
 
 Prints the table, writes it with the figure (accuracy against MB uploaded per client and round) to
 ``benchmarks/results/`` and, last, one JSON line with every number.
@@ -43,6 +52,7 @@ RESULTS = HERE / "results"
 class Setting:
     label: str
     overrides: tuple[str, ...]
+    baseline: str = "plain float32"  # the setting its accuracy change is paired against
 
     @property
     def slug(self) -> str:
@@ -60,12 +70,33 @@ def settings(bits: list[int], clip_range: float) -> list[Setting]:
     return found
 
 
+USER_BASELINE = "user-level DP, 32-bit words"
+
+
+def user_settings(bits: list[int], noise: float, clip: float, clip_range: float) -> list[Setting]:
+    """Distributed DP at noise multiplier ``noise``, rotated, with an adaptive clip norm starting at ``clip``."""
+    common = ("aggregation=secagg", "aggregation.rotation=true", f"aggregation.clip_range={clip_range}",
+              "privacy.mode=off", f"privacy.distributed_noise={noise}", f"privacy.update_clip={clip}")
+    adaptive = (*common, "privacy.clip_quantile=0.5", "privacy.clip_learning_rate=1.0",
+                f"privacy.max_update_clip={8 * clip:g}")
+    found = [Setting(USER_BASELINE, adaptive, USER_BASELINE)]
+    found += [Setting(f"user-level DP, {b} bits", (*adaptive, f"aggregation.word_bits={b}"), USER_BASELINE)
+              for b in bits if b != 32]
+    found.append(Setting("user-level DP, 32-bit words, fixed clip", common, USER_BASELINE))
+    return found
+
+
 def config(setting: Setting, seed: int) -> ExperimentConfig:
     return load_config(None, [*setting.overrides, f"seed={seed}", f"name={setting.slug}-s{seed}"])
 
 
 def accuracy(results: dict) -> float:
     return float(results["final"]["eval_accuracy"])
+
+
+def user_epsilon(results: dict) -> str:
+    value = results["final"].get("user_epsilon") or math.inf
+    return "∞" if math.isinf(value) else f"{value:.3g}"
 
 
 def main(argv: list[str]) -> dict:
@@ -75,9 +106,16 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--clip-range", type=float, default=0.125)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/communication"), help="the runs (reused if there)")
+    parser.add_argument("--user-noise", type=float, default=0.0, help="user-level family's noise multiplier (0: none)")
+    parser.add_argument("--user-bits", default="32,16,12,8")
+    parser.add_argument("--user-clip", type=float, default=1.0)
+    parser.add_argument("--user-clip-range", type=float, default=0.05)
     args = parser.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
     chosen = settings(bits, args.clip_range)
+    if args.user_noise > 0:
+        chosen += user_settings([int(b) for b in args.user_bits.split(",")], args.user_noise, args.user_clip,
+                                args.user_clip_range)
     refused: dict[str, str] = {}
     jobs = []
     for s in chosen:
@@ -96,7 +134,8 @@ def main(argv: list[str]) -> dict:
                 refused.setdefault(s.label, found)
             elif (path / "results.json").exists():
                 results.setdefault(s.label, []).append(read_results(path))
-    baseline = {r["config"]["seed"]: accuracy(r) for r in results.get("plain float32", [])}
+    baselines = {label: {r["config"]["seed"]: accuracy(r) for r in results.get(label, [])}
+                 for label in {s.baseline for s in chosen}}
     float_bytes = upload_per_client(results["plain float32"][0]) if "plain float32" in results else math.nan
     rows = []
     for s in chosen:
@@ -107,20 +146,25 @@ def main(argv: list[str]) -> dict:
         if not runs:
             continue
         quality = Interval.of(accuracy(r) for r in runs)
+        baseline = baselines[s.baseline]
         paired = Interval.of(accuracy(r) - baseline[r["config"]["seed"]] for r in runs
                              if r["config"]["seed"] in baseline)
         up = upload_per_client(runs[0])
         aggregation = runs[0]["rounds"][-1].get("aggregation") or {}
         rows.append({"setting": s.label, "word bits": aggregation.get("word_bits", "float32"),
                      "value bits": aggregation.get("value_bits", "–"), "seeds": len(runs),
-                     "accuracy": quality.text(), "vs plain (points)": f"{100 * paired.mean:+.1f} ± "
+                     "accuracy": quality.text(), "vs baseline (points)": f"{100 * paired.mean:+.1f} ± "
                      f"{100 * paired.half_width:.1f}" if paired.n > 1 else f"{100 * paired.mean:+.1f}",
+                     "baseline": "plain" if s.baseline == "plain float32" else "user-level 32-bit",
+                     "user ε": user_epsilon(runs[0]),
                      "MB up/client/round": up / 1e6, "upload / float32": up / float_bytes,
                      "quantisation rms": aggregation.get("quantisation_rms", 0.0),
                      "_mean": quality.mean, "_half": quality.half_width, "_paired": paired.mean,
                      "_paired_half": paired.half_width})
-    columns = ["setting", "word bits", "value bits", "seeds", "accuracy", "vs plain (points)", "MB up/client/round",
-               "upload / float32", "quantisation rms"]
+    columns = ["setting", "word bits", "value bits", "seeds", "accuracy", "baseline", "vs baseline (points)",
+               "MB up/client/round", "upload / float32", "quantisation rms"]
+    if args.user_noise > 0:
+        columns.insert(5, "user ε")
     text = table([r for r in rows if "refused" not in r], columns)
     text += "".join(f"\n\nrefused: {r['setting']}: {r['refused']}" for r in rows if "refused" in r)
     print(text)
@@ -137,35 +181,44 @@ def main(argv: list[str]) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """(a) accuracy (mean ± 95 % interval over seeds) and (b) its paired change against plain float32 on the same
-    seeds, both against the upload per client and round relative to float32 (log scale)."""
+    """(a) accuracy (mean ± 95 % interval over seeds) and (b) its paired change against the family's baseline on
+    the same seeds, both against the upload per client and round relative to float32 (log scale). Record-level
+    rows are blue (squares: plain float32; diamonds: rotation), user-level distributed-DP rows red (triangles;
+    pointing down: the fixed clip)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for r in rows:
-        marker = "s" if r["setting"].startswith("plain") else "D" if "rotation" in r["setting"] else "o"
+        user = r["setting"].startswith("user-level")
+        if user:
+            marker, colour = ("v" if "fixed" in r["setting"] else "^"), "C3"
+        else:
+            marker = "s" if r["setting"].startswith("plain") else "D" if "rotation" in r["setting"] else "o"
+            colour = "C2" if marker == "s" else "C1" if marker == "D" else "C0"
         label = "float32" if r["word bits"] == "float32" else f"{r['word bits']}" + (" + rot." if marker == "D" else "")
+        if user:
+            label = f"user {r['word bits']}" + (" fixed" if marker == "v" else "")
         x = r["upload / float32"]
         for ax, (mean, half) in zip(axes, ((r["_mean"], r["_half"]), (100 * r["_paired"], 100 * r["_paired_half"]))):
-            ax.errorbar(x, mean, yerr=0.0 if math.isnan(half) else half, fmt=marker, capsize=3, color="C0" if
-                        marker == "o" else "C1" if marker == "D" else "C2")
+            ax.errorbar(x, mean, yerr=0.0 if math.isnan(half) else half, fmt=marker, capsize=3, color=colour)
             ax.annotate(label, (x, mean), textcoords="offset points", xytext=(5, 6 if marker == "s" else -12),
                         fontsize=8)
     axes[1].axhline(0.0, color="grey", lw=0.8)
     axes[1].axhline(-1.0, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("test accuracy (mean ± 95 % CI over seeds)")
-    axes[1].set_ylabel("accuracy change vs plain float32, points\n(paired by seed, mean ± 95 % CI)")
+    axes[1].set_ylabel("accuracy change vs the family's baseline, points\n(paired by seed, mean ± 95 % CI)")
     axes[0].set_title("(a) accuracy", fontsize=10)
     axes[1].set_title("(b) what the bits cost (dotted: −1 point)", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("upload per client and round ÷ float32's (log)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Demo at ε = 8 under secagg: bits a value on the wire (label) against quality "
-                 "(square: plain float32; diamond: 8 bits + rotation)", fontsize=10)
+    fig.suptitle("Demo under secagg: bits a value on the wire (label) against quality. Blue: record-level ε = 8 "
+                 "(baseline plain float32, square); red: user-level distributed DP (baseline its 32-bit words)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

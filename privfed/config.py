@@ -288,8 +288,19 @@ class PrivacyConfig:
                                default=Clipping.PER_SAMPLE)
     distributed_noise: float = _help("user-level distributed DP (needs secagg): Skellam noise multiplier z of the "
                                      "secure sum (0 = off)", default=0.0)
-    update_clip: float = _help("distributed DP: each client's whole update is clipped to this L2 norm S",
-                               default=0.1)
+    update_clip: float = _help("distributed DP: each client's whole update is clipped to this L2 norm S (with "
+                               "clip_quantile: the first round's S); values past aggregation.clip_range are "
+                               "clipped too (rotation spreads them: about S / sqrt(d) each)", default=0.1)
+    clip_quantile: float = _help("distributed DP: adaptive clipping (Andrew et al. 2021): S follows this quantile "
+                                 "of the clients' update norms, learnt from a noised count inside the secure sum "
+                                 "(0 = S stays update_clip)", default=0.0)
+    max_update_clip: float = _help("adaptive clipping: S never grows past this (the words' noise headroom is "
+                                   "sized for it)", default=1.0)
+    clip_learning_rate: float = _help("adaptive clipping: S <- S * exp(-rate * (fraction under S - clip_quantile))",
+                                      default=0.2)
+    clip_count_noise: float = _help("adaptive clipping: the count of clients under S carries this many times "
+                                    "distributed_noise clients of noise (> 1); the update's noise grows by "
+                                    "r / sqrt(r^2 - 1)", default=3.0)
 
 
 @dataclass(frozen=True)
@@ -342,6 +353,9 @@ class AggregationConfig:
                            default=0)
     rotation: bool = _help("secagg: rotate each update by a randomized Hadamard transform before quantising "
                            "(flattens it, so few bits lose less; pads to a power of two)", default=False)
+    max_wrap_probability: float = _help("secagg with distributed DP: the most a round's noisy sum may wrap around "
+                                        "2^k in any value (Chernoff bound); decides the headroom left for noise",
+                                        default=1e-9)
     consistency_check: bool = _help("secagg: extra signed round against an active server", default=False)
     dropout_fraction: float = _help("simulated: share of each round's participants that drop (at dropout_stage)", default=0.0)
     dropout_stage: DropoutStage = _help("simulated: advertise_keys | share_keys | masked_input | unmasking",
@@ -633,6 +647,8 @@ def validate_aggregation(a: AggregationConfig) -> None:
     _check(a.clip_range > 0 and math.isfinite(a.clip_range), "aggregation.clip_range", "must be finite and > 0")
     _check(a.value_bits == 0 or 2 <= a.value_bits <= 53, "aggregation.value_bits",
            f"must be 0 (automatic) or in [2, 53], got {a.value_bits}")
+    _check(0 < a.max_wrap_probability < 1, "aggregation.max_wrap_probability",
+           f"must be in (0, 1), got {a.max_wrap_probability}")
     _check(a.word_bits == 0 or 4 <= a.word_bits <= 64, "aggregation.word_bits",
            f"must be 0 (automatic) or in [4, 64], got {a.word_bits}")
     _check(a.word_bits == 0 or a.method is Aggregation.SECAGG, "aggregation.word_bits",
@@ -900,8 +916,15 @@ def validate(c: ExperimentConfig) -> None:
     _check(pr.distributed_noise == 0 or a.method is Aggregation.SECAGG, "privacy.distributed_noise",
            "distributed DP adds noise inside the secure sum: set aggregation.method=secagg")
     _check(pr.update_clip > 0, "privacy.update_clip", "must be > 0")
-    _check(pr.distributed_noise == 0 or pr.update_clip <= a.clip_range, "privacy.update_clip",
-           f"must be <= aggregation.clip_range ({a.clip_range}) so clipped updates are never clipped again")
+    _check(pr.clip_quantile == 0 or pr.update_clip <= pr.max_update_clip, "privacy.update_clip",
+           f"adaptive clipping starts at update_clip, so it must be <= privacy.max_update_clip ({pr.max_update_clip})")
+    _check(0 <= pr.clip_quantile < 1, "privacy.clip_quantile", f"must be in [0, 1) (0 = fixed), got {pr.clip_quantile}")
+    _check(pr.clip_quantile == 0 or pr.distributed_noise > 0, "privacy.clip_quantile",
+           "adaptive clipping tracks the update norms of distributed DP: set privacy.distributed_noise > 0")
+    _check(pr.clip_learning_rate > 0 and math.isfinite(pr.clip_learning_rate), "privacy.clip_learning_rate",
+           f"must be > 0, got {pr.clip_learning_rate}")
+    _check(pr.clip_count_noise > 1 and math.isfinite(pr.clip_count_noise), "privacy.clip_count_noise",
+           f"must be > 1 (the count's noise, in multiples of distributed_noise), got {pr.clip_count_noise}")
     validate_attack(c)
     validate_defence(c)
     _check(e.generations >= 0, "evaluation.generations", "must be >= 0 (0 = none)")

@@ -188,6 +188,9 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
                     "target_epsilon": pr.epsilon if pr.mode is DpMode.TARGET_EPSILON else None,
                     "distributed_noise": pr.distributed_noise,
                     "update_clip": pr.update_clip if pr.distributed_noise > 0 else None,
+                    "adaptive_clipping": {"quantile": pr.clip_quantile, "learning_rate": pr.clip_learning_rate,
+                                          "count_noise": pr.clip_count_noise, "max_update_clip": pr.max_update_clip}
+                    if pr.distributed_noise > 0 and pr.clip_quantile > 0 else None,
                     "user_level_accounting": "Skellam RDP (Agarwal et al. 2021) + opacus get_privacy_spent"
                     if pr.distributed_noise > 0 else None,
                     "clients": clients},

@@ -18,6 +18,7 @@ from privfed.secure.encoding import FixedPointEncoding
 from privfed.secure.messages import ProtocolError
 from privfed.secure.paillier_keys import PaillierKey
 from privfed.secure.secagg import SecAggClient
+from privfed.privacy.distributed import DistributedDp
 
 LENGTH = 300
 
@@ -136,8 +137,8 @@ def test_secagg_client_agrees_keys_before_its_update_exists_and_takes_the_sessio
 
 def test_a_secagg_client_may_have_its_update_before_setup():
     """Trained first: the noise share and the words wait for SETUP (the share depends on the participant count)."""
-    backend = SecAggBackend(AggregationConfig(method=Aggregation.SECAGG), 3, LENGTH, distributed_noise=1.0,
-                            update_clip=0.5, uniform=_halfway)
+    backend = SecAggBackend(AggregationConfig(method=Aggregation.SECAGG), 3, LENGTH, DistributedDp(1.0, 0.5),
+                            uniform=_halfway)
     updates = _updates()
     clients = {c: backend.client_half(1, c) for c in updates}
     for c, client in clients.items():

@@ -36,7 +36,7 @@ def test_overrides_are_parsed_as_yaml():
     ("model.regime=adapter", "model.regime", "pretrain, full, lora, prompt"),
     ("training.rounds=two", "training.rounds", "integer"),
     ("training.rounds=0", "training.rounds", ">= 1"),
-    ("privacy.colour=red", "privacy.colour", "allowed: accountant, clipping, delta"),
+    ("privacy.colour=red", "privacy.colour", "allowed: accountant, clip_count_noise, clip_learning_rate"),
     ("federation.client_fraction=1.5", "federation.client_fraction", "(0, 1]"),
     ("model.task=causal_lm", "model.task", "minilm is a classification model"),
     ("model.regime=pretrain", "model.regime", "pretrain needs a causal LM"),

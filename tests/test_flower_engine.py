@@ -75,6 +75,23 @@ def test_secagg_over_flower_survives_a_node_that_goes_silent_at_the_masked_input
     assert np.isfinite(second["eval_loss"])
 
 
+def test_few_bits_rotation_and_adaptive_clipping_over_flower(in_process, tmp_path):
+    """What a node can only learn from SETUP (the rotation's signs, the round's clip norm) reaches it over Flower:
+    the nodes encode 16-bit rotated words with distributed noise and the server moves the clip norm."""
+    cfg, _ = in_process
+    cfg = privfed.config.from_dict({**privfed.config.to_dict(cfg),
+                                    "aggregation": {"method": "secagg", "word_bits": 16, "rotation": True},
+                                    "privacy": {**privfed.config.to_dict(cfg)["privacy"], "distributed_noise": 0.5,
+                                                "update_clip": 0.5, "clip_quantile": 0.5,
+                                                "clip_learning_rate": 1.0}})
+    results = run_over_link(cfg, tmp_path / "low-bits", LocalLink(cfg, partitions(3)))
+    first, second = results["rounds"]
+    assert first["aggregation"]["word_bits"] == 16 and first["aggregation"]["rotation"]
+    assert first["clients_aggregated"] == second["clients_aggregated"] == 3
+    assert second["aggregation"]["update_clip"] == first["next_update_clip"] != 0.5
+    assert 0 < results["final"]["user_epsilon"] < float("inf")
+
+
 def test_a_node_ledger_outlives_the_run_and_enforces_its_budget_in_the_next(tmp_path):
     from conftest import TINY_CLASSIFIER, make_config
 

@@ -14,6 +14,7 @@ from privfed.errors import ConfigError
 from privfed.secure.encoding import FixedPointEncoding
 from privfed.secure.rotation import RandomizedHadamard, padded_length, walsh_hadamard
 from privfed.secure.wire import container_dtype, pack, packed_size, unpack
+from privfed.privacy.distributed import DistributedDp
 
 
 @settings(max_examples=80, deadline=None)
@@ -175,21 +176,29 @@ def test_weights_arrive_exact_and_the_weighted_mean_unbiased_at_few_bits():
     assert np.corrcoef(found, expected)[0, 1] > 0.3
 
 
-def test_distributed_noise_picks_the_finest_value_bits_that_fit_the_word():
+def test_distributed_noise_picks_the_finest_value_bits_whose_noisy_sum_rarely_wraps():
+    """The chosen value bits keep the round's wrap probability (Chernoff, union over values) within the bound;
+    one bit more would not."""
     from privfed.aggregation.secagg import SecAggBackend
-    from privfed.secure.encoding import exact_sum_bits
+    from privfed.privacy.distributed import wrap_probability
+
+    def wrap_chance(backend, value_bits, word_bits, clients=5):
+        share = backend.noise_share(clients, FixedPointEncoding(0.1, value_bits, word_bits).step)
+        headroom = 2 ** (word_bits - 1) - 1 - clients * (2 ** (value_bits - 1) - 1)
+        return wrap_probability(clients * share.client_mu, headroom, 100), share.client_mu
 
     for word_bits in (12, 16, 32):
         backend = SecAggBackend(AggregationConfig(method=Aggregation.SECAGG, word_bits=word_bits, clip_range=0.1),
-                                5, 101, distributed_noise=1.0, update_clip=0.1)
+                                5, 101, distributed=DistributedDp(1.0, 0.1))
         enc = backend.encoding
-        assert exact_sum_bits(enc.value_bits, 5, backend.noise_share(5).tail_bound()) <= word_bits
-        finer = FixedPointEncoding(0.1, enc.value_bits + 1, word_bits)  # one more bit no longer fits (or samples)
-        share = backend.noise_share(5, finer.step)
-        assert exact_sum_bits(finer.value_bits, 5, share.tail_bound()) > word_bits or share.client_mu > 1e18
-    with pytest.raises(ConfigError, match=r"aggregation.word_bits.*6 bits cannot hold .* noise shares"):
+        chance = backend.server_half(1, list(range(5))).details["wrap_probability"]
+        assert chance == wrap_chance(backend, enc.value_bits, word_bits)[0] <= 1e-9
+        finer, mu = wrap_chance(backend, enc.value_bits + 1, word_bits)
+        assert finer > 1e-9 or mu > 1e18, (word_bits, enc.value_bits)
+    with pytest.raises(ConfigError, match=r"aggregation.word_bits: at 6 bits .* wraps around with probability "
+                                          r"[0-9.e-]+ a round .*max_wrap_probability=1e-09"):
         SecAggBackend(AggregationConfig(method=Aggregation.SECAGG, word_bits=6, clip_range=0.1), 5, 101,
-                      distributed_noise=1.0, update_clip=0.1)
+                      distributed=DistributedDp(1.0, 0.1))
 
 
 def test_rotation_signs_are_fixed_by_the_session_alone():

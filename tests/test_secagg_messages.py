@@ -75,7 +75,7 @@ def test_replay_out_of_order_oversized_and_foreign_round():
     with pytest.raises(ProtocolError, match="out-of-order"):
         clients[1].handle(encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
                                          {"participants": [0, 1], "degree": 0, "threshold": 2, "word_bits": 32,
-                                          "length": 16, "consistency": False})))
+                                          "length": 16, "consistency": False, "context": b""})))
     big = encode(Message(MessageType.MASKED_INPUT, server.params.session, 1, 1,
                          {"vector": bytes(server.max_bytes + 1)}))
     with pytest.raises(ProtocolError, match="exceeds"):
@@ -145,7 +145,7 @@ def test_client_refuses_a_minority_threshold_from_the_server():
     server, clients, _ = make_round(5, 4)
     weak = encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
                           {"participants": [0, 1, 2, 3, 4], "degree": 0, "threshold": 2, "word_bits": 32,
-                           "length": 4, "consistency": False}))
+                           "length": 4, "consistency": False, "context": b""}))
     with pytest.raises(ProtocolError, match="not a majority"):
         clients[0].handle(weak)
 
@@ -162,7 +162,7 @@ def test_hostile_setup_and_keys_raise_protocol_errors():
     server, clients, _ = make_round(4, 4)
     odd = encode(Message(MessageType.SETUP, server.params.session, 1, SERVER,
                          {"participants": [0, 1, 2, 3], "degree": 1, "threshold": 3, "word_bits": 32,
-                          "length": 4, "consistency": False}))
+                          "length": 4, "consistency": False, "context": b""}))
     with pytest.raises(ProtocolError, match="odd"):
         clients[0].handle(odd)
     clients[1].handle(server.setup_messages()[1])

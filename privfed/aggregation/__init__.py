@@ -10,6 +10,7 @@ from privfed.aggregation.plain import PlainBackend
 from privfed.aggregation.secagg import SecAggBackend
 from privfed.aggregation.transport import InProcessTransport, Transport, run_protocol
 from privfed.config import Aggregation, AggregationConfig
+from privfed.privacy.distributed import DistributedDp
 
 BACKENDS: dict[Aggregation, type[AggregationBackend]] = {
     Aggregation.PLAIN: PlainBackend,
@@ -19,12 +20,10 @@ BACKENDS: dict[Aggregation, type[AggregationBackend]] = {
 
 
 def make_backend(cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                 distributed_noise: float = 0.0, update_clip: float = 0.0,
-                 progress: bool = False) -> AggregationBackend:
+                 distributed: DistributedDp | None = None, progress: bool = False) -> AggregationBackend:
     """The back-end ``cfg.method`` names, sized for rounds of up to ``max_clients`` of the federation's clients."""
     return BACKENDS[cfg.method].for_run(cfg, max_clients=max_clients, vector_length=vector_length,
-                                        client_ids=client_ids, distributed_noise=distributed_noise,
-                                        update_clip=update_clip, progress=progress)
+                                        client_ids=client_ids, distributed=distributed, progress=progress)
 
 
 __all__ = ["BACKENDS", "AggregationBackend", "AggregationOutcome", "ClientHalf", "InProcessTransport",

@@ -26,7 +26,7 @@ import numpy as np
 
 from privfed.aggregation.transport import InProcessTransport, recording_tap, run_protocol
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
-from privfed.privacy.distributed import SkellamShare
+from privfed.privacy.distributed import DistributedDp, SkellamShare
 from privfed.secure.encoding import EncodingStats
 from privfed.secure.messages import ProtocolError
 
@@ -90,6 +90,7 @@ class AggregationOutcome:
     bytes_up_total: int = 0  # every protocol byte the clients sent the server this round (exact, for totals)
     bytes_down_total: int = 0  # every protocol byte the server sent the clients this round
     groups: tuple[GroupSum, ...] = ()  # grouped aggregation: each group's sum, all of which the server learns
+    under_clip: float | None = None  # adaptive clipping: the noised count of contributors within the round's clip
 
     @classmethod
     def aborted(cls, reason: str, started: float, details: dict | None = None) -> AggregationOutcome:
@@ -108,7 +109,8 @@ class ClientHalf(abc.ABC):
     def set_update(self, vector: np.ndarray) -> None:
         """The client's contribution (float64, length vector_length, last entry = its weight). Encodes it at once
         (clip, stochastic rounding, distributed-DP noise share, packing/encryption where applicable) and keeps no
-        float copy — except a rotating secagg client, which holds it until SETUP names the round's rotation."""
+        float copy — except a secagg client that rotates or adds distributed-DP noise, which holds it until SETUP
+        names the round's rotation and clip norm."""
 
     @abc.abstractmethod
     def handle(self, raw: bytes) -> bytes:
@@ -179,7 +181,7 @@ class AggregationBackend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed_noise: float, update_clip: float, progress: bool) -> AggregationBackend:
+                distributed: DistributedDp | None, progress: bool) -> AggregationBackend:
         """The back-end for a run whose rounds have up to ``max_clients`` of the clients ``client_ids``."""
 
     def __enter__(self) -> AggregationBackend:  # noqa: PYI034 (typing.Self needs Python 3.11; privfed supports 3.10)

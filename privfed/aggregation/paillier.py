@@ -28,6 +28,7 @@ from privfed.aggregation.base import (
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
+from privfed.privacy.distributed import DistributedDp
 from privfed.errors import ConfigError
 from privfed.secure.encoding import (
     AUTOMATIC_WORD_VALUE_BITS,
@@ -302,7 +303,7 @@ class PaillierBackend(AggregationBackend):
 
     @classmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed_noise: float, update_clip: float, progress: bool) -> PaillierBackend:
+                distributed: DistributedDp | None, progress: bool) -> PaillierBackend:
         return cls(cfg, max_clients, vector_length, client_ids, progress)
 
     @staticmethod

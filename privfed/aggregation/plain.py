@@ -20,6 +20,7 @@ from privfed.aggregation.base import (
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
+from privfed.privacy.distributed import DistributedDp
 from privfed.secure.messages import ProtocolError
 
 REQUEST = b""  # "send your update": plain needs nothing more
@@ -122,7 +123,7 @@ class PlainBackend(AggregationBackend):
 
     @classmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed_noise: float, update_clip: float, progress: bool) -> PlainBackend:
+                distributed: DistributedDp | None, progress: bool) -> PlainBackend:
         return cls(cfg, max_clients, vector_length)
 
     def server_half(self, round_idx: int, participants: list[int]) -> PlainServer:

@@ -19,6 +19,7 @@ from privfed.observe.evaluation import GlobalEvaluation
 from privfed.observe.generations import Generations
 from privfed.observe.privacy_report import PrivacyReport, client_epsilons, client_user_epsilons
 from privfed.observe.progress import Progress
+from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.results import RunDirectory, build_results
 from privfed.server.combiner import defence_summary
@@ -55,7 +56,7 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
     clients = make_clients(fed, state.ledger)
     backend = make_backend(cfg.aggregation, max_clients=clients_per_round(cfg, len(fed.clients)),
                            vector_length=fed.num_trainable + 1, client_ids=client_ids,
-                           distributed_noise=cfg.privacy.distributed_noise, update_clip=cfg.privacy.update_clip,
+                           distributed=DistributedDp.from_privacy(cfg.privacy),
                            progress=progress)
     dp = cfg.privacy.mode is not DpMode.OFF
     bar = Progress(progress)

@@ -40,7 +40,8 @@ class DistributedDpEvent:
     """A client's update entered a secure sum with its Skellam noise share (user-level distributed DP).
 
     ``total_mu`` is the noise guaranteed in any completed sum (the threshold's worth of shares), in encoding steps;
-    the sensitivities are those of the integer-encoded, clipped update.
+    the sensitivities are those of everything the client added in integers: its clipped update and, with adaptive
+    clipping, its bit.
     """
 
     client: int
@@ -53,6 +54,7 @@ class DistributedDpEvent:
     total_mu: float
     l2_sensitivity: float
     l1_sensitivity: float
+    count_steps: int = 0  # adaptive clipping: the steps of the client's 'under the clip' bit (in the sensitivities)
     kind: str = "distributed_dp"
 
 

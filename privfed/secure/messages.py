@@ -94,7 +94,7 @@ def is_keys(value: Any) -> bool:
 
 SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.SETUP: {"participants": is_int_list, "degree": is_int, "threshold": is_int, "word_bits": is_int,
-                        "length": is_int, "consistency": is_bool},
+                        "length": is_int, "consistency": is_bool, "context": is_bytes()},
     MessageType.ADVERTISE_KEYS: {"cipher_key": is_bytes(32), "mask_key": is_bytes(32), "signature": is_bytes()},
     MessageType.PEER_KEYS: {"peers": is_map_of(is_keys)},
     MessageType.SHARE_KEYS: {"shares": is_map_of(is_bytes())},

@@ -21,6 +21,7 @@ recovered, otherwise the server raises :class:`RoundAborted` and nothing about t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import enum
 import time
 from collections.abc import Iterator, Mapping
@@ -58,10 +59,19 @@ class RoundParameters:
     word_bits: int  # k: the sum lives in Z_2^k and a masked vector crosses the wire as k bits a value
     length: int  # words per masked vector
     consistency: bool = False
+    context: bytes = b""  # the back-end's per-round encoding parameters (opaque to the protocol)
 
 
 def _transcript(label: bytes, session: bytes, round_idx: int, payload: list) -> bytes:
     return msgpack.packb([label, session, round_idx, payload], use_bin_type=True)
+
+
+def setup_digest(params: RoundParameters) -> bytes:
+    """SHA-256 of everything SETUP told a client: signed with its keys under the consistency check, so a server that
+    shows clients different rounds (participants, threshold, or a per-client clip norm in the context, which would
+    shrink the others' noise shares) fails every peer's signature check instead of going unnoticed."""
+    return hashlib.sha256(msgpack.packb([list(params.participants), params.degree, params.threshold, params.word_bits,
+                                         params.length, params.consistency, params.context], use_bin_type=True)).digest()
 
 
 def _share_aad(session: bytes, round_idx: int, sender: int, receiver: int) -> bytes:
@@ -141,7 +151,7 @@ class SecAggClient:
                                                                   self._words.tobytes()]}
         if self.stage is not ClientStage.AWAIT_SETUP:
             p = self.params
-            state.update(params=[p.participants, p.degree, p.threshold, p.word_bits, p.length, p.consistency],
+            state.update(params=[p.participants, p.degree, p.threshold, p.word_bits, p.length, p.consistency, p.context],
                          cipher_sk=crypto.private_bytes(self._cipher_sk), mask_sk=crypto.private_bytes(self._mask_sk))
         if self.stage not in (ClientStage.AWAIT_SETUP, ClientStage.AWAIT_PEER_KEYS):
             state.update(peer_keys={p: list(k) for p, k in self.peer_keys.items()}, seed=self._seed,
@@ -168,9 +178,9 @@ class SecAggClient:
                 bits, raw = state["words"]
                 client._words = np.frombuffer(raw, dtype=container_dtype(bits)).copy()
             if "params" in state:
-                participants, degree, threshold, word_bits, length, consistency = state["params"]
+                participants, degree, threshold, word_bits, length, consistency, context = state["params"]
                 client._start(RoundParameters(client.session, client.round, tuple(participants), degree, threshold,
-                                              word_bits, length, consistency))
+                                              word_bits, length, consistency, context))
                 client._cipher_sk = crypto.private_from_bytes(state["cipher_sk"])
                 client._mask_sk = crypto.private_from_bytes(state["mask_sk"])
             if "peer_keys" in state:
@@ -225,7 +235,7 @@ class SecAggClient:
         if body["consistency"] and (self._identity is None or not self._directory):
             raise ProtocolError("the consistency check needs an identity key and the directory of public keys")
         self._start(RoundParameters(message.session, self.round, participants, body["degree"], body["threshold"],
-                                    body["word_bits"], body["length"], body["consistency"]))
+                                    body["word_bits"], body["length"], body["consistency"], body["context"]))
         holders = len(self.neighbours) + 1
         if not holders / 2 < self.params.threshold <= holders:
             raise ProtocolError(f"client {self.id}: threshold {self.params.threshold} for {holders} share holders "
@@ -236,7 +246,7 @@ class SecAggClient:
         signature = b""
         if self.params.consistency:
             signature = self._identity.sign(_transcript(b"keys", self.session, self.round,
-                                                        [self.id, cipher_pk, mask_pk]))
+                                                        [self.id, cipher_pk, mask_pk, setup_digest(self.params)]))
         self.stage = ClientStage.AWAIT_PEER_KEYS
         return self._send(T.ADVERTISE_KEYS, {"cipher_key": cipher_pk, "mask_key": mask_pk, "signature": signature})
 
@@ -255,7 +265,7 @@ class SecAggClient:
         for peer, (cipher_pk, mask_pk, signature) in peers.items():
             if self.params.consistency:
                 self._verify(peer, signature, _transcript(b"keys", self.session, self.round,
-                                                          [peer, cipher_pk, mask_pk]))
+                                                          [peer, cipher_pk, mask_pk, setup_digest(self.params)]))
             keys[peer] = (cipher_pk, mask_pk)
         if len(set(keys.values())) != len(keys) or any(k[0] == k[1] for k in keys.values()):
             raise ProtocolError(f"client {self.id}: advertised keys repeat")
@@ -427,7 +437,8 @@ class SecAggServer:
     def setup_messages(self) -> dict[int, bytes]:
         p = self.params
         body = {"participants": list(p.participants), "degree": p.degree, "threshold": p.threshold,
-                "word_bits": p.word_bits, "length": p.length, "consistency": p.consistency}
+                "word_bits": p.word_bits, "length": p.length, "consistency": p.consistency,
+                "context": p.context}
         return {c: self._send(T.SETUP, body) for c in p.participants}
 
     def receive(self, sender: int, raw: bytes) -> None:

@@ -21,6 +21,7 @@ from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
+from privfed.privacy.adaptive_clip import AdaptiveClip
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
 from privfed.server.combiner import UpdateCombiner, group_assignment
 from privfed.server.events import (
@@ -59,12 +60,13 @@ def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, we
     """What a client hands to aggregation: ``[w * delta, w]``, so the sum gives the weighted mean update.
 
     FedAvg weights w = n_i / n_max (n_max, the largest client, plays the public weight cap of DP-FedAvg) keep every
-    transmitted value within the encoding's range. Under distributed DP the update is clipped to L2 norm S and
-    weighted 1: a client's influence on the sum must be bounded by S whatever its size. With
-    ``defence.client_clip`` honest code clips the update to that norm first (a defence that trusts client code).
+    transmitted value within the encoding's range. Under distributed DP every update is weighted 1 — a client's
+    influence on the sum must be bounded whatever its size — and the secagg client half clips it to the round's L2
+    norm S (which it learns from SETUP: adaptive clipping moves S). With ``defence.client_clip`` honest code clips
+    the update to that norm first (a defence that trusts client code).
     """
     if cfg.privacy.distributed_noise > 0:
-        return np.append(clip_norm(delta, cfg.privacy.update_clip).astype(np.float64), 1.0)
+        return np.append(delta.astype(np.float64), 1.0)
     if cfg.defence.client_clip > 0:  # honest client code bounds its own update (a malicious client would not)
         delta = clip_norm(delta, cfg.defence.client_clip)
     weight = num_examples / weight_cap
@@ -122,6 +124,11 @@ class RoundDriver:
         self.cfg, self.clients, self.backend, self.strategy = cfg, clients, backend, strategy
         self.callbacks = list(callbacks)
         self.combiner = UpdateCombiner(cfg)
+        pr = cfg.privacy
+        self.clip = None  # adaptive clipping's state (distributed DP with privacy.clip_quantile)
+        if pr.distributed_noise > 0 and pr.clip_quantile > 0:
+            self.clip = AdaptiveClip(pr.clip_quantile, pr.clip_learning_rate, backend.encoding.step,
+                                     pr.max_update_clip, pr.update_clip)
 
     def _emit(self, method: str, *args) -> None:
         for callback in self.callbacks:
@@ -132,6 +139,8 @@ class RoundDriver:
         if resumed:
             self.strategy.load_state_dict(state.strategy_state)
             self.combiner.load_state_dict(state.strategy_state)
+            if self.clip is not None:
+                self.clip.load_state_dict(state.strategy_state)
         self._emit("on_run_start", RunStarted(state, resumed, self.backend.plan(), self.cfg.training.rounds,
                                               clients_per_round(self.cfg, self.clients.num_clients)))
         for r in range(state.completed_rounds + 1, self.cfg.training.rounds + 1):
@@ -141,6 +150,8 @@ class RoundDriver:
     def _round(self, r: int, state: RunState) -> None:
         start = time.perf_counter()
         sampled = sample_clients(self.cfg, r, self.clients.num_clients)
+        if self.clip is not None:
+            self.backend.set_update_clip(self.clip.clip)
         self.backend.prepare_round(r, sampled)
         self._emit("on_round_start", RoundStarted(r, tuple(sampled)))
         trained: dict[int, tuple[float, int]] = {}  # (train loss, examples): a round keeps no update once summed
@@ -182,7 +193,10 @@ class RoundDriver:
                 else:
                     state.global_vector = self.strategy.apply(state.global_vector,
                                                               combination.update).astype(np.float32)
-                self.clients.record_aggregation(r, outcome)
+            # a sum the server decoded cost its contributors their noise share, even one that wrapped
+            self.clients.record_aggregation(r, outcome)
+            if outcome.total is not None and self.clip is not None and outcome.under_clip is not None:
+                aggregation["next_update_clip"] = self.clip.observe(outcome.under_clip, len(outcome.contributors))
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
         # a client whose every Poisson batch came out empty has no loss to report: average over those that do
@@ -198,6 +212,7 @@ class RoundDriver:
         record.seconds = time.perf_counter() - start
         state.rows.append(record.as_row())
         state.completed_rounds = r
-        state.strategy_state = {**self.strategy.state_dict(), **self.combiner.state_dict()}
+        state.strategy_state = {**self.strategy.state_dict(), **self.combiner.state_dict(),
+                                **(self.clip.state_dict() if self.clip is not None else {})}
         self._emit("on_round_committed", record, state)
 

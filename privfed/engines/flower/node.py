@@ -39,6 +39,7 @@ from privfed.engines.flower.wire import (
 )
 from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.privacy.accounting import epsilon_of_events
+from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.secure.messages import ProtocolError
 from privfed.server.driver import contribution
@@ -257,8 +258,7 @@ def _backend(cfg: ExperimentConfig, request: Step) -> AggregationBackend:
         _backends.clear()
         _backends[key] = make_backend(cfg.aggregation, max_clients=request.max_clients,
                                       vector_length=request.vector_length, client_ids=[request.client],
-                                      distributed_noise=cfg.privacy.distributed_noise,
-                                      update_clip=cfg.privacy.update_clip, progress=False)
+                                      distributed=DistributedDp.from_privacy(cfg.privacy), progress=False)
     return _backends[key]
 
 
