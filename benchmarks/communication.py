@@ -18,13 +18,19 @@ the update rotated (``--user-clip-range``, the rotated coordinates' range) and t
 against its own 32-bit words (20 value bits): what the bits cost at the same user-level ε. Plus one row with the
 clip fixed at ``--user-clip``, to show what adaptive clipping buys.
 
+With ``--smollm2-seeds N`` a third family trains SmolLM2-135M-Instruct + LoRA on the chat data
+(``experiments/chatterbot_smollm2_lora.yaml``, record-level ε = 8) with plain float32, 16-bit and 8-bit words
+(``--smollm2-clip-range``, default 0.015: lr 0.003 × 4 local steps bounds an Adam update's coordinate); its quality
+is held-out perplexity, paired against its own plain float32 runs.
+
 A setting the configuration refuses (too few bits for the clients' exact sum, or a noisy sum that would wrap more
 often than ``aggregation.max_wrap_probability``) is listed with the reason.
 
     python benchmarks/communication.py [--seeds 3] [--bits 32,16,12,8,6,5,4] [--clip-range 0.125] [--workers 2]
                                        [--user-noise 0.02 --user-bits 32,16,12,8 --user-clip 1 --user-clip-range 0.05]
+                                       [--smollm2-seeds 2 --smollm2-clip-range 0.015]
 
-Prints the table, writes it with the figure (accuracy against MB uploaded per client and round) to
+Prints the table, writes it with the figure (quality against the upload per client and round) to
 ``benchmarks/results/`` and, last, one JSON line with every number.
 """
 from __future__ import annotations
@@ -52,7 +58,10 @@ RESULTS = HERE / "results"
 class Setting:
     label: str
     overrides: tuple[str, ...]
-    baseline: str = "plain float32"  # the setting its accuracy change is paired against
+    baseline: str = "plain float32"  # the setting its quality change is paired against
+    config_file: str | None = None  # None: the built-in demo
+    metric: str = "eval_accuracy"  # the results' final metric that measures quality
+    seeds: int | None = None  # None: --seeds
 
     @property
     def slug(self) -> str:
@@ -86,12 +95,32 @@ def user_settings(bits: list[int], noise: float, clip: float, clip_range: float)
     return found
 
 
+SMOLLM2_CONFIG = str(HERE.parent / "experiments" / "chatterbot_smollm2_lora.yaml")
+SMOLLM2_BASELINE = "SmolLM2 chat, plain float32"
+
+
+def smollm2_settings(seeds: int, clip_range: float) -> list[Setting]:
+    """SmolLM2-135M + LoRA on the chat data at record-level ε = 8 (quality: perplexity, lower is better)."""
+    common = {"baseline": SMOLLM2_BASELINE, "config_file": SMOLLM2_CONFIG, "metric": "eval_perplexity",
+              "seeds": seeds}
+    secagg = ("aggregation=secagg", f"aggregation.clip_range={clip_range}")
+    return [Setting(SMOLLM2_BASELINE, ("aggregation=plain",), **common),
+            Setting("SmolLM2 chat, secagg 16 bits", (*secagg, "aggregation.word_bits=16"), **common),
+            Setting("SmolLM2 chat, secagg 8 bits", (*secagg, "aggregation.word_bits=8"), **common)]
+
+
 def config(setting: Setting, seed: int) -> ExperimentConfig:
-    return load_config(None, [*setting.overrides, f"seed={seed}", f"name={setting.slug}-s{seed}"])
+    return load_config(setting.config_file, [*setting.overrides, f"seed={seed}", f"name={setting.slug}-s{seed}"])
 
 
-def accuracy(results: dict) -> float:
-    return float(results["final"]["eval_accuracy"])
+def quality(results: dict, metric: str) -> float:
+    return float(results["final"][metric])
+
+
+def change_text(mean: float, half: float, n: int, metric: str) -> str:
+    """A paired change: accuracy in points, perplexity as it is."""
+    scale, unit = (100, " pt") if metric == "eval_accuracy" else (1, " ppl")
+    return f"{scale * mean:+.1f}" + (f" ± {scale * half:.1f}" if n > 1 else "") + unit
 
 
 def user_epsilon(results: dict) -> str:
@@ -110,31 +139,37 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--user-bits", default="32,16,12,8")
     parser.add_argument("--user-clip", type=float, default=1.0)
     parser.add_argument("--user-clip-range", type=float, default=0.05)
+    parser.add_argument("--smollm2-seeds", type=int, default=0, help="SmolLM2 chat family's seeds (0: none)")
+    parser.add_argument("--smollm2-clip-range", type=float, default=0.015)
     args = parser.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
     chosen = settings(bits, args.clip_range)
     if args.user_noise > 0:
         chosen += user_settings([int(b) for b in args.user_bits.split(",")], args.user_noise, args.user_clip,
                                 args.user_clip_range)
+    if args.smollm2_seeds > 0:
+        chosen += smollm2_settings(args.smollm2_seeds, args.smollm2_clip_range)
+    seeds_of = {s.label: range(s.seeds or args.seeds) for s in chosen}
     refused: dict[str, str] = {}
     jobs = []
     for s in chosen:
         try:
-            jobs += [(config(s, seed), args.out / s.slug / f"s{seed}") for seed in range(args.seeds)]
+            jobs += [(config(s, seed), args.out / s.slug / f"s{seed}") for seed in seeds_of[s.label]]
         except ConfigError as err:
             refused[s.label] = str(err)
     # a refusal that only building the back-end finds (the exact sum's headroom) comes back as the runs' error
     outcomes = execute_jobs([(c, p) for c, p in jobs if not (p / "results.json").exists()], workers=args.workers)
     results: dict[str, list[dict]] = {}
     for s in chosen:
-        for seed in range(args.seeds):
+        for seed in seeds_of[s.label]:
             path = args.out / s.slug / f"s{seed}"
             found = outcomes.get(f"{s.slug}-s{seed}")
             if isinstance(found, str):
                 refused.setdefault(s.label, found)
             elif (path / "results.json").exists():
                 results.setdefault(s.label, []).append(read_results(path))
-    baselines = {label: {r["config"]["seed"]: accuracy(r) for r in results.get(label, [])}
+    metric_of = {s.label: s.metric for s in chosen}
+    baselines = {label: {r["config"]["seed"]: quality(r, metric_of[label]) for r in results.get(label, [])}
                  for label in {s.baseline for s in chosen}}
     float_bytes = upload_per_client(results["plain float32"][0]) if "plain float32" in results else math.nan
     rows = []
@@ -145,23 +180,24 @@ def main(argv: list[str]) -> dict:
         runs = results.get(s.label, [])
         if not runs:
             continue
-        quality = Interval.of(accuracy(r) for r in runs)
+        measured = Interval.of(quality(r, s.metric) for r in runs)
         baseline = baselines[s.baseline]
-        paired = Interval.of(accuracy(r) - baseline[r["config"]["seed"]] for r in runs
+        paired = Interval.of(quality(r, s.metric) - baseline[r["config"]["seed"]] for r in runs
                              if r["config"]["seed"] in baseline)
         up = upload_per_client(runs[0])
         aggregation = runs[0]["rounds"][-1].get("aggregation") or {}
         rows.append({"setting": s.label, "word bits": aggregation.get("word_bits", "float32"),
                      "value bits": aggregation.get("value_bits", "–"), "seeds": len(runs),
-                     "accuracy": quality.text(), "vs baseline (points)": f"{100 * paired.mean:+.1f} ± "
-                     f"{100 * paired.half_width:.1f}" if paired.n > 1 else f"{100 * paired.mean:+.1f}",
-                     "baseline": "plain" if s.baseline == "plain float32" else "user-level 32-bit",
+                     "quality": f"{measured.text()} {'accuracy' if s.metric == 'eval_accuracy' else 'perplexity'}",
+                     "vs baseline": change_text(paired.mean, paired.half_width, paired.n, s.metric),
+                     "baseline": {"plain float32": "plain", USER_BASELINE: "user-level 32-bit"}.get(s.baseline,
+                                                                                                    "SmolLM2 plain"),
                      "user ε": user_epsilon(runs[0]),
                      "MB up/client/round": up / 1e6, "upload / float32": up / float_bytes,
                      "quantisation rms": aggregation.get("quantisation_rms", 0.0),
-                     "_mean": quality.mean, "_half": quality.half_width, "_paired": paired.mean,
-                     "_paired_half": paired.half_width})
-    columns = ["setting", "word bits", "value bits", "seeds", "accuracy", "baseline", "vs baseline (points)",
+                     "_mean": measured.mean, "_half": measured.half_width, "_paired": paired.mean,
+                     "_paired_half": paired.half_width, "_metric": s.metric})
+    columns = ["setting", "word bits", "value bits", "seeds", "quality", "baseline", "vs baseline",
                "MB up/client/round", "upload / float32", "quantisation rms"]
     if args.user_noise > 0:
         columns.insert(5, "user ε")
@@ -184,14 +220,24 @@ def plot(rows: list[dict], path: Path) -> None:
     """(a) accuracy (mean ± 95 % interval over seeds) and (b) its paired change against the family's baseline on
     the same seeds, both against the upload per client and round relative to float32 (log scale). Record-level
     rows are blue (squares: plain float32; diamonds: rotation), user-level distributed-DP rows red (triangles;
-    pointing down: the fixed clip)."""
+    pointing down: the fixed clip). (c), when the SmolLM2 family ran: its perplexity against the upload."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for r in rows:
+    chat = [r for r in rows if r["_metric"] != "eval_accuracy"]
+    fig, axes = plt.subplots(1, 3 if chat else 2, figsize=(16 if chat else 11, 4.4))
+    for r in chat:
+        label = "float32" if r["word bits"] == "float32" else f"{r['word bits']} bits"
+        axes[2].errorbar(r["upload / float32"], r["_mean"], yerr=0.0 if math.isnan(r["_half"]) else r["_half"],
+                         fmt="s" if label == "float32" else "o", capsize=3, color="C4")
+        axes[2].annotate(f"{label} ({r['vs baseline']})", (r["upload / float32"], r["_mean"]),
+                         textcoords="offset points", xytext=(5, 6), fontsize=8)
+    if chat:
+        axes[2].set_ylabel("held-out perplexity (lower is better)")
+        axes[2].set_title("(c) SmolLM2-135M + LoRA, chat data, ε = 8", fontsize=10)
+    for r in (r for r in rows if r["_metric"] == "eval_accuracy"):
         user = r["setting"].startswith("user-level")
         if user:
             marker, colour = ("v" if "fixed" in r["setting"] else "^"), "C3"
@@ -216,7 +262,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("upload per client and round ÷ float32's (log)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Demo under secagg: bits a value on the wire (label) against quality. Blue: record-level ε = 8 "
+    fig.suptitle("Bits a value on the wire (label) against quality. Demo (a, b) — blue: record-level ε = 8 "
                  "(baseline plain float32, square); red: user-level distributed DP (baseline its 32-bit words)",
                  fontsize=9)
     fig.tight_layout()

@@ -84,12 +84,16 @@ def test_few_bits_rotation_and_adaptive_clipping_over_flower(in_process, tmp_pat
                                     "privacy": {**privfed.config.to_dict(cfg)["privacy"], "distributed_noise": 0.5,
                                                 "update_clip": 0.5, "clip_quantile": 0.5,
                                                 "clip_learning_rate": 1.0}})
-    results = run_over_link(cfg, tmp_path / "low-bits", LocalLink(cfg, partitions(3)))
+    nodes = partitions(3, ledger=str(tmp_path / "node{i}" / "ledger.jsonl"))
+    results = run_over_link(cfg, tmp_path / "low-bits", LocalLink(cfg, nodes))
     first, second = results["rounds"]
     assert first["aggregation"]["word_bits"] == 16 and first["aggregation"]["rotation"]
     assert first["clients_aggregated"] == second["clients_aggregated"] == 3
     assert second["aggregation"]["update_clip"] == first["next_update_clip"] != 0.5
     assert 0 < results["final"]["user_epsilon"] < float("inf")
+    for c in range(3):  # each node's own ledger file records the noise its masked inputs carried, at the round's S
+        events = Ledger.read(tmp_path / f"node{c}" / "ledger.jsonl").distributed_dp(c)
+        assert [e.update_clip for e in events] == [r["aggregation"]["update_clip"] for r in results["rounds"]]
 
 
 def test_a_node_ledger_outlives_the_run_and_enforces_its_budget_in_the_next(tmp_path):

@@ -126,6 +126,11 @@ class ClientHalf(abc.ABC):
     def restore(cls, blob: bytes, backend: AggregationBackend) -> ClientHalf:
         """The half :meth:`export_state` saved, continuing where it stopped; ProtocolError if ``blob`` is not one."""
 
+    def noise_spent(self) -> SkellamShare | None:
+        """The distributed-DP share this client's input carries, once that input has left it (the server may then
+        decode a sum holding it): what the client's own ledger records. None without distributed DP."""
+        return None
+
     @abc.abstractmethod
     def report(self) -> dict:
         """What only the client measured this round (encoding error, its crypto seconds), for

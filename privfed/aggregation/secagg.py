@@ -157,6 +157,13 @@ class SecAggClientHalf(ClientHalf):
         half.encode_seconds = state["encode_seconds"]
         return half
 
+    def noise_spent(self) -> SkellamShare | None:
+        if self.backend.distributed is None or self.client.stage not in (
+                ClientStage.AWAIT_CONSISTENCY, ClientStage.AWAIT_UNMASK, ClientStage.DONE):
+            return None
+        params = self.client.params
+        return self.backend.noise_share(len(params.participants), clip=self.backend.round_clip(params))
+
     def report(self) -> dict:
         """Under distributed DP the encoding's statistics and time depend on the update (clipped values, rounding
         error, conditional rounding's retries) and are not covered by the noise: they stay on the client."""

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # file), and the federation's classes (from the server's hello)
 CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labels"
 HALF_ROUND_KEY, ROUND_KEY, TRAINED_KEY = "half-round", "round", "trained-round"  # rounds, as decimal bytes
+NOISE_KEY = "noise-round"  # the last round whose distributed-DP share the node's ledger records
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,12 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
         reply = half.handle(request.payload)
     except ProtocolError as err:
         return StepReply(Status.LEFT, reason=f"protocol error: {err}", trained=trained, event=event)
+    share = half.noise_spent()
+    if share is not None and (NOISE_KEY not in state or int(state[NOISE_KEY]) != request.round):
+        # the masked input has left: its noise share is spent whether or not this round's sum completes
+        ledger.append(share.event(client.id, request.round))
+        ledger_store.save(ledger)
+        state[NOISE_KEY] = str(request.round).encode()
     state[HALF_KEY] = half.export_state()
     state[HALF_ROUND_KEY] = str(request.round).encode()
     protocol = time.perf_counter() - tick - train_seconds - _build_seconds[0]
