@@ -1,7 +1,7 @@
-"""``privfed flower app | certs | loopback | simulate``: privfed on Flower from the command line.
+"""``privfed flower app | certs | identities | loopback | simulate``: privfed on Flower from the command line.
 
 ``app`` writes the Flower app folder for a config (what ``flwr run`` ships); ``certs`` makes TLS files for a
-SuperLink; ``loopback`` runs a whole TLS deployment on this machine (a SuperLink and one SuperNode per client on
+SuperLink; ``identities`` the clients' Ed25519 keys and directory for secagg's consistency check; ``loopback`` runs a whole TLS deployment on this machine (a SuperLink and one SuperNode per client on
 127.0.0.1) and ``simulate`` a Flower simulation (Ray, one virtual SuperNode per client), printing the same tables as
 ``privfed run``. Nothing here imports flwr before the config is valid.
 """
@@ -35,6 +35,11 @@ def add_flower_parser(sub) -> None:
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
     certs.add_argument("--overwrite", action="store_true", help="replace an existing CA (nodes that trust the old "
                                                                 "one must get the new ca.pem)")
+    identities = commands.add_parser("identities", help="an Ed25519 identity key per client and the directory of "
+                                                        "their public keys (aggregation.consistency_check)")
+    identities.add_argument("folder", type=Path)
+    identities.add_argument("--clients", type=int, required=True, help="how many clients (ids 0..N-1)")
+    identities.add_argument("--overwrite", action="store_true", help="replace existing keys and directory")
     for name, text in (("loopback", "a SuperLink and one SuperNode per client on 127.0.0.1, TLS, then flwr run"),
                        ("simulate", "Flower's simulation runtime (Ray): one virtual SuperNode per client")):
         p = commands.add_parser(name, help=text)
@@ -78,6 +83,17 @@ def flower_command(args: argparse.Namespace) -> int:
         print(f"wrote {files.ca_certificate} (give it to every SuperNode and to flwr), {files.server_certificate} "
               f"and {files.server_key} (the SuperLink's; the key never leaves its machine)")
         return 0
+    if args.flower_command == "identities":
+        from privfed.secure.identities import key_file, write_identities
+
+        try:
+            directory = write_identities(args.folder, args.clients, args.overwrite)
+        except FileExistsError as err:
+            raise ConfigError(str(args.folder), f"{err}; pass --overwrite to replace it") from None
+        print(f"wrote {directory} (give it to every SuperNode) and {key_file(args.folder, 0).name} ... "
+              f"{key_file(args.folder, args.clients - 1).name} (each to its client's SuperNode only, as "
+              "--node-config \"identity-key='...' directory='...'\")")
+        return 0
     from privfed.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -110,6 +126,12 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
         # one machine, as a test: reproducible seeds, so the run equals `privfed run` with the same config
         node_configs = [{"partition-id": i, "ledger": str((work / f"node-{i}" / "ledger.jsonl").resolve()),
                          "reproducible": True} for i in range(nodes)]
+        if cfg.aggregation.consistency_check:  # one machine: the keys are made here, each node given its own
+            from privfed.secure.identities import key_file, write_identities
+
+            directory = write_identities(work / "identities", nodes, overwrite=True).resolve()
+            for i, node in enumerate(node_configs):
+                node.update({"identity-key": str(key_file(directory.parent, i)), "directory": str(directory)})
         deployment = LoopbackDeployment(work / "deployment", node_configs, tls=not args.insecure)
         what = f"a SuperLink and {nodes} SuperNodes on 127.0.0.1 ({'insecure' if args.insecure else 'TLS'})"
     else:

@@ -75,17 +75,28 @@ def test_secagg_over_flower_survives_a_node_that_goes_silent_at_the_masked_input
     assert np.isfinite(second["eval_loss"])
 
 
-def test_few_bits_rotation_and_adaptive_clipping_over_flower(in_process, tmp_path):
+def test_few_bits_rotation_adaptive_clipping_and_the_consistency_check_over_flower(in_process, tmp_path):
     """What a node can only learn from SETUP (the rotation's signs, the round's clip norm) reaches it over Flower:
-    the nodes encode 16-bit rotated words with distributed noise and the server moves the clip norm."""
+    the nodes encode 16-bit rotated words with distributed noise and the server moves the clip norm; each node
+    signs with the identity key it was given (privfed flower identities), and one without a key refuses the run."""
+    from privfed.secure.identities import key_file, write_identities
+
     cfg, _ = in_process
     cfg = privfed.config.from_dict({**privfed.config.to_dict(cfg),
-                                    "aggregation": {"method": "secagg", "word_bits": 16, "rotation": True},
+                                    "aggregation": {"method": "secagg", "word_bits": 16, "rotation": True,
+                                                    "consistency_check": True},
                                     "privacy": {**privfed.config.to_dict(cfg)["privacy"], "distributed_noise": 0.5,
                                                 "update_clip": 0.5, "clip_quantile": 0.5,
                                                 "clip_learning_rate": 1.0}})
-    nodes = partitions(3, ledger=str(tmp_path / "node{i}" / "ledger.jsonl"))
+    directory = write_identities(tmp_path / "keys", 3)
+    with pytest.raises(FlowerRunError, match="node .* refuses the run: .*consistency_check needs this node's "
+                                             "identity-key"):
+        run_over_link(cfg, tmp_path / "no-keys", LocalLink(cfg, partitions(3)))
+    nodes = partitions(3, ledger=str(tmp_path / "node{i}" / "ledger.jsonl"),
+                       **{"identity-key": str(tmp_path / "keys" / "client-{i}.pem"), "directory": str(directory)})
+    assert key_file(tmp_path / "keys", 2).stat().st_mode & 0o077 == 0  # a private key readable by its owner only
     results = run_over_link(cfg, tmp_path / "low-bits", LocalLink(cfg, nodes))
+    assert results["rounds"][0]["aggregation"]["consistency_check"]
     first, second = results["rounds"]
     assert first["aggregation"]["word_bits"] == 16 and first["aggregation"]["rotation"]
     assert first["clients_aggregated"] == second["clients_aggregated"] == 3
@@ -145,6 +156,7 @@ def test_connect_names_duplicated_and_missing_clients(tiny_classifier):
     ({"data-path": "x.csv"}, "needs client-id"),
     ({"partition-id": 1, "client-id": 2}, "must equal partition-id"),
     ({"partition-id": 0, "ledgr": "x"}, r"unknown key\(s\) \['ledgr'\]"),
+    ({"partition-id": 0, "identity-key": "client-0.pem"}, "identity-key and directory go together"),
 ])
 def test_node_config_errors(node_config, problem):
     with pytest.raises(ConfigError, match=problem):
@@ -154,8 +166,7 @@ def test_node_config_errors(node_config, problem):
 def test_flower_refuses_what_it_cannot_do_yet(tiny_classifier):
     with pytest.raises(ConfigError, match="paillier is not available over Flower"):
         check_flower_support(tiny_classifier("aggregation=paillier", "aggregation.key_bits=2048"))
-    with pytest.raises(ConfigError, match="aggregation.consistency_check"):
-        check_flower_support(tiny_classifier("aggregation=secagg", "aggregation.consistency_check=true"))
+    check_flower_support(tiny_classifier("aggregation=secagg", "aggregation.consistency_check=true"))  # now runs
 
 
 def test_wire_round_trips():

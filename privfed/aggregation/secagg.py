@@ -447,8 +447,16 @@ class SecAggBackend(AggregationBackend):
             ints = np.insert(ints, -1, share.count_steps if under else 0)
         return ints, stats
 
+    def install_identity(self, client_id: int, key: Ed25519PrivateKey, directory: dict[int, bytes]) -> None:
+        """A client's long-term identity and the directory of public keys, given out of band (a Flower node's key
+        file and directory, :mod:`privfed.secure.identities`) instead of made here."""
+        self.identities[client_id] = key
+        self.directory.clear()
+        self.directory.update(directory)
+
     def identity(self, client_id: int) -> tuple[Ed25519PrivateKey | None, dict[int, bytes]]:
-        """The client's identity key and the directory of public keys (None, {} without the consistency check)."""
+        """The client's identity key and the directory of public keys (None, {} without the consistency check);
+        made here, for a simulated PKI, unless :meth:`install_identity` gave them."""
         if not self.cfg.consistency_check:
             return None, {}
         if client_id not in self.identities:

@@ -30,6 +30,12 @@ def aggregation_note(row: dict) -> str:
         parts.append(f"{details['dropouts_recovered']} masks recovered")
     if "word_bits" in details:
         parts.append(f"{details['word_bits']}-bit words")
+    if "update_clip" in details:
+        clip = f"clip S={details['update_clip']:.3g}"
+        if "under_clip" in details:
+            clip += f" ({details['under_clip']:.1f} under, noised; next {row['next_update_clip']:.3g})" \
+                if "next_update_clip" in row else f" ({details['under_clip']:.1f} under, noised)"
+        parts.append(clip)
     if "slots_per_ciphertext" in details:
         parts.append(f"{details['slots_per_ciphertext']} values/ciphertext, "
                      f"{details.get('encrypt_seconds', 0):.1f} s encrypt/client")

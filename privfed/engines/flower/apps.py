@@ -64,9 +64,6 @@ def check_flower_support(cfg: ExperimentConfig) -> None:
         raise ConfigError("aggregation.method", "paillier is not available over Flower yet: its server side would "
                                                 "need a public-key-only back-end; use secagg (or the in-process "
                                                 "engine, privfed run)")
-    if cfg.aggregation.consistency_check:
-        raise ConfigError("aggregation.consistency_check", "needs every node's identity key in a directory that "
-                                                           "privfed's Flower engine does not distribute yet")
     if cfg.attack.kind is not AttackKind.NONE:
         raise ConfigError("attack.kind", "malicious clients are simulated in process (privfed run, privfed "
                                          "attack-grid), not on Flower nodes")

@@ -19,6 +19,7 @@ from typing import Any, Self
 import msgpack
 import numpy as np
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import privfed
 from privfed.aggregation import make_backend
@@ -41,6 +42,7 @@ from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.privacy.accounting import epsilon_of_events
 from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
+from privfed.secure.identities import load_directory, load_identity
 from privfed.secure.messages import ProtocolError
 from privfed.server.driver import contribution
 
@@ -59,7 +61,9 @@ class NodeSettings:
 
     ``partition-id``: a partition of the config's data (demos, simulation); or ``data-path``: the organisation's
     own file or folder, in any data.source format, with ``client-id``. ``ledger``: the privacy ledger file that
-    outlives runs (absent: the ledger lives for one run only). ``approved-config``: the only config fingerprint this
+    outlives runs (absent: the ledger lives for one run only). ``identity-key`` and ``directory``: this client's
+    Ed25519 key file and the directory of every client's public key (``privfed flower identities``), which
+    ``aggregation.consistency_check`` needs. ``approved-config``: the only config fingerprint this
     node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed Poisson sampling and
     DP noise from the config's seed, round and client, so a run equals ``privfed run`` with the same seed; the
     default only without a ledger file. A node whose ledger outlives runs draws fresh OS entropy for every round it
@@ -73,11 +77,13 @@ class NodeSettings:
     ledger: str = ""
     approved_config: str = ""
     reproducible: bool = True
+    identity_key: str = ""
+    directory: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
         known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config",
-                 "reproducible"}
+                 "reproducible", "identity-key", "directory"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError("node-config", f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -97,8 +103,22 @@ class NodeSettings:
         reproducible = node_config.get("reproducible", not ledger)
         if not isinstance(reproducible, bool):
             raise ConfigError("node-config", f"reproducible must be true or false, got {reproducible!r}")
+        identity_key, directory = str(node_config.get("identity-key", "")), str(node_config.get("directory", ""))
+        if bool(identity_key) != bool(directory):
+            raise ConfigError("node-config", "identity-key and directory go together (privfed flower identities)")
         return cls(int(client), None if partition is None else int(partition), data_path, ledger,
-                   str(node_config.get("approved-config", "")), reproducible)
+                   str(node_config.get("approved-config", "")), reproducible, identity_key, directory)
+
+    def identity(self, cfg: ExperimentConfig) -> tuple[Ed25519PrivateKey, dict[int, bytes]] | None:
+        """This client's identity key and the directory, when the run's consistency check needs them (ConfigError
+        if the node was given none, or a key that is not its client's)."""
+        if not cfg.aggregation.consistency_check:
+            return None
+        if not self.identity_key:
+            raise ConfigError("node-config", "aggregation.consistency_check needs this node's identity-key and the "
+                                             "directory of public keys (write them with privfed flower identities)")
+        directory = load_directory(Path(self.directory))
+        return load_identity(Path(self.identity_key), self.client_id, directory), directory
 
 
 def stamp_problem(stamp: Stamp, cfg: ExperimentConfig, settings: NodeSettings) -> str:
@@ -236,6 +256,7 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
     if problem:
         return HelloReply(Status.REFUSED, settings.client_id, reason=problem)
     try:
+        settings.identity(cfg)
         client = _node_client(cfg, settings, request.label_names)
     except ConfigError as err:
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
@@ -250,8 +271,9 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
 _backends: dict[tuple, AggregationBackend] = {}
 
 
-def _backend(cfg: ExperimentConfig, request: Step) -> AggregationBackend:
-    """The node's aggregation back-end, sized as the server's (the sizes travel with every step)."""
+def _backend(cfg: ExperimentConfig, request: Step, settings: NodeSettings) -> AggregationBackend:
+    """The node's aggregation back-end, sized as the server's (the sizes travel with every step), holding the
+    node's identity when the consistency check needs one."""
     key = (fingerprint(cfg), request.max_clients, request.vector_length)
     if key not in _backends:
         for old in _backends.values():
@@ -260,6 +282,9 @@ def _backend(cfg: ExperimentConfig, request: Step) -> AggregationBackend:
         _backends[key] = make_backend(cfg.aggregation, max_clients=request.max_clients,
                                       vector_length=request.vector_length, client_ids=[request.client],
                                       distributed=DistributedDp.from_privacy(cfg.privacy), progress=False)
+    identity = settings.identity(cfg)
+    if identity is not None:
+        _backends[key].install_identity(settings.client_id, *identity)
     return _backends[key]
 
 
@@ -289,7 +314,7 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
 
 def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes],
           client: ClientState, ledger_store: NodeLedger, started: float) -> StepReply:
-    backend = _backend(cfg, request)
+    backend = _backend(cfg, request, settings)
     ledger = ledger_store.open(client.id)
 
     def refused() -> StepReply | None:
