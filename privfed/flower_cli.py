@@ -89,7 +89,8 @@ def flower_command(args: argparse.Namespace) -> int:
         try:
             directory = write_identities(args.folder, args.clients, args.overwrite)
         except FileExistsError as err:
-            raise ConfigError(str(args.folder), f"{err}; pass --overwrite to replace it") from None
+            raise ConfigError(str(args.folder), f"{err}; pass --overwrite to replace the keys (every node then needs "
+                                                "its new key and the new directory)") from None
         print(f"wrote {directory} (give it to every SuperNode) and {key_file(args.folder, 0).name} ... "
               f"{key_file(args.folder, args.clients - 1).name} (each to its client's SuperNode only, as "
               "--node-config \"identity-key='...' directory='...'\")")
@@ -119,6 +120,10 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
     from privfed.results import RESULTS, read_results, unused_run_dir
 
     nodes = _num_nodes(cfg)
+    if args.flower_command == "simulate" and cfg.aggregation.consistency_check:
+        raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
+                                                           "of their own, so no identity keys: use privfed flower "
+                                                           "loopback, or a deployment with privfed flower identities")
     work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
     out = unused_run_dir(work / "results")
     app = write_app_folder(cfg, work / "app", out)

@@ -95,6 +95,11 @@ def test_few_bits_rotation_adaptive_clipping_and_the_consistency_check_over_flow
     nodes = partitions(3, ledger=str(tmp_path / "node{i}" / "ledger.jsonl"),
                        **{"identity-key": str(tmp_path / "keys" / "client-{i}.pem"), "directory": str(directory)})
     assert key_file(tmp_path / "keys", 2).stat().st_mode & 0o077 == 0  # a private key readable by its owner only
+    with pytest.raises(FileExistsError):
+        write_identities(tmp_path / "keys", 3)  # never replaced without overwrite
+    with pytest.raises(ConfigError, match="not client 1's key"):
+        NodeSettings.from_node_config({"partition-id": 1, "identity-key": str(key_file(tmp_path / "keys", 0)),
+                                       "directory": str(directory)}).identity(cfg)
     results = run_over_link(cfg, tmp_path / "low-bits", LocalLink(cfg, nodes))
     assert results["rounds"][0]["aggregation"]["consistency_check"]
     first, second = results["rounds"]

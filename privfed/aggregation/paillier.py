@@ -28,8 +28,8 @@ from privfed.aggregation.base import (
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
-from privfed.privacy.distributed import DistributedDp
 from privfed.errors import ConfigError
+from privfed.privacy.distributed import DistributedDp
 from privfed.secure.encoding import (
     AUTOMATIC_WORD_VALUE_BITS,
     EncodingStats,

@@ -451,8 +451,7 @@ class SecAggBackend(AggregationBackend):
         """A client's long-term identity and the directory of public keys, given out of band (a Flower node's key
         file and directory, :mod:`privfed.secure.identities`) instead of made here."""
         self.identities[client_id] = key
-        self.directory.clear()
-        self.directory.update(directory)
+        self.directory = dict(directory)  # a new dict: halves made earlier keep the directory they were given
 
     def identity(self, client_id: int) -> tuple[Ed25519PrivateKey | None, dict[int, bytes]]:
         """The client's identity key and the directory of public keys (None, {} without the consistency check);

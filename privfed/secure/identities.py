@@ -31,25 +31,36 @@ def key_file(folder: Path, client: int) -> Path:
 
 def write_identities(folder: Path, clients: int, overwrite: bool = False) -> Path:
     """A fresh key for each of ``clients`` clients (ids 0..clients-1) and their directory; returns the directory
-    file. Refuses to replace an existing directory unless ``overwrite``."""
+    file. Refuses (FileExistsError) to replace any existing key or directory unless ``overwrite``. Each file is
+    written under a temporary name and moved into place, the directory last, so an interrupted run never leaves a
+    directory that names keys other than those beside it."""
     folder = Path(folder)
     if clients < 2:
         raise ConfigError("--clients", f"secure aggregation needs at least 2 clients, got {clients}")
-    if (folder / DIRECTORY).exists() and not overwrite:
-        raise FileExistsError(f"{folder / DIRECTORY} exists")
+    taken = [p for p in (folder / DIRECTORY, *(key_file(folder, c) for c in range(clients))) if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]} exists")
     folder.mkdir(parents=True, exist_ok=True)
     directory = {}
     for client in range(clients):
         key = Ed25519PrivateKey.generate()
-        path = key_file(folder, client)
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
+        _write_private(key_file(folder, client), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         directory[str(client)] = public_bytes(key).hex()
-    (folder / DIRECTORY).write_text(json.dumps(directory, indent=1) + "\n")
+    temporary = folder / f".{DIRECTORY}.{os.getpid()}"
+    temporary.write_text(json.dumps(directory, indent=1) + "\n")
+    os.replace(temporary, folder / DIRECTORY)
     return folder / DIRECTORY
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` to ``path``, readable by its owner only from the first byte (a fresh temporary file, then moved)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+    os.replace(temporary, path)
 
 
 def load_identity(path: Path, client: int, directory: dict[int, bytes]) -> Ed25519PrivateKey:

@@ -310,6 +310,8 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
             return _step(cfg, settings, request, state, client, ledger_store, started)
         except PrivacyViolationError as err:  # stops the run, as in process: never a silent dropout
             return StepReply(Status.REFUSED, reason=f"privacy check failed on the node: {err}")
+        except ConfigError as err:  # e.g. its identity files became unreadable after the hello: stop, with why
+            return StepReply(Status.REFUSED, reason=str(err))
 
 
 def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes],
