@@ -97,6 +97,10 @@ def test_few_bits_rotation_adaptive_clipping_and_the_consistency_check_over_flow
     assert key_file(tmp_path / "keys", 2).stat().st_mode & 0o077 == 0  # a private key readable by its owner only
     with pytest.raises(FileExistsError):
         write_identities(tmp_path / "keys", 3)  # never replaced without overwrite
+    stale = write_identities(tmp_path / "other-keys", 3)  # node 2 holds another (self-consistent) directory
+    mixed = [*nodes[:2], {**nodes[2], "identity-key": str(key_file(stale.parent, 2)), "directory": str(stale)}]
+    with pytest.raises(FlowerRunError, match="different directories of identity keys"):
+        run_over_link(cfg, tmp_path / "mixed", LocalLink(cfg, mixed))
     with pytest.raises(ConfigError, match="not client 1's key"):
         NodeSettings.from_node_config({"partition-id": 1, "identity-key": str(key_file(tmp_path / "keys", 0)),
                                        "directory": str(directory)}).identity(cfg)

@@ -9,6 +9,7 @@ and ``directory.json`` (client id -> public key, hex; every node gets the same c
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -74,6 +75,13 @@ def load_identity(path: Path, client: int, directory: dict[int, bytes]) -> Ed255
     if directory.get(client) != public_bytes(key):
         raise ConfigError("node-config", f"identity-key {path} is not client {client}'s key in the directory")
     return key
+
+
+def directory_digest(directory: dict[int, bytes]) -> str:
+    """SHA-256 of a directory (hex): nodes that were given different directories would fail every peer's
+    signature check, so the server compares these at the hello and stops the run before it starts."""
+    canonical = json.dumps({str(c): directory[c].hex() for c in sorted(directory)}, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def load_directory(path: Path) -> dict[int, bytes]:

@@ -94,6 +94,7 @@ class NodeEntry:
     num_examples: int
     epsilon_spent: float  # before this run, over every run in the node's ledger
     ledger_file: bool
+    directory: str = ""  # the digest of its directory of identity keys (consistency check)
 
 
 def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stage_timeout: float,
@@ -120,7 +121,8 @@ def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stag
                                  f"0-{num_clients - 1}")
         log.info("node %d serves client %d (%d examples, epsilon %.3f spent before this run%s)", node, hello.client,
                  hello.num_examples, hello.epsilon_spent, "" if hello.ledger_file else "; its ledger lasts this run only")
-        entries.append(NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent, hello.ledger_file))
+        entries.append(NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent, hello.ledger_file,
+                                 hello.directory))
     return entries
 
 
@@ -140,6 +142,12 @@ def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: flo
                                      f"{entry.client}: give each node its own client-id / partition-id")
             entries[entry.client] = entry
         if len(entries) == num_clients:
+            digests = {e.directory for e in entries.values()}
+            if len(digests) > 1:
+                groups = {d[:12]: sorted(c for c, e in entries.items() if e.directory == d) for d in digests}
+                raise FlowerRunError(f"the nodes hold different directories of identity keys (clients by directory "
+                                     f"digest: {groups}): every signature check would fail; give every node the "
+                                     "same directory.json")
             return entries
         if time.monotonic() > deadline:
             missing = sorted(set(range(num_clients)) - set(entries))
@@ -253,6 +261,10 @@ class FlowerClients(ClientSide):
         if new:
             for entry in greet(self.link, self.stamp, new, len(self.nodes), self.cfg.flower.stage_timeout,
                                self.label_names):
+                if entry.directory != self.nodes[entry.client].directory:
+                    log.warning("node %d (client %d) holds another directory of identity keys than the run's: "
+                                "ignored", entry.node_id, entry.client)
+                    continue
                 log.warning("client %d is now served by node %d (was %d)", entry.client, entry.node_id,
                             self.nodes[entry.client].node_id)
                 self.nodes[entry.client] = entry

@@ -42,7 +42,7 @@ from privfed.errors import ConfigError, PrivacyViolationError
 from privfed.privacy.accounting import epsilon_of_events
 from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
-from privfed.secure.identities import load_directory, load_identity
+from privfed.secure.identities import directory_digest, load_directory, load_identity
 from privfed.secure.messages import ProtocolError
 from privfed.server.driver import contribution
 
@@ -256,7 +256,7 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
     if problem:
         return HelloReply(Status.REFUSED, settings.client_id, reason=problem)
     try:
-        settings.identity(cfg)
+        identity = settings.identity(cfg)
         client = _node_client(cfg, settings, request.label_names)
     except ConfigError as err:
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
@@ -265,7 +265,8 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
     with NodeLedger(settings, state) as ledger:
         spent = epsilon_of_events(ledger.open(client.id).dp_sgd(client.id), cfg.privacy.delta,
                                   cfg.privacy.accountant)
-    return HelloReply(Status.OK, client.id, client.num_examples, float(spent), ledger.persistent)
+    return HelloReply(Status.OK, client.id, client.num_examples, float(spent), ledger.persistent,
+                      directory="" if identity is None else directory_digest(identity[1]))
 
 
 _backends: dict[tuple, AggregationBackend] = {}

@@ -65,6 +65,7 @@ class HelloReply:
     epsilon_spent: float = 0.0  # the node's epsilon before this run, from its ledger (every run it took part in)
     ledger_file: bool = False  # False: the ledger lives in Flower's node state, for this run only
     reason: str = ""
+    directory: str = ""  # the digest of the node's directory of identity keys ("" without the consistency check)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def encode_hello_reply(reply: HelloReply) -> RecordDict:
 def decode_hello_reply(content: RecordDict) -> HelloReply:
     h = _header(content, Kind.HELLO)
     return HelloReply(Status(h["status"]), int(h["client"]), int(h["num_examples"]), float(h["epsilon_spent"]),
-                      bool(h["ledger_file"]), str(h["reason"]))
+                      bool(h["ledger_file"]), str(h["reason"]), str(h["directory"]))
 
 
 def encode_step(step: Step) -> RecordDict:
