@@ -122,12 +122,12 @@ def quality(results: dict, metric: str) -> float:
 
 def change_text(mean: float, half: float, n: int, metric: str) -> str:
     """A paired change: accuracy in points, perplexity as it is."""
-    scale, unit = (100, " pt") if metric == "eval_accuracy" else (1, " ppl")
-    return f"{scale * mean:+.1f}" + (f" ± {scale * half:.1f}" if n > 1 else "") + unit
+    scale, unit, digits = (100, " pt", 1) if metric == "eval_accuracy" else (1, " ppl", 2)
+    return f"{scale * mean:+.{digits}f}" + (f" ± {scale * half:.{digits}f}" if n > 1 else "") + unit
 
 
 def user_epsilon(results: dict) -> str:
-    value = results["final"].get("user_epsilon") or math.inf
+    value = float(results["final"].get("user_epsilon") or math.inf)  # results.json writes infinity as "inf"
     return "∞" if math.isinf(value) else f"{value:.3g}"
 
 
@@ -174,7 +174,10 @@ def main(argv: list[str]) -> dict:
     metric_of = {s.label: s.metric for s in chosen}
     baselines = {label: {r["config"]["seed"]: quality(r, metric_of[label]) for r in results.get(label, [])}
                  for label in {s.baseline for s in chosen}}
-    float_bytes = upload_per_client(results["plain float32"][0]) if "plain float32" in results else math.nan
+    def float_bytes(setting: Setting) -> float:
+        """The upload of plain float32 aggregation of the same model: the demo's, or SmolLM2's."""
+        label = SMOLLM2_BASELINE if setting.config_file == SMOLLM2_CONFIG else "plain float32"
+        return upload_per_client(results[label][0]) if label in results else math.nan
     rows = []
     for s in chosen:
         if s.label in refused:
@@ -196,8 +199,10 @@ def main(argv: list[str]) -> dict:
                      "baseline": {"plain float32": "plain", USER_BASELINE: "user-level 32-bit"}.get(s.baseline,
                                                                                                     "SmolLM2 plain"),
                      "user ε": user_epsilon(runs[0]),
-                     "MB up/client/round": up / 1e6, "upload / float32": up / float_bytes,
-                     "quantisation rms": aggregation.get("quantisation_rms", 0.0),
+                     "MB up/client/round": up / 1e6, "upload / float32": up / float_bytes(s),
+                     # under distributed DP a client keeps its encoding statistics to itself
+                     "quantisation rms": aggregation.get("quantisation_rms", "–" if "update_clip" in aggregation
+                                                         else 0.0),
                      "_mean": measured.mean, "_half": measured.half_width, "_paired": paired.mean,
                      "_paired_half": paired.half_width, "_metric": s.metric})
     columns = ["setting", "word bits", "value bits", "seeds", "quality", "baseline", "vs baseline",
@@ -220,54 +225,55 @@ def main(argv: list[str]) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """(a) accuracy (mean ± 95 % interval over seeds) and (b) its paired change against the family's baseline on
-    the same seeds, both against the upload per client and round relative to float32 (log scale). Record-level
-    rows are blue (squares: plain float32; diamonds: rotation), user-level distributed-DP rows red (triangles;
-    pointing down: the fixed clip). (c), when the SmolLM2 family ran: its perplexity against the upload."""
+    """One panel per family, each against the upload per client and round relative to its model's float32 (log
+    scale): (a) the demo at record-level ε = 8, the accuracy change paired with plain float32 by seed; (b) the demo
+    under user-level distributed DP, accuracy with the clip norm fixed and adaptive; (c) SmolLM2 on the chat data,
+    the perplexity change paired with plain float32. Error bars: 95 % Student-t intervals over the seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chat = [r for r in rows if r["_metric"] != "eval_accuracy"]
-    fig, axes = plt.subplots(1, 3 if chat else 2, figsize=(16 if chat else 11, 4.4))
-    for r in chat:
-        label = "float32" if r["word bits"] == "float32" else f"{r['word bits']} bits"
-        axes[2].errorbar(r["upload / float32"], r["_mean"], yerr=0.0 if math.isnan(r["_half"]) else r["_half"],
-                         fmt="s" if label == "float32" else "o", capsize=3, color="C4")
-        axes[2].annotate(f"{label} ({r['vs baseline']})", (r["upload / float32"], r["_mean"]),
-                         textcoords="offset points", xytext=(5, 6), fontsize=8)
-    if chat:
-        axes[2].set_ylabel("held-out perplexity (lower is better)")
-        axes[2].set_title("(c) SmolLM2-135M + LoRA, chat data, ε = 8", fontsize=10)
-    for r in (r for r in rows if r["_metric"] == "eval_accuracy"):
-        user = r["setting"].startswith("user-level")
-        if user:
-            marker, colour = ("v" if "fixed" in r["setting"] else "^"), "C3"
-        else:
-            marker = "s" if r["setting"].startswith("plain") else "D" if "rotation" in r["setting"] else "o"
-            colour = "C2" if marker == "s" else "C1" if marker == "D" else "C0"
-        label = "float32" if r["word bits"] == "float32" else f"{r['word bits']}" + (" + rot." if marker == "D" else "")
-        if user:
-            label = f"user {r['word bits']}" + (" fixed" if marker == "v" else "")
-        x = r["upload / float32"]
-        for ax, (mean, half) in zip(axes, ((r["_mean"], r["_half"]), (100 * r["_paired"], 100 * r["_paired_half"]))):
-            ax.errorbar(x, mean, yerr=0.0 if math.isnan(half) else half, fmt=marker, capsize=3, color=colour)
-            ax.annotate(label, (x, mean), textcoords="offset points", xytext=(5, 6 if marker == "s" else -12),
-                        fontsize=8)
-    axes[1].axhline(0.0, color="grey", lw=0.8)
-    axes[1].axhline(-1.0, color="grey", lw=0.8, ls=":")
-    axes[0].set_ylabel("test accuracy (mean ± 95 % CI over seeds)")
-    axes[1].set_ylabel("accuracy change vs the family's baseline, points\n(paired by seed, mean ± 95 % CI)")
-    axes[0].set_title("(a) accuracy", fontsize=10)
-    axes[1].set_title("(b) what the bits cost (dotted: −1 point)", fontsize=10)
-    for ax in axes:
+    families = [("record", [r for r in rows if r["_metric"] == "eval_accuracy"
+                            and not r["setting"].startswith("user-level")]),
+                ("user", [r for r in rows if r["setting"].startswith("user-level")]),
+                ("chat", [r for r in rows if r["_metric"] != "eval_accuracy"])]
+    families = [(name, found) for name, found in families if found]
+    fig, axes = plt.subplots(1, len(families), figsize=(5.6 * len(families), 4.4), squeeze=False)
+    for ax, (name, found) in zip(axes[0], families):
+        for r in found:
+            x, label = r["upload / float32"], "float32" if r["word bits"] == "float32" else f"{r['word bits']}"
+            if name == "record":
+                y, half = 100 * r["_paired"], 100 * r["_paired_half"]
+                marker = "s" if label == "float32" else "D" if "rotation" in r["setting"] else "o"
+                colour = "C2" if marker == "s" else "C1" if marker == "D" else "C0"
+                label += " + rot." if marker == "D" else ""
+            elif name == "user":
+                y, half = r["_mean"], r["_half"]
+                fixed = "fixed" in r["setting"]
+                marker, colour = ("v", "C3") if fixed else ("^", "C1")
+                label += " fixed S" if fixed else " adaptive S"
+            else:
+                y, half = r["_paired"], r["_paired_half"]
+                marker, colour = ("s", "C2") if label == "float32" else ("o", "C4")
+            ax.errorbar(x, y, yerr=0.0 if math.isnan(half) else half, fmt=marker, capsize=3, color=colour)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xscale("log")
-        ax.set_xlabel("upload per client and round ÷ float32's (log)")
+        ax.set_xlabel("upload per client and round ÷ its model's float32 (log)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Bits a value on the wire (label) against quality. Demo (a, b) — blue: record-level ε = 8 "
-                 "(baseline plain float32, square); red: user-level distributed DP (baseline its 32-bit words)",
-                 fontsize=9)
+        if name == "record":
+            ax.axhline(0.0, color="grey", lw=0.8)
+            ax.axhline(-1.0, color="grey", lw=0.8, ls=":")
+            ax.set_ylabel("accuracy change vs plain float32, points\n(paired by seed; dotted: −1 point)")
+            ax.set_title("(a) demo, record-level ε = 8", fontsize=10)
+        elif name == "user":
+            ax.set_ylabel("test accuracy")
+            ax.set_title("(b) demo, user-level distributed DP (same z)", fontsize=10)
+        else:
+            ax.axhline(0.0, color="grey", lw=0.8)
+            ax.set_ylabel("perplexity change vs plain float32\n(paired by seed; below 0 is better)")
+            ax.set_title("(c) SmolLM2-135M + LoRA, chat data, ε = 8", fontsize=10)
+    fig.suptitle("Bits a value on the wire (label) against quality, per family", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
