@@ -341,21 +341,22 @@ class SecAggBackend(AggregationBackend):
                 candidate = FixedPointEncoding(cfg.clip_range, exact.value_bits, word_bits)
                 if self._sum_bound(candidate) < 2 ** (word_bits - 1):
                     return candidate
-            self._refuse(FixedPointEncoding(cfg.clip_range, exact.value_bits, words[-1]), "at these value bits")
+            raise self._refusal(FixedPointEncoding(cfg.clip_range, exact.value_bits, words[-1]), "at these value bits")
         for value_bits in range(exact.value_bits, 1, -1):
             candidate = FixedPointEncoding(cfg.clip_range, value_bits, cfg.word_bits)
             if self._share_at(candidate.step).client_mu <= MAX_POISSON_MU and \
                     self._sum_bound(candidate) < 2 ** (cfg.word_bits - 1):
                 return candidate
-        self._refuse(FixedPointEncoding(cfg.clip_range, 2, cfg.word_bits), "even at 2-bit values")
+        raise self._refusal(FixedPointEncoding(cfg.clip_range, 2, cfg.word_bits), "even at 2-bit values")
 
-    def _refuse(self, encoding: FixedPointEncoding, where: str) -> None:
+    def _refusal(self, encoding: FixedPointEncoding, where: str) -> ConfigError:
+        """The error naming the wrap probability of the largest round's noisy sum at ``encoding``."""
         clients, k = self.max_clients, encoding.word_bits
         share = self._share_at(encoding.step)
-        headroom = 2 ** (k - 1) - 1 - clients * max(2 ** (encoding.value_bits - 1) - 1, share.count_steps)
+        headroom = 2 ** (k - 1) - 1 - self._values_bound(encoding, clients, share)
         chance = wrap_probability(clients * share.client_mu, headroom, self.wire_length - 1)
         key = "aggregation.value_bits" if self.cfg.value_bits and k == 64 else "aggregation.word_bits"
-        raise ConfigError(key, f"at {k} bits the noisy sum of {clients} clients (noise multiplier "
+        return ConfigError(key, f"at {k} bits the noisy sum of {clients} clients (noise multiplier "
                                f"{self.distributed.noise_multiplier:g}, {self.wire_length - 1} noised values) wraps "
                                f"around with probability {chance:.2g} a round {where} (more than "
                                f"aggregation.max_wrap_probability={self.cfg.max_wrap_probability:g}); "
@@ -373,8 +374,13 @@ class SecAggBackend(AggregationBackend):
         but with ``aggregation.max_wrap_probability``."""
         clients = self.max_clients if clients is None else clients
         share = self._share_at(encoding.step) if share is None else share
-        values = clients * max(2 ** (encoding.value_bits - 1) - 1, share.count_steps)
-        return values + share.slack(clients, self.wire_length - 1, self.cfg.max_wrap_probability)
+        return self._values_bound(encoding, clients, share) + share.slack(clients, self.wire_length - 1,
+                                                                          self.cfg.max_wrap_probability)
+
+    @staticmethod
+    def _values_bound(encoding: FixedPointEncoding, clients: int, share: SkellamShare) -> int:
+        """The most steps the exact part of a sum holds: each client's value, or its count if that is larger."""
+        return clients * max(2 ** (encoding.value_bits - 1) - 1, share.count_steps)
 
     def noise_share(self, num_clients: int, step: float | None = None,
                     clip: float | None = None) -> SkellamShare | None:
@@ -485,8 +491,7 @@ class SecAggBackend(AggregationBackend):
         sum_bound = 0
         if share is not None:
             sum_bound = self._sum_bound(self.encoding, len(ids), share)
-            levels = 2 ** (self.encoding.value_bits - 1) - 1
-            headroom = 2 ** (self.encoding.word_bits - 1) - 1 - len(ids) * max(levels, share.count_steps)
+            headroom = 2 ** (self.encoding.word_bits - 1) - 1 - self._values_bound(self.encoding, len(ids), share)
             details.update(update_clip=share.update_clip, noise_multiplier=share.noise_multiplier,
                            wrap_probability=wrap_probability(len(ids) * share.client_mu, headroom,
                                                              self.wire_length - 1))
