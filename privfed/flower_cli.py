@@ -120,10 +120,10 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
     from privfed.results import RESULTS, read_results, unused_run_dir
 
     nodes = _num_nodes(cfg)
-    if args.flower_command == "simulate" and cfg.aggregation.consistency_check:
-        raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
-                                                           "of their own, so no identity keys: use privfed flower "
-                                                           "loopback, or a deployment with privfed flower identities")
+    if args.flower_command == "simulate":
+        from privfed.engines.flower.apps import check_flower_simulation
+
+        check_flower_simulation(cfg)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
     out = unused_run_dir(work / "results")
     app = write_app_folder(cfg, work / "app", out)

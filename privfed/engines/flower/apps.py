@@ -77,6 +77,14 @@ def check_flower_support(cfg: ExperimentConfig) -> None:
                                           "defence.client_clip are available")
 
 
+def check_flower_simulation(cfg: ExperimentConfig) -> None:
+    """Refuse what Flower's simulation runtime cannot do on top of :func:`check_flower_support`, with the reason."""
+    if cfg.aggregation.consistency_check:
+        raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
+                                                           "of their own, so no identity keys: use privfed flower "
+                                                           "loopback, or a deployment with privfed flower identities")
+
+
 # ---------------------------------------------------------------- ServerApp
 
 server_app = ServerApp()
