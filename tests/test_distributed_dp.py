@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import msgpack
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
@@ -54,7 +55,7 @@ def test_conditional_rounding_enforces_the_tighter_sensitivity():
     plain = share.update_clip / share.step + math.sqrt(d)
     assert share.update_l2_sensitivity < 0.9 * plain  # 312 steps instead of 374 here
     params = RoundParameters(b"\x01" * 16, 1, tuple(range(5)), 0, 3, cfg.word_bits, agg.wire_length,
-                             context=__import__("msgpack").packb({"update_clip": 0.5}))
+                             context=msgpack.packb({"update_clip": 0.5}))
     rng = np.random.default_rng(0)
     for _ in range(20):
         update = rng.normal(size=d)
