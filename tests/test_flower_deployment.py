@@ -18,6 +18,7 @@ from privfed.engines.flower.loopback import LoopbackDeployment
 from privfed.engines.inprocess import run
 from privfed.privacy.ledger import Ledger
 from privfed.results import read_results
+from privfed.secure.identities import key_file, write_identities
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +38,17 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
     plain = make_config(TINY_CLASSIFIER, "privacy.mode=target_epsilon", "privacy.epsilon=8", "model.regime=lora",
                         "training.rounds=1", *FAST_TIMEOUTS)
     secagg = make_config(TINY_CLASSIFIER, "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
-                         "model.regime=lora", "training.rounds=2", "aggregation=secagg", *FAST_TIMEOUTS)
+                         "model.regime=lora", "training.rounds=2", "aggregation=secagg",
+                         "aggregation.consistency_check=true", *FAST_TIMEOUTS)
     expected = {"plain": run(plain, tmp_path / "inproc-plain", progress=False),
                 "secagg": run(secagg, tmp_path / "inproc-secagg", progress=False)}
     ledgers = [tmp_path / f"node-{i}" / "ledger.jsonl" for i in range(3)]
+    directory = write_identities(tmp_path / "keys", 3)  # the secagg run's consistency check signs with these
     # reproducible: the nodes seed DP-SGD from the config (a node with a ledger file otherwise draws fresh entropy)
     deployment = LoopbackDeployment(tmp_path / "deploy", [{"partition-id": i, "ledger": str(ledgers[i]),
-                                                           "reproducible": True} for i in range(3)], tls=True)
+                                                           "reproducible": True,
+                                                           "identity-key": str(key_file(directory.parent, i)),
+                                                           "directory": str(directory)} for i in range(3)], tls=True)
     pids: set[int] = set()
     try:
         with deployment:
@@ -64,8 +69,9 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             assert all(n["epsilon_spent_before_run"] > 7.9 for n in again["nodes"].values())
             assert all(len(Ledger.read(p).dp_sgd()) == 1 for p in ledgers)
 
-            # 3. secagg: round 1 as in process (within the quantisation step); in round 2 SuperNode 2 is killed while
-            #    it trains for its masked input, and the round completes without it
+            # 3. secagg with the consistency check (each node signs with its own identity file): round 1 as in
+            #    process (within the quantisation step); in round 2 SuperNode 2 is killed while it trains for its
+            #    masked input, and the round completes without it
             app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
             trains_before = deployment.node_log(2).count("Receiving: train message")
             name = deployment.start_run(app)
