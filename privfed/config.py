@@ -140,6 +140,14 @@ class Aggregation(enum.Enum):
     PAILLIER = "paillier"  # packed Paillier encryption: the server adds ciphertexts, the clients decrypt the sum
 
 
+class EvaluationSite(enum.Enum):
+    """Where the global model is evaluated after every round."""
+
+    SERVER = "server"  # on the config's held-out data, by the server
+    CLIENTS = "clients"  # by the round's clients, each on its own held-out records; the server learns the totals
+    BOTH = "both"
+
+
 class DropoutStage(enum.Enum):
     """The first protocol message that simulated dropouts fail to send (plain: before or after the upload)."""
 
@@ -229,6 +237,11 @@ class EvaluationConfig:
     generations: int = _help("chat and prompt_response data: held-out prompts answered greedily after every round "
                              "and saved in generations.jsonl (0 = none)", default=3)
     max_new_tokens: int = _help("tokens generated per answer", default=48)
+    where: EvaluationSite = _help("server | clients | both: clients evaluate the global model after every round on "
+                                  "their own held-out records (data.validation_fraction of each client's examples), "
+                                  "and their loss and correct counts are summed through the run's aggregation "
+                                  "(under secagg the server learns only the federation's totals)",
+                                  default=EvaluationSite.SERVER)
 
 
 @dataclass(frozen=True)
@@ -363,7 +376,8 @@ class AggregationConfig:
     key_bits: int = _help("paillier: modulus bits, 2048 | 3072 | 4096 (2048 only until 2030 per NIST)",
                           default=3072)
     key_file: str = _help("paillier: the clients' shared key pair, made by `privfed keygen` (empty: client 0 "
-                          "generates one per run and sends it to the others, sealed)", default="")
+                          "generates one per run and sends it to the others, sealed); over Flower the server's "
+                          "public key (KEY.pub), the nodes holding the pair as node-config paillier-key", default="")
     workers: int = _help("paillier: processes that make obfuscators and decrypt (0 = one per CPU core)", default=0)
 
 
@@ -929,6 +943,9 @@ def validate(c: ExperimentConfig) -> None:
     validate_defence(c)
     _check(e.generations >= 0, "evaluation.generations", "must be >= 0 (0 = none)")
     _check(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+    _check(e.where is EvaluationSite.SERVER or 0 < d.validation_fraction <= 0.5, "evaluation.where",
+           f"{e.where.value} evaluates on each client's held-out records: set data.validation_fraction in (0, 0.5] "
+           f"(their share of each client's examples), got {d.validation_fraction}")
     for key in ("stage_timeout", "train_timeout", "connect_timeout"):
         value = getattr(c.flower, key)
         _check(value > 0 and math.isfinite(value), f"flower.{key}", f"must be a positive number of seconds, got {value}")

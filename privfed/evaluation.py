@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,25 +14,46 @@ from privfed.data.tokenize import NO_EXPLICIT_INPUTS, ExplicitInputs, as_batch
 from privfed.models.losses import loss_from_logits, model_inputs, token_counts
 
 
-def _metrics(loss_sum: float, weight: float, correct: int, count: int, task: Task) -> dict[str, float]:
+def _metrics(loss_sum: float, weight: float, correct: float, count: float, task: Task,
+             prefix: str = "eval_") -> dict[str, float]:
     loss = loss_sum / max(weight, 1.0)
     if task is Task.CLASSIFICATION:
-        return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1)}
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+        return {f"{prefix}loss": loss, f"{prefix}accuracy": correct / max(count, 1)}
+    return {f"{prefix}loss": loss, f"{prefix}perplexity": math.exp(min(loss, 50.0))}
 
 
-def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int = 64,
-             explicit: ExplicitInputs = NO_EXPLICIT_INPUTS, owners: np.ndarray | None = None) -> dict:
-    """``eval_loss`` and ``eval_accuracy`` (classification) or ``eval_perplexity`` (causal LM, token-weighted).
+@dataclass(frozen=True)
+class EvaluationSums:
+    """What held-out metrics are made of, as sums that add up across clients: the loss summed over the examples
+    (classification) or tokens (causal LM) it is averaged over, their number, and the correct predictions among
+    ``count`` examples."""
 
-    With ``owners`` (a client id per example, -1 for none) the same forward pass also gives ``per_client``:
-    client id (as a string, for JSON) -> its metrics and example count, over the held-out examples of its own
-    natural groups. That is how a non-IID federation's clients each fare, at no extra cost.
-    """
+    loss_sum: float
+    weight: float
+    correct: float
+    count: float
+
+    def __add__(self, other: EvaluationSums) -> EvaluationSums:
+        return EvaluationSums(self.loss_sum + other.loss_sum, self.weight + other.weight,
+                              self.correct + other.correct, self.count + other.count)
+
+    def metrics(self, task: Task, prefix: str = "eval_") -> dict[str, float]:
+        return _metrics(self.loss_sum, self.weight, self.correct, self.count, task, prefix)
+
+
+def evaluation_sums(model: nn.Module, data: TensorDataset, task: Task, batch_size: int = 64,
+                    explicit: ExplicitInputs = NO_EXPLICIT_INPUTS) -> EvaluationSums:
+    """The held-out sums of ``data`` (one client's held-out records, in federated evaluation)."""
+    losses, weights, correct = _forward(model, data, task, batch_size, explicit)
+    return EvaluationSums(float((losses * weights).sum()), float(weights.sum()), float(correct.sum()), len(data))
+
+
+def _forward(model: nn.Module, data: TensorDataset, task: Task, batch_size: int,
+             explicit: ExplicitInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: its loss, the weight it is averaged with (1, or its tokens), and whether it was classified
+    correctly (False for a causal LM)."""
     if len(data) == 0:
         raise ValueError("no held-out examples to evaluate on: raise data.test_fraction or data.eval_examples")
-    if owners is not None and len(owners) != len(data):
-        raise ValueError(f"{len(owners)} owners for {len(data)} held-out examples")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -47,6 +69,20 @@ def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int 
     model.train(was_training)
     losses, weights = torch.cat(losses_all).numpy(), torch.cat(weights_all).numpy()
     correct = torch.cat(correct_all).numpy() if correct_all else np.zeros(len(losses), dtype=bool)
+    return losses, weights, correct
+
+
+def evaluate(model: nn.Module, data: TensorDataset, task: Task, batch_size: int = 64,
+             explicit: ExplicitInputs = NO_EXPLICIT_INPUTS, owners: np.ndarray | None = None) -> dict:
+    """``eval_loss`` and ``eval_accuracy`` (classification) or ``eval_perplexity`` (causal LM, token-weighted).
+
+    With ``owners`` (a client id per example, -1 for none) the same forward pass also gives ``per_client``:
+    client id (as a string, for JSON) -> its metrics and example count, over the held-out examples of its own
+    natural groups. That is how a non-IID federation's clients each fare, at no extra cost.
+    """
+    if owners is not None and len(owners) != len(data):
+        raise ValueError(f"{len(owners)} owners for {len(data)} held-out examples")
+    losses, weights, correct = _forward(model, data, task, batch_size, explicit)
     out: dict = _metrics(float((losses * weights).sum()), float(weights.sum()), int(correct.sum()), len(data), task)
     if owners is not None:
         out["per_client"] = {

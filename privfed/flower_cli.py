@@ -40,6 +40,14 @@ def add_flower_parser(sub) -> None:
     identities.add_argument("folder", type=Path)
     identities.add_argument("--clients", type=int, required=True, help="how many clients (ids 0..N-1)")
     identities.add_argument("--overwrite", action="store_true", help="replace existing keys and directory")
+    worker = commands.add_parser("worker", help="a warm node worker for a SuperNode started with --isolation "
+                                                "process: one process serves all its messages (the model stays "
+                                                "loaded), restarted if it dies")
+    worker.add_argument("--runtime-api", default="127.0.0.1:9094", help="the SuperNode's Runtime API, on this "
+                                                                        "machine (flower-supernode --port; default "
+                                                                        "127.0.0.1:9094)")
+    worker.add_argument("--secret-file", type=Path, required=True, help="the file given to flower-supernode "
+                                                                        "--superexec-auth-secret-file")
     for name, text in (("loopback", "a SuperLink and one SuperNode per client on 127.0.0.1, TLS, then flwr run"),
                        ("simulate", "Flower's simulation runtime (Ray): one virtual SuperNode per client")):
         p = commands.add_parser(name, help=text)
@@ -49,6 +57,13 @@ def add_flower_parser(sub) -> None:
         p.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole run may take")
         if name == "loopback":
             p.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
+            p.add_argument("--node-auth", action="store_true", help="SuperNode authentication: the SuperLink "
+                                                                    "admits only the nodes whose keys were "
+                                                                    "registered (flwr supernode register)")
+            p.add_argument("--stock-processes", action="store_true", help="Flower's own ClientApp process per "
+                                                                          "message instead of privfed's warm node "
+                                                                          "workers (slower: each message reloads "
+                                                                          "the model)")
         else:
             p.add_argument("--num-cpus", type=int, default=1, help="CPUs per ClientApp call")
             p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per ClientApp call (fractions share one)")
@@ -95,6 +110,13 @@ def flower_command(args: argparse.Namespace) -> int:
               f"{key_file(args.folder, args.clients - 1).name} (each to its client's SuperNode only, as "
               "--node-config \"identity-key='...' directory='...'\")")
         return 0
+    if args.flower_command == "worker":
+        _require_flower()
+        from privfed.engines.flower.worker import WorkerSettings, supervise
+
+        settings = WorkerSettings(args.runtime_api, args.secret_file)
+        print(f"privfed worker for the SuperNode at {args.runtime_api}: serving its messages until stopped (Ctrl-C)")
+        return supervise(settings)
     from privfed.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -115,6 +137,7 @@ def flower_command(args: argparse.Namespace) -> int:
 
 def _run_locally(cfg, args: argparse.Namespace) -> int:
     from privfed.cli import print_run
+    from privfed.config import Aggregation
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
     from privfed.results import RESULTS, read_results, unused_run_dir
@@ -126,6 +149,9 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
         check_flower_simulation(cfg)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
     out = unused_run_dir(work / "results")
+    paillier_pair = None
+    if args.flower_command == "loopback" and cfg.aggregation.method is Aggregation.PAILLIER:
+        cfg, paillier_pair = _split_paillier_key(cfg, work / "paillier")
     app = write_app_folder(cfg, work / "app", out)
     if args.flower_command == "loopback":
         # one machine, as a test: reproducible seeds, so the run equals `privfed run` with the same config
@@ -137,8 +163,16 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
             directory = write_identities(work / "identities", nodes, overwrite=True).resolve()
             for i, node in enumerate(node_configs):
                 node.update({"identity-key": str(key_file(directory.parent, i)), "directory": str(directory)})
-        deployment = LoopbackDeployment(work / "deployment", node_configs, tls=not args.insecure)
-        what = f"a SuperLink and {nodes} SuperNodes on 127.0.0.1 ({'insecure' if args.insecure else 'TLS'})"
+        if paillier_pair is not None:  # the server's config names the public key; each node gets the pair
+            for node in node_configs:
+                node["paillier-key"] = str(paillier_pair)
+        if args.node_auth and args.insecure:
+            raise ConfigError("--node-auth", "SuperNode authentication needs TLS: drop --insecure")
+        deployment = LoopbackDeployment(work / "deployment", node_configs, tls=not args.insecure,
+                                        warm=not args.stock_processes, node_auth=args.node_auth)
+        what = (f"a SuperLink and {nodes} SuperNodes on 127.0.0.1 ({'insecure' if args.insecure else 'TLS'}"
+                f"{', registered nodes only' if args.node_auth else ''}, "
+                f"{'a ClientApp process per message' if args.stock_processes else 'a warm worker per node'})")
     else:
         deployment = LoopbackDeployment(work / "deployment", [], tls=False,
                                         simulation=SimulationOptions(nodes, args.num_cpus, args.num_gpus))
@@ -152,6 +186,26 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
     print(f"the run took {outcome.seconds:.0f} s (flwr run, start to end)")
     print_run(cfg.name, read_results(out), out)
     return 0
+
+
+def _split_paillier_key(cfg, folder: Path):
+    """One machine: the config's key pair (or a new one) for the nodes, and the config the server runs, whose
+    aggregation.key_file is the pair's public key only."""
+    from dataclasses import replace
+
+    from privfed.secure.paillier_keys import PaillierKey, public_key_path
+
+    if cfg.aggregation.key_file:
+        pair_path = Path(cfg.aggregation.key_file).resolve()
+        pair = PaillierKey.load(pair_path)
+        if not pair.has_private:
+            raise ConfigError("aggregation.key_file", f"{pair_path} holds only a public key: privfed flower loopback "
+                                                      "needs the key pair, which it gives to the nodes")
+    else:
+        pair = PaillierKey.generate(cfg.aggregation.key_bits)
+        pair_path = pair.save(folder / "key.json").resolve()
+    public = pair.public().save(folder / public_key_path(pair_path).name).resolve()
+    return replace(cfg, aggregation=replace(cfg.aggregation, key_file=str(public))), pair_path
 
 
 def _runs() -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privfed.config import DpMode, ExperimentConfig, RecordFormat, dump_yaml, load_config, to_dict
+from privfed.config import DpMode, EvaluationSite, ExperimentConfig, RecordFormat, dump_yaml, load_config, to_dict
 from privfed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,9 +27,24 @@ CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "le
 GENERATIONS = "generations.jsonl"  # chat data: held-out answers, one line per (round, prompt)
 LEGACY_CHECKPOINT = "checkpoint.pkl"  # written by privfed < 0.2; refused, never unpickled
 METRIC_COLUMNS = ["round", "clients_trained", "clients_skipped", "clients_aggregated", "dropouts", "train_loss",
-                  "eval_loss", "eval_accuracy", "eval_perplexity", "val_loss", "val_accuracy", "val_perplexity",
+                  "eval_loss", "eval_accuracy", "eval_perplexity", "fed_loss", "fed_accuracy", "fed_perplexity",
+                  "fed_clients", "val_loss", "val_accuracy", "val_perplexity",
                   "attack_success_rate", "target_rate_clean", "epsilon", "user_epsilon", "bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client",
                   "aggregation_seconds", "seconds"]
+
+
+QUALITY_KEYS = ("eval_accuracy", "eval_perplexity", "fed_accuracy", "fed_perplexity")
+
+
+def quality_key(metrics: dict) -> str:
+    """The quality metric of a run's ``final`` or of a round's row: the server's held-out score (eval_*), else the
+    federation's, from the clients' own held-out records (fed_*: evaluation.where clients)."""
+    return next((k for k in QUALITY_KEYS if k in metrics), "eval_accuracy")
+
+
+def loss_key(quality: str) -> str:
+    """The loss beside a quality metric: eval_loss or fed_loss."""
+    return quality.split("_", 1)[0] + "_loss"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -168,7 +183,10 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
     metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
     scored = {} if metric == "eval_accuracy" else {
         "perplexity_over": "assistant tokens" if cfg.data.records is not RecordFormat.TEXT else "all tokens"}
-    validation = metric.replace("eval_", "val_")
+    federated = {k: last[k] for k in ("fed_loss", metric.replace("eval_", "fed_"), "fed_clients") if k in last}
+    if cfg.evaluation.where is EvaluationSite.CLIENTS:  # no server evaluation: the federation's totals only
+        metric = metric.replace("eval_", "fed_")
+    validation = "val_" + metric.split("_", 1)[1]
     if validation in last:  # tuning's validation split, carved from the clients' training data
         scored[validation] = last[validation]
     return {
@@ -180,7 +198,7 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         "partition": fed.partition_summary,
         "initial": state.initial,
         "rounds": state.rows,
-        "final": {metric: last.get(metric), "eval_loss": last.get("eval_loss"),
+        "final": {metric: last.get(metric), loss_key(metric): last.get(loss_key(metric)), **federated,
                   "epsilon": max(epsilons.values(), default=0.0), "delta": pr.delta,
                   "dp": pr.mode is not DpMode.OFF,
                   "user_epsilon": max(user_epsilons.values(), default=0.0), **scored},

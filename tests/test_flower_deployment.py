@@ -1,12 +1,18 @@
 """privfed on a real Flower deployment: a SuperLink and 3 SuperNodes on free 127.0.0.1 ports with TLS (a CA made on
-the fly), every message a new ClientApp process. Slow: each message starts a process that imports torch.
+the fly) and SuperNode authentication (registered keys only), each SuperNode served by privfed's warm worker
+(``--isolation process``, one long-lived process per node, authenticated with its own secret). Slow: the workers import torch, and a killed worker's task expires only after
+Flower's heartbeat timeout.
 
 One deployment serves three runs: a plain run equal to the in-process run, a second run of the same config that
-the nodes' ledgers refuse (their budget is spent), and a secagg run in which one SuperNode is killed while it
-trains for its masked input, which the round survives. Every process group is killed at the end, and checked.
+the nodes' ledgers refuse (their budget is spent), and a secagg run in which one node's worker is killed while it
+trains for its masked input: the round survives without that node, its supervisor starts a new worker, and the node
+takes part in the next round. A worker with a stale secret is refused with the reason. Every process group is
+killed at the end, and checked.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import psutil
@@ -15,6 +21,7 @@ from conftest import TINY_CLASSIFIER, make_config
 
 from privfed.engines.flower.app_folder import write_app_folder
 from privfed.engines.flower.loopback import LoopbackDeployment
+from privfed.engines.flower.worker import READY, SECRET_REFUSED
 from privfed.engines.inprocess import run
 from privfed.privacy.ledger import Ledger
 from privfed.results import read_results
@@ -23,6 +30,7 @@ from privfed.secure.identities import key_file, write_identities
 pytestmark = pytest.mark.slow
 
 METRICS = ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "clients_trained")
+UNREGISTERED_NODE = 305  # flower-supernode's exit code when the SuperLink does not admit its key
 FAST_TIMEOUTS = ("flower.stage_timeout=60", "flower.train_timeout=90", "flower.connect_timeout=120")
 
 
@@ -38,7 +46,7 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
     plain = make_config(TINY_CLASSIFIER, "privacy.mode=target_epsilon", "privacy.epsilon=8", "model.regime=lora",
                         "training.rounds=1", *FAST_TIMEOUTS)
     secagg = make_config(TINY_CLASSIFIER, "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
-                         "model.regime=lora", "training.rounds=2", "aggregation=secagg",
+                         "model.regime=lora", "training.rounds=3", "aggregation=secagg",
                          "aggregation.consistency_check=true", *FAST_TIMEOUTS)
     expected = {"plain": run(plain, tmp_path / "inproc-plain", progress=False),
                 "secagg": run(secagg, tmp_path / "inproc-secagg", progress=False)}
@@ -48,10 +56,19 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
     deployment = LoopbackDeployment(tmp_path / "deploy", [{"partition-id": i, "ledger": str(ledgers[i]),
                                                            "reproducible": True,
                                                            "identity-key": str(key_file(directory.parent, i)),
-                                                           "directory": str(directory)} for i in range(3)], tls=True)
+                                                           "directory": str(directory)} for i in range(3)], tls=True,
+                                    node_auth=True)
     pids: set[int] = set()
     try:
         with deployment:
+            # 0. SuperNode authentication: a node whose key was never registered is turned away (Flower's exit
+            #    code 305, "Failed to activate SuperNode"); the registered three run everything below
+            deployment.start_node(3, {"partition-id": 0}, registered=False)
+            wait_until(lambda: deployment.processes["supernode-3"].poll() is not None, 60,
+                       "the unregistered SuperNode being refused")
+            assert deployment.processes["supernode-3"].returncode == UNREGISTERED_NODE
+            assert "Failed to activate SuperNode" in deployment.node_log(3)
+            deployment.kill_node(3)  # its worker has no SuperNode to serve
             # 1. plain over TLS: exactly the in-process result
             app = write_app_folder(plain, tmp_path / "app-plain", tmp_path / "plain")
             outcome = deployment.run(app, timeout=600)
@@ -70,27 +87,38 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             assert all(len(Ledger.read(p).dp_sgd()) == 1 for p in ledgers)
 
             # 3. secagg with the consistency check (each node signs with its own identity file): round 1 as in
-            #    process (within the quantisation step); in round 2 SuperNode 2 is killed while it trains for its
-            #    masked input, and the round completes without it
+            #    process (within the quantisation step); in round 2 the worker of SuperNode 2 is killed while it
+            #    trains for its masked input: the round completes without it, and in round 3 a new worker serves it
             app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
             trains_before = deployment.node_log(2).count("Receiving: train message")
             name = deployment.start_run(app)
             wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2, 400,
                        "SuperNode 2 receiving round 2's masked-input request")
-            pids = {p.pid for proc in deployment.processes.values() if proc.poll() is None
-                    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]}
-            deployment.kill_node(2)
+            deployment.kill_worker(2)
             outcome = deployment.wait_run(name, timeout=600)
             assert outcome.completed, outcome.log.read_text()[-3000:]
-            first, row = read_results(tmp_path / "secagg")["rounds"]
+            first, row, last = read_results(tmp_path / "secagg")["rounds"]
             want = expected["secagg"]["rounds"][0]
             assert first["clients_aggregated"] == 3 and abs(first["eval_loss"] - want["eval_loss"]) < 1e-3
-            assert row["clients_aggregated"] == 2
+            assert first["aggregation"]["node_seconds"]["process_start"] == 0.0  # no process started per message
+            assert row["clients_aggregated"] == 2 and set(row["aggregation"]["nodes_left"]) == {"2"}
             assert row["aggregation"]["left"] == {"2": "did not answer ROUTED_SHARES"}
-            assert row["aggregation"]["nodes_left"] == {"2": "no answer within 90 s"}
             assert row["aggregation"]["dropouts_recovered"] == 1
             # the two survivors' sum is not the in-process sum of three; the model stays sane
             assert abs(row["eval_loss"] - expected["secagg"]["rounds"][1]["eval_loss"]) < 0.5
+            assert last["clients_aggregated"] == 3 and last["aggregation"]["nodes_left"] == {}
+            assert deployment.worker_log(2).count(READY) == 2  # the supervisor started a new worker
+            assert deployment.worker_log(0).count(READY) == 1  # one process served node 0's every message
+
+            # 4. a worker whose secret is not its SuperNode's is refused, with the reason
+            stale = tmp_path / "stale.secret"
+            stale.write_bytes(b"not the secret")
+            refused = subprocess.run([sys.executable, "-m", "privfed.engines.flower.worker", "--runtime-api",
+                                      f"127.0.0.1:{deployment.runtime_ports[0]}", "--secret-file", str(stale)],
+                                     capture_output=True, text=True, timeout=120, start_new_session=True)
+            assert refused.returncode == SECRET_REFUSED and "refused the secret" in refused.stderr
+            pids = {p.pid for proc in deployment.processes.values() if proc.poll() is None
+                    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]}
     finally:
         deployment.close()
     survivors = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]

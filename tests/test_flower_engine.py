@@ -8,7 +8,7 @@ import pytest
 from flower_helpers import LocalLink
 
 import privfed
-from privfed.engines.flower.apps import check_flower_support
+from privfed.engines.flower.apps import check_flower_simulation, check_flower_support
 from privfed.engines.flower.clients import FlowerRunError, connect, run_over_link
 from privfed.engines.flower.node import NodeSettings, stamp_problem
 from privfed.engines.flower.wire import (
@@ -27,6 +27,7 @@ from privfed.engines.flower.wire import (
 from privfed.engines.inprocess import run
 from privfed.errors import ConfigError
 from privfed.privacy.ledger import DpSgdEvent, Ledger
+from privfed.secure.paillier_keys import PaillierKey, public_key_path
 
 DP_LORA = ("privacy.mode=target_epsilon", "privacy.epsilon=8", "model.regime=lora")
 METRICS = ("train_loss", "eval_loss", "eval_accuracy", "epsilon", "clients_trained", "clients_skipped")
@@ -172,10 +173,36 @@ def test_node_config_errors(node_config, problem):
         NodeSettings.from_node_config(node_config)
 
 
-def test_flower_refuses_what_it_cannot_do_yet(tiny_classifier):
-    with pytest.raises(ConfigError, match="paillier is not available over Flower"):
-        check_flower_support(tiny_classifier("aggregation=paillier", "aggregation.key_bits=2048"))
-    check_flower_support(tiny_classifier("aggregation=secagg", "aggregation.consistency_check=true"))  # now runs
+def test_paillier_over_flower_keeps_the_private_key_off_the_server_and_names_a_node_without_the_pair(
+        tiny_classifier, tmp_path):
+    pair = PaillierKey.generate(2048)
+    pair_path = pair.save(tmp_path / "key.json")
+    public = pair.public().save(public_key_path(pair_path))
+    other = PaillierKey.generate(2048).save(tmp_path / "other.json")
+    base = ("aggregation=paillier", "aggregation.key_bits=2048", "training.rounds=1", "model.regime=lora")
+    check_flower_support(tiny_classifier(*base))
+    with pytest.raises(ConfigError, match=r"\(paillier-key\), which the simulation.s virtual nodes lack"):
+        check_flower_simulation(tiny_classifier(*base))
+
+    def attempt(server_key_file: str, node_keys: list[str]):
+        cfg = tiny_classifier(*base, *([f"aggregation.key_file={server_key_file}"] if server_key_file else []))
+        nodes = [{"partition-id": i, **({"paillier-key": k} if k else {})} for i, k in enumerate(node_keys)]
+        return run_over_link(cfg, tmp_path / f"run-{len(list(tmp_path.iterdir()))}", LocalLink(cfg, nodes))
+
+    pairs = [str(pair_path)] * 3
+    with pytest.raises(ConfigError, match="holds the private key, which the server must never hold"):
+        attempt(str(pair_path), pairs)
+    with pytest.raises(ConfigError, match="give the server KEY.pub as aggregation.key_file"):
+        attempt("", pairs)
+    with pytest.raises(FlowerRunError, match=r"node 101 \(client 1\) refuses the run: .*needs this node's "
+                                             "paillier-key"):
+        attempt(str(public), [str(pair_path), "", str(pair_path)])
+    with pytest.raises(FlowerRunError, match=rf"public key is {pair.fingerprint}, but node 102 \(client 2\): "
+                                             rf"{PaillierKey.load(other).fingerprint}"):
+        attempt(str(public), [str(pair_path), str(pair_path), str(other)])
+    result = attempt(str(public), pairs)  # the server holds the public half, each node the pair
+    assert result["rounds"][0]["clients_aggregated"] == 3
+    assert result["rounds"][0]["aggregation"]["key"]["fingerprint"] == pair.fingerprint
 
 
 def test_wire_round_trips():
@@ -319,3 +346,21 @@ def test_resuming_over_flower_needs_the_runs_config_and_ledger_files(tmp_path, t
                       LocalLink(cfg, partitions(3)), resume=True)
     with pytest.raises(FlowerRunError, match="cannot resume: the nodes of clients \\[0, 1, 2\\] keep their ledger"):
         run_over_link(cfg, tmp_path / "run", LocalLink(cfg, partitions(3)), resume=True)
+
+
+def test_a_malicious_node_runs_the_attack_as_privfed_run_does(tiny_classifier, tmp_path):
+    """An out_of_range attacker over Flower's message path: the node restores its secagg half from bytes, wraps it
+    to bypass the encoding, and the range check rejects the round, exactly as in process; a node serving its own
+    data (not a partition) refuses an attack simulation."""
+    cfg = tiny_classifier("aggregation=secagg", "defence.range_check=true", "attack=out_of_range", "attack.clients=[0]",
+                          "attack.range_factor=50", "training.rounds=1", "model.regime=lora")
+    local = run(cfg, tmp_path / "in-process", progress=False)
+    flower = run_over_link(cfg, tmp_path / "flower", LocalLink(cfg, [{"partition-id": i} for i in range(3)]))
+    for result in (local, flower):
+        assert result["rounds"][0]["rejected"] == [0] and "range check" in " ".join(result["notes"])
+        assert result["attack"]["kind"] == "out_of_range"
+    assert flower["rounds"][0]["eval_loss"] == local["rounds"][0]["eval_loss"]  # the model was kept: unchanged
+    data = tmp_path / "own.csv"
+    data.write_text("text,label\nsome words,business\n")
+    with pytest.raises(FlowerRunError, match="attack simulation runs on nodes that serve a partition"):
+        run_over_link(cfg, tmp_path / "own", LocalLink(cfg, [{"data-path": str(data), "client-id": 0}]))

@@ -52,15 +52,9 @@ def test_impossible_attack_and_defence_settings_are_refused_with_the_key(tiny_cl
     assert err.value.key == key and words in str(err.value)
 
 
-def test_label_flip_needs_a_classifier_and_flower_runs_no_attack(tiny_causal, tiny_classifier):
+def test_label_flip_needs_a_classifier(tiny_causal):
     with pytest.raises(ConfigError, match="classifier"):
         tiny_causal("attack=label_flip")
-    from privfed.engines.flower.apps import check_flower_support
-
-    for overrides in (["attack=sign_flip"], ["defence=median"]):
-        with pytest.raises(ConfigError):
-            check_flower_support(tiny_classifier(*overrides))
-    check_flower_support(tiny_classifier("aggregation=secagg", "defence.range_check=true", "defence.client_clip=1"))
 
 
 # ---------------------------------------------------------------- grouped secure aggregation

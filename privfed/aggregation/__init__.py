@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf, Side
 from privfed.aggregation.paillier import PaillierBackend
 from privfed.aggregation.plain import PlainBackend
 from privfed.aggregation.secagg import SecAggBackend
@@ -20,11 +20,13 @@ BACKENDS: dict[Aggregation, type[AggregationBackend]] = {
 
 
 def make_backend(cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                 distributed: DistributedDp | None = None, progress: bool = False) -> AggregationBackend:
-    """The back-end ``cfg.method`` names, sized for rounds of up to ``max_clients`` of the federation's clients."""
+                 distributed: DistributedDp | None = None, progress: bool = False,
+                 side: Side = Side.BOTH) -> AggregationBackend:
+    """The back-end ``cfg.method`` names, sized for rounds of up to ``max_clients`` of the federation's clients,
+    making the protocol halves of ``side`` (both in process; the server's or one client's on a network engine)."""
     return BACKENDS[cfg.method].for_run(cfg, max_clients=max_clients, vector_length=vector_length,
-                                        client_ids=client_ids, distributed=distributed, progress=progress)
+                                        client_ids=client_ids, distributed=distributed, progress=progress, side=side)
 
 
 __all__ = ["BACKENDS", "AggregationBackend", "AggregationOutcome", "ClientHalf", "InProcessTransport",
-           "ServerHalf", "Transport", "make_backend", "run_protocol"]
+           "ServerHalf", "Side", "Transport", "make_backend", "run_protocol"]

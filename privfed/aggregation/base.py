@@ -14,6 +14,7 @@ round driver of the in-process engine calls, asking each client for its update o
 """
 from __future__ import annotations
 
+import enum
 import abc
 import dataclasses
 import time
@@ -174,6 +175,15 @@ class ServerHalf(abc.ABC):
         message carrying the client's input, that input as the server sees it (else None). For a ServerView."""
 
 
+class Side(enum.Enum):
+    """Which halves of the protocol a back-end makes: both (the in-process engine, every client in this process),
+    the server's (the server process of a network engine) or one client's (a node)."""
+
+    BOTH = "both"
+    SERVER = "server"
+    CLIENT = "client"
+
+
 class AggregationBackend(abc.ABC):
     """One per run: the encoding, key material, worker pools and sizing that every round's halves share. Usable as
     a context manager, which closes it."""
@@ -186,8 +196,9 @@ class AggregationBackend(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed: DistributedDp | None, progress: bool) -> AggregationBackend:
-        """The back-end for a run whose rounds have up to ``max_clients`` of the clients ``client_ids``."""
+                distributed: DistributedDp | None, progress: bool, side: Side) -> AggregationBackend:
+        """The back-end for a run whose rounds have up to ``max_clients`` of the clients ``client_ids``, making the
+        halves of ``side`` (what it may hold depends on it: a Paillier server never holds the private key)."""
 
     def __enter__(self) -> AggregationBackend:  # noqa: PYI034 (typing.Self needs Python 3.11; privfed supports 3.10)
         return self

@@ -25,6 +25,7 @@ from privfed.aggregation.base import (
     AggregationOutcome,
     ClientHalf,
     ServerHalf,
+    Side,
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
@@ -274,6 +275,30 @@ class PaillierServerHalf(ServerHalf):
                                             for i in range(0, len(data), width)], dtype=object)
 
 
+def server_key(cfg: AggregationConfig) -> tuple[PaillierKey, dict]:
+    """The public key a network engine's server holds: from ``aggregation.key_file``, which must not hold the
+    private key (the nodes hold the pair, each from its own key file)."""
+    if not cfg.key_file:
+        raise ConfigError("aggregation.key_file", "over Flower the clients' Paillier key pair reaches the nodes "
+                                                  "out of band: make it with privfed keygen KEY, give the server "
+                                                  "KEY.pub as aggregation.key_file and each node KEY as its "
+                                                  "paillier-key")
+    key = PaillierKey.load(cfg.key_file)
+    if key.has_private:
+        raise ConfigError("aggregation.key_file", f"{cfg.key_file} holds the private key, which the server must "
+                                                  "never hold: give the server the public key only (KEY.pub "
+                                                  "from privfed keygen)")
+    check_key_bits(cfg, key)
+    return key, {"source": "key files (the server: the public key; each node: the pair)",
+                 "fingerprint": key.fingerprint}
+
+
+def check_key_bits(cfg: AggregationConfig, key: PaillierKey) -> None:
+    if key.bits != cfg.key_bits:
+        raise ConfigError("aggregation.key_bits", f"{cfg.key_file} holds a {key.bits}-bit key; set "
+                                                  f"aggregation.key_bits={key.bits} to use it")
+
+
 class PaillierBackend(AggregationBackend):
     """Packed Paillier summation with background obfuscators; sized for rounds of up to ``max_clients``.
 
@@ -285,26 +310,30 @@ class PaillierBackend(AggregationBackend):
     client_type = PaillierClientHalf
 
     def __init__(self, cfg: AggregationConfig, max_clients: int, vector_length: int, client_ids: list[int],
-                 progress: bool = False, uniform: UniformSource = os_uniform):
+                 progress: bool = False, uniform: UniformSource = os_uniform, side: Side = Side.BOTH):
         self.cfg, self.vector_length, self.progress, self.uniform = cfg, vector_length, progress, uniform
-        self.max_clients = max_clients
+        self.max_clients, self.side = max_clients, side
         value_bits = cfg.value_bits or AUTOMATIC_WORD_VALUE_BITS  # fewer value bits: narrower slots, more a ciphertext
         self.encoding = FixedPointEncoding(cfg.clip_range, value_bits, word_bits=64)  # no words: only ints
         # the modulus has exactly key_bits bits, so plaintexts below 2^(key_bits - 1) are below n
         self.layout = SlotLayout.for_clients(value_bits, max_clients, cfg.key_bits - 1)
-        self.key, self.key_setup = self._client_key(cfg, client_ids)
+        if side is Side.SERVER:
+            self.key, self.key_setup = server_key(cfg)
+        else:
+            self.key, self.key_setup = self._client_key(cfg, client_ids)
         self._setup_unbilled = True  # the key hand-out is billed to the first round's bytes up and down
         self.server_key = self.key.public()  # all the server ever holds
         self.ciphertexts = self.layout.plaintexts_for(vector_length)
-        self.workers = PaillierWorkers(self.key, cfg.workers or os.cpu_count() or 1)
+        # obfuscators and decryption are the clients' work: a server-side back-end starts no pool
+        self.workers = None if side is Side.SERVER else PaillierWorkers(self.key, cfg.workers or os.cpu_count() or 1)
         self._cpu_mark = 0.0  # the pool's CPU seconds when the current round's server half was made
         if self.key.bits < 3072:
             log.warning("aggregation.key_bits: %s", security_note(self.key.bits))
 
     @classmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed: DistributedDp | None, progress: bool) -> PaillierBackend:
-        return cls(cfg, max_clients, vector_length, client_ids, progress)
+                distributed: DistributedDp | None, progress: bool, side: Side) -> PaillierBackend:
+        return cls(cfg, max_clients, vector_length, client_ids, progress, side=side)
 
     @staticmethod
     def _client_key(cfg: AggregationConfig, client_ids: list[int]) -> tuple[PaillierKey, dict]:
@@ -314,9 +343,7 @@ class PaillierBackend(AggregationBackend):
             if not key.has_private:
                 raise ConfigError("aggregation.key_file", f"{cfg.key_file} holds only a public key; the clients need "
                                                           "the key pair to decrypt the sum")
-            if key.bits != cfg.key_bits:
-                raise ConfigError("aggregation.key_bits", f"{cfg.key_file} holds a {key.bits}-bit key; set "
-                                                          f"aggregation.key_bits={key.bits} to use it")
+            check_key_bits(cfg, key)
             return key, {"source": "key_file", "fingerprint": key.fingerprint}
         holder = min(client_ids)
         key = PaillierKey.generate(cfg.key_bits)
@@ -329,6 +356,13 @@ class PaillierBackend(AggregationBackend):
 
     def plan(self) -> str:
         """Key, packing, bytes and an estimate of the crypto time per round, from a few timed operations here."""
+        upload = self.ciphertexts * ciphertext_bytes(self.key)
+        text = (f"paillier: {self.key.bits}-bit key ({SECURITY_BITS.get(self.key.bits, '?')}-bit security), "
+                f"{self.layout.slots} values per ciphertext ({self.layout.slot_bits}-bit slots, up to "
+                f"{self.layout.max_clients} clients); {self.ciphertexts:,} ciphertexts = {upload / 1e6:.2f} MB up per "
+                f"client per round ({upload / (4 * self.vector_length):.2f}x float32)")
+        if self.workers is None:
+            return text + "; the nodes encrypt, and one of them decrypts the sum"
         maker = ObfuscatorMaker(self.key)
         start = time.perf_counter()
         for _ in range(3):
@@ -340,28 +374,28 @@ class PaillierBackend(AggregationBackend):
         per_decryption = time.perf_counter() - start
         processes = self.workers.processes
         seconds = (self.layout.max_clients * per_obfuscator + per_decryption) * self.ciphertexts / processes
-        upload = self.ciphertexts * ciphertext_bytes(self.key)
-        return (f"paillier: {self.key.bits}-bit key ({SECURITY_BITS.get(self.key.bits, '?')}-bit security), "
-                f"{self.layout.slots} values per ciphertext ({self.layout.slot_bits}-bit slots, up to "
-                f"{self.layout.max_clients} clients); {self.ciphertexts:,} ciphertexts = {upload / 1e6:.2f} MB up per "
-                f"client per round ({upload / (4 * self.vector_length):.2f}x float32); estimated crypto time "
-                f"{seconds:.1f} s per round on {processes} processes, partly hidden behind training")
+        return (f"{text}; estimated crypto time {seconds:.1f} s per round on {processes} processes, partly hidden "
+                "behind training")
 
     def prepare_round(self, round_idx: int, client_ids: list[int]) -> None:
-        """Start the round's obfuscators in the background while the clients train."""
-        needed = len(client_ids) * self.ciphertexts - self.workers.queued
+        """Start the round's obfuscators in the background while the clients train (a node: its own)."""
+        if self.workers is None:
+            return
+        clients = 1 if self.side is Side.CLIENT else len(client_ids)
+        needed = clients * self.ciphertexts - self.workers.queued
         if needed > 0:
             self.workers.prefetch(needed)
 
     def close(self) -> None:
-        self.workers.close()
+        if self.workers is not None:
+            self.workers.close()
 
     def server_half(self, round_idx: int, participants: list[int]) -> PaillierServerHalf:
         setup = (0, 0)
         if self._setup_unbilled:  # round 1 pays for handing out the key pair
             setup = (self.key_setup.get("bytes_up_holder", 0), self.key_setup.get("bytes_down_per_client", 0))
             self._setup_unbilled = False
-        self._cpu_mark = self.workers.cpu_seconds
+        self._cpu_mark = 0.0 if self.workers is None else self.workers.cpu_seconds
         ids = sorted(participants)
         details = {"protocol": "paillier", "key_bits": self.key.bits, "key": dict(self.key_setup),
                    "slots_per_ciphertext": self.layout.slots, "slot_bits": self.layout.slot_bits,
@@ -372,6 +406,8 @@ class PaillierBackend(AggregationBackend):
                                   details, setup)
 
     def client_half(self, round_idx: int, client_id: int) -> PaillierClientHalf:
+        if self.workers is None:
+            raise ProtocolError("a server-side Paillier back-end holds the public key only: it makes no client half")
         return PaillierClientHalf(self, client_id, round_idx)
 
     def _client_details(self, reports: list[dict]) -> dict:
@@ -385,5 +421,6 @@ class PaillierBackend(AggregationBackend):
             "obfuscator_wait_seconds": sum(r["wait"] for r in uploaders) / n,  # obfuscators not ready in time
             "encrypt_seconds": sum(r["encode"] + r["wait"] + r["encrypt"] for r in uploaders) / n,  # all of it
             "decrypt_seconds": sum(r["decrypt"] for r in reports),
-            "worker_cpu_seconds": self.workers.cpu_seconds - self._cpu_mark,  # obfuscators + decryption, all clients
+            **({} if self.workers is None else  # in process: obfuscators + decryption, all clients
+               {"worker_cpu_seconds": self.workers.cpu_seconds - self._cpu_mark}),
         }

@@ -17,6 +17,7 @@ from privfed.aggregation.base import (
     AggregationOutcome,
     ClientHalf,
     ServerHalf,
+    Side,
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
@@ -123,7 +124,7 @@ class PlainBackend(AggregationBackend):
 
     @classmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed: DistributedDp | None, progress: bool) -> PlainBackend:
+                distributed: DistributedDp | None, progress: bool, side: Side) -> PlainBackend:
         return cls(cfg, max_clients, vector_length)
 
     def server_half(self, round_idx: int, participants: list[int]) -> PlainServer:

@@ -31,6 +31,7 @@ from privfed.aggregation.base import (
     AggregationOutcome,
     ClientHalf,
     ServerHalf,
+    Side,
     saved_state,
 )
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
@@ -319,7 +320,7 @@ class SecAggBackend(AggregationBackend):
 
     @classmethod
     def for_run(cls, cfg: AggregationConfig, *, max_clients: int, vector_length: int, client_ids: list[int],
-                distributed: DistributedDp | None, progress: bool) -> SecAggBackend:
+                distributed: DistributedDp | None, progress: bool, side: Side) -> SecAggBackend:
         return cls(cfg, max_clients, vector_length, distributed)
 
     def _encoding(self) -> FixedPointEncoding:

@@ -86,6 +86,13 @@ class MaliciousClients:
         attackers = frozenset(c for c in self.attack.clients if self.attacking(c, round_idx))
         return BypassingBackend(backend, attackers) if attackers else backend
 
+    def wrap_half(self, half: ClientHalf, round_idx: int) -> ClientHalf:
+        """A node's own client half as it runs this round: bypassing the encoding when it is an out_of_range
+        attacker (a node restores its half from bytes for every message, then wraps it again)."""
+        if self.attack.kind is AttackKind.OUT_OF_RANGE and self.attacking(half.client_id, round_idx):
+            return OutOfRangeHalf(half)
+        return half
+
 
 class BypassingBackend(AggregationBackend):
     """``inner`` with the client halves of ``attackers`` replaced by :class:`OutOfRangeHalf`; the server half and
@@ -156,7 +163,7 @@ class OutOfRangeHalf(ClientHalf):
 
     @classmethod
     def restore(cls, blob: bytes, backend: AggregationBackend) -> ClientHalf:
-        raise ProtocolError("a simulated out-of-range client lives in one process; it is never restored")
+        raise ProtocolError("restore the honest half, then wrap it (MaliciousClients.wrap_half)")
 
     def report(self) -> dict:
         return self.half.report()

@@ -34,6 +34,8 @@ FEATURES = (
     Feature("robust rule (median)", ("defence.rule=median",)),
     Feature("grouped secagg + robust rule", ("aggregation=secagg", "defence.rule=median", "defence.groups=2")),
     Feature("attack simulation", ("attack.kind=sign_flip", "attack.clients=[0]")),
+    Feature("federated evaluation (clients' held-out records)", ("evaluation.where=both",
+                                                                  "data.validation_fraction=0.2")),
     Feature("validation split (tuning)", ("data.validation_fraction=0.2",)),
 )
 ENGINES = ("in process", "Flower simulation", "Flower deployment")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome
 from privfed.attacks.clients import MaliciousClients
 from privfed.attacks.simulation import AttackSimulation
 from privfed.client import budget
@@ -18,6 +18,8 @@ from privfed.client.recorded import train_recorded
 from privfed.client.runtime import TrainedRound
 from privfed.config import AttackKind, ExperimentConfig
 from privfed.engines.runner import run_rounds
+from privfed.evaluation import evaluation_sums
+from privfed.federation.held_out import evaluation_contribution, evaluation_scale
 from privfed.federation.server_view import ServerView
 from privfed.federation.setup import Federation, build_federation
 from privfed.privacy.ledger import Ledger, SkippedEvent
@@ -73,6 +75,20 @@ class InProcessClients(ClientSide):
         if self.malicious is not None:
             backend = self.malicious.wrap(backend, round_idx)
         return ClientRound(backend.run_round(round_idx, participants, provide_update, dropouts, view), len(dropouts))
+
+    def evaluate_round(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
+                       backend: AggregationBackend, view: ServerView | None) -> AggregationOutcome | None:
+        if not participants:
+            return None
+        runtime = self.fed.runtime
+        runtime.load(global_vector)
+        scale = evaluation_scale(self.cfg, self.fed.task, self.weight_cap)
+
+        def provide(cid: int) -> np.ndarray:  # honest code, attackers included: the evaluation is not attacked
+            sums = evaluation_sums(runtime.model, self.fed.held_out(cid), self.fed.task, explicit=runtime.explicit)
+            return evaluation_contribution(sums, scale)
+
+        return backend.run_round(round_idx, participants, provide, frozenset(), view)
 
     def _refusal(self, client: int, round_idx: int) -> SkippedEvent | None:
         event = budget.refusal(self.fed.clients[client], self.ledger, round_idx, self.cfg.training.local_steps,

@@ -5,14 +5,16 @@ in-process engine trains them on this process's runtime, the Flower engine sends
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from privfed.aggregation import make_backend
-from privfed.config import DpMode, ExperimentConfig, check_defence_sizes
+from privfed.aggregation import Side, make_backend
+from privfed.config import Aggregation, DpMode, EvaluationSite, ExperimentConfig, check_defence_sizes
 from privfed.errors import ConfigError
+from privfed.federation.held_out import EVALUATION_VALUES, evaluation_aggregation
 from privfed.federation.setup import Federation
 from privfed.observe.checkpoint import Checkpointer
 from privfed.observe.evaluation import GlobalEvaluation
@@ -23,6 +25,7 @@ from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.results import RunDirectory, build_results
 from privfed.server.combiner import defence_summary
+from privfed.server.client_evaluation import ClientEvaluation
 from privfed.server.driver import ClientSide, RoundDriver, clients_per_round
 from privfed.server.events import Callback, RunState
 from privfed.server.strategies import make_strategy
@@ -57,14 +60,20 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
     backend = make_backend(cfg.aggregation, max_clients=clients_per_round(cfg, len(fed.clients)),
                            vector_length=fed.num_trainable + 1, client_ids=client_ids,
                            distributed=DistributedDp.from_privacy(cfg.privacy),
-                           progress=progress)
+                           progress=progress, side=clients.backend_side)
+    evaluation = None
+    if cfg.evaluation.where is not EvaluationSite.SERVER:  # the clients' own held-out records, summed securely
+        evaluation = ClientEvaluation(
+            make_backend(evaluation_aggregation(cfg.aggregation), max_clients=clients_per_round(cfg, len(fed.clients)),
+                         vector_length=EVALUATION_VALUES, client_ids=client_ids, side=clients.backend_side),
+            fed.task, per_client=cfg.aggregation.method is Aggregation.PLAIN)
     dp = cfg.privacy.mode is not DpMode.OFF
     bar = Progress(progress)
     # generations are written before the checkpoint, so the file is never behind it
     answers = [Generations(fed, run_dir)] if fed.test_chats and cfg.evaluation.generations else []
-    own = [GlobalEvaluation(fed), PrivacyReport(cfg.privacy, client_ids, dp), *answers, Checkpointer(run_dir), bar]
-    driver = RoundDriver(cfg, clients, backend, make_strategy(cfg.federation), [*own, *callbacks])
-    with backend:
+    own = [GlobalEvaluation(fed, pooled_validation=clients.backend_side is Side.BOTH), PrivacyReport(cfg.privacy, client_ids, dp), *answers, Checkpointer(run_dir), bar]
+    driver = RoundDriver(cfg, clients, backend, make_strategy(cfg.federation), [*own, *callbacks], evaluation)
+    with backend, (evaluation.backend if evaluation is not None else contextlib.nullcontext()):
         if not resumed:
             run_dir.start(cfg)
         try:

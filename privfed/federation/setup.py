@@ -54,6 +54,12 @@ class Federation:
     test_chats: tuple[Chat, ...] = ()  # chat data: the held-out chats, in test_data's order (text data: none)
     label_names: tuple[str, ...] = ()  # the classes labels index (unlabelled data: none)
     validation_data: TensorDataset | None = None  # data.validation_fraction of each client's examples (tuning)
+    client_held_out: tuple[np.ndarray, ...] = ()  # the same, per client: indices into the pool (federated evaluation)
+
+    def held_out(self, client: int) -> TensorDataset:
+        """Client ``client``'s own held-out records (federated evaluation), from the tokenised pool."""
+        index = torch.from_numpy(self.client_held_out[client])
+        return TensorDataset(*(t[index] for t in self.pool.tensors))
 
     @property
     def num_trainable(self) -> int:
@@ -72,10 +78,11 @@ def split_train_test(n: int, test_fraction: float, rng: np.random.Generator) -> 
 
 
 def hold_out_validation(shards: list[np.ndarray], fraction: float, rng: np.random.Generator
-                        ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each client's shard less ``fraction`` of its examples (at least one, drawn at random), and the indices held
-    out: the validation set that tuning selects on, carved from the clients' training data, never from the test
-    set. A client left without a training example is refused."""
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's shard less ``fraction`` of its examples (at least one, drawn at random), and each client's
+    indices held out: together the validation set that tuning selects on, and each client's own held-out records
+    for federated evaluation — carved from the clients' training data, never from the test set. A client left
+    without a training example is refused."""
     kept, held = [], []
     for cid, shard in enumerate(shards):
         n_val = max(1, round(fraction * len(shard)))
@@ -87,8 +94,8 @@ def hold_out_validation(shards: list[np.ndarray], fraction: float, rng: np.rando
         mask = np.zeros(len(shard), dtype=bool)
         mask[chosen] = True
         kept.append(shard[~mask])
-        held.append(shard[mask])
-    return kept, np.sort(np.concatenate(held))
+        held.append(np.sort(shard[mask]))
+    return kept, held
 
 
 def cap_client_examples(shards: list[np.ndarray], cap: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -152,9 +159,9 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
     if empty:
         raise ConfigError("partition.num_clients", f"{len(empty)} of {len(shards)} clients got no training example "
                                                    f"({len(pool)} in the pool); use fewer clients or more data")
-    validation_idx = None
+    held_out: list[np.ndarray] = []
     if cfg.data.validation_fraction > 0:
-        shards, validation_idx = hold_out_validation(shards, cfg.data.validation_fraction, rng)
+        shards, held_out = hold_out_validation(shards, cfg.data.validation_fraction, rng)
     if cfg.partition.max_client_examples:
         shards = cap_client_examples(shards, cfg.partition.max_client_examples, rng)
     device = resolve_device(cfg.training.device)
@@ -179,10 +186,10 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
                                    noise_multiplier_for(cfg, sample_rate)))
     owners = natural_owners(pool, shards, test.groups) if cfg.partition.scheme is Partition.NATURAL else None
     tokenized = tokenize(pool, loaded.tokenizer, cfg.data.max_length)
-    validation = None if validation_idx is None else TensorDataset(
-        *(t[torch.from_numpy(validation_idx)] for t in tokenized.tensors))
+    validation = None if not held_out else TensorDataset(
+        *(t[torch.from_numpy(np.sort(np.concatenate(held_out)))] for t in tokenized.tensors))
     return Federation(cfg, loaded.task, clients, runtime, tokenized,
                       tokenize(test, loaded.tokenizer, cfg.data.max_length), describe(pool, shards), names,
                       flatten(runtime.params), loaded.tokenizer, owners,
                       test_chats=test.examples if test.chat else (),  # type: ignore[arg-type]
-                      label_names=data.label_names, validation_data=validation)
+                      label_names=data.label_names, validation_data=validation, client_held_out=tuple(held_out))

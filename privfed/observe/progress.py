@@ -5,6 +5,8 @@ import logging
 
 from tqdm.auto import tqdm
 
+from privfed.results import loss_key, quality_key
+
 from privfed.server.events import (
     Callback,
     ClientSkipped,
@@ -83,8 +85,11 @@ class Progress(Callback):
         abort = (row.get("aggregation") or {}).get("abort_reason")
         if abort:
             self.bar.write(f"round {record.round}: aggregation aborted: {abort}")
-        metric = "eval_accuracy" if "eval_accuracy" in row else "eval_perplexity"
-        self.bar.write(f"round {record.round}: {metric}={row[metric]:.4f} eval_loss={row['eval_loss']:.4f} "
+        metric = quality_key(row)
+        clients = "fed_" + metric.split("_", 1)[1]  # evaluation.where both: the clients' totals too
+        quality = " ".join(f"{k}={row[k]:.4f}" for k in (metric, loss_key(metric))
+                           + ((clients,) if metric.startswith("eval_") else ()) if k in row)
+        self.bar.write(f"round {record.round}: {quality or 'not evaluated'} "
                        f"epsilon={row['epsilon']:.3f}"
                        + (f" user_epsilon={row['user_epsilon']:.3f}" if "user_epsilon" in row else "")
                        + aggregation_note(row)

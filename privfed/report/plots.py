@@ -25,7 +25,8 @@ _SIZE = (5.5, 3.8)
 
 
 def _label(key: str) -> str:
-    return "accuracy (higher is better)" if key == "eval_accuracy" else "perplexity (lower is better)"
+    clients = "clients' " if key.startswith("fed_") else ""
+    return clients + ("accuracy (higher is better)" if key.endswith("accuracy") else "perplexity (lower is better)")
 
 
 def _finish(fig: Figure, path: Path | str | None) -> Figure:

@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from privfed.results import loss_key
+from privfed.results import quality_key as final_quality_key
+
 
 def _num(value: Any) -> float:
     if value is None or value == "":
@@ -28,7 +31,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def quality_key(results: dict) -> str:
-    return "eval_accuracy" if "eval_accuracy" in results["final"] else "eval_perplexity"
+    return final_quality_key(results["final"])
 
 
 def short_source(source: str) -> str:
@@ -53,7 +56,7 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
             "ε spent": final["epsilon"],
             "user ε": final.get("user_epsilon", "inf"),
             "δ": final["delta"],
-            "accuracy" if key == "eval_accuracy" else "perplexity": final[key],
+            "accuracy" if key.endswith("accuracy") else "perplexity": final[key],
             "initial": res["initial"].get(key),
             **res.get("audit", {}),
             "seconds": res["seconds"],
@@ -66,12 +69,18 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
 
 def round_rows(results: dict) -> list[dict[str, Any]]:
     key = quality_key(results)
-    label = "accuracy" if key == "eval_accuracy" else "perplexity"
+    label = "accuracy" if key.endswith("accuracy") else "perplexity"
+    clients_key = "fed_" + key.split("_", 1)[1]  # evaluation.where both: the clients' totals beside the server's
+    both = key.startswith("eval_") and any(clients_key in r for r in results["rounds"])
     secure = any("protocol" in (r.get("aggregation") or {}) or r.get("dropouts") for r in results["rounds"])
     rows = []
     for r in results["rounds"]:
-        row = {"round": r["round"], "train loss": r["train_loss"], "eval loss": r["eval_loss"], label: r[key],
-               "ε": r["epsilon"]}
+        row = {"round": r["round"], "train loss": r["train_loss"],
+               "eval loss" if key.startswith("eval_") else "clients' loss": r.get(loss_key(key), math.nan),
+               label if key.startswith("eval_") else f"clients' {label}": r.get(key, math.nan)}
+        if both:
+            row[f"clients' {label}"] = r.get(clients_key, math.nan)
+        row["ε"] = r["epsilon"]
         if "user_epsilon" in r:
             row["user ε"] = r["user_epsilon"]
         if secure:  # who made it into the sum

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from privfed.config import DpMode, ExperimentConfig
 from privfed.errors import ConfigError
 from privfed.report.intervals import Interval
-from privfed.results import RESULTS, RunDirectory, jsonable, read_results
+from privfed.results import RESULTS, RunDirectory, jsonable, quality_key, read_results
 from privfed.runners.tuning import TuneAxis, apply_trial, best_index, check_axes, trial_tag, trial_text, trials
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def plan_runs(base: ExperimentConfig, plan: SweepPlan) -> list[RunSpec]:
 
 
 def metric_of(results: dict) -> str:
-    return "eval_accuracy" if "eval_accuracy" in results["final"] else "eval_perplexity"
+    return quality_key(results["final"])
 
 
 def _final(results: dict, key: str) -> float:

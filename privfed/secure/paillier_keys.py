@@ -134,6 +134,12 @@ class PaillierKey:
         return loaded
 
 
+def public_key_path(pair: str | Path) -> Path:
+    """Where ``privfed keygen`` writes a key pair's public key: beside it, with ``.pub`` added."""
+    pair = Path(pair)
+    return pair.with_name(pair.name + ".pub")
+
+
 def _int_bytes(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8, "big")
 

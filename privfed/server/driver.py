@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome, Side
 from privfed.aggregation.grouped import merged_outcome
 from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
@@ -23,6 +23,7 @@ from privfed.federation.server_view import ServerView
 from privfed.federation.vectors import derive_seed
 from privfed.privacy.adaptive_clip import AdaptiveClip
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
+from privfed.server.client_evaluation import ClientEvaluation
 from privfed.server.combiner import UpdateCombiner, group_assignment
 from privfed.server.events import (
     Callback,
@@ -110,6 +111,14 @@ class ClientSide(abc.ABC):
         contributions (see :func:`contribution`), driven through ``backend``'s server half."""
 
     ledger: Ledger  # the run's ledger: every event of this run's clients (on Flower, the copy the nodes report)
+    backend_side: Side = Side.BOTH  # the protocol halves the driver's back-end makes: both in process, or the server's
+
+    @abc.abstractmethod
+    def evaluate_round(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
+                       backend: AggregationBackend, view: ServerView | None) -> AggregationOutcome | None:
+        """The participants evaluate ``global_vector`` on their own held-out records and their evaluation
+        contributions (:func:`privfed.federation.held_out.evaluation_contribution`) are summed through
+        ``backend``'s server half; None when none took part."""
 
     def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
         """After the sum: contributors record what entering it cost them (distributed-DP noise shares)."""
@@ -120,8 +129,9 @@ class ClientSide(abc.ABC):
 
 class RoundDriver:
     def __init__(self, cfg: ExperimentConfig, clients: ClientSide, backend: AggregationBackend, strategy: ServerStrategy,
-                 callbacks: Sequence[Callback]):
+                 callbacks: Sequence[Callback], evaluation: ClientEvaluation | None = None):
         self.cfg, self.clients, self.backend, self.strategy = cfg, clients, backend, strategy
+        self.evaluation = evaluation  # federated evaluation (evaluation.where clients | both), after each round
         self.callbacks = list(callbacks)
         self.combiner = UpdateCombiner(cfg)
         pr = cfg.privacy
@@ -199,6 +209,8 @@ class RoundDriver:
                 aggregation["next_update_clip"] = self.clip.observe(outcome.under_clip, len(outcome.contributors))
         else:
             state.notes.append(f"round {r}: no client trained; the global model is unchanged")
+        held_out = {} if self.evaluation is None else \
+            self.evaluation.run(r, sampled, self.clients, state.global_vector, state.notes)
         # a client whose every Poisson batch came out empty has no loss to report: average over those that do
         losses = [loss for loss, _ in trained.values() if math.isfinite(loss)]
         weights = [n for loss, n in trained.values() if math.isfinite(loss)]
@@ -207,7 +219,7 @@ class RoundDriver:
             train_loss=float(np.average(losses, weights=weights)) if losses else math.nan,
             bytes_up=bytes_up,
             bytes_down=len(sampled) * state.global_vector.size * 4 + bytes_down_protocol,
-            seconds=0.0, aggregation=aggregation)
+            seconds=0.0, aggregation=aggregation, evaluation=held_out)
         self._emit("on_round_end", record, state)
         record.seconds = time.perf_counter() - start
         state.rows.append(record.as_row())

@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 import privfed
-from privfed.config import Aggregation, AggregationRule, AttackKind, ExperimentConfig, from_dict
+from privfed.config import Aggregation, EvaluationSite, ExperimentConfig, from_dict
 from privfed.engines.flower import node
 from privfed.engines.flower.wire import (
     HEADER,
@@ -60,21 +60,11 @@ def config_of_run(run_config: dict) -> ExperimentConfig:
 
 def check_flower_support(cfg: ExperimentConfig) -> None:
     """Refuse what the Flower engine cannot do yet, with the reason."""
-    if cfg.aggregation.method is Aggregation.PAILLIER:
-        raise ConfigError("aggregation.method", "paillier is not available over Flower yet: its server side would "
-                                                "need a public-key-only back-end; use secagg (or the in-process "
-                                                "engine, privfed run)")
-    if cfg.attack.kind is not AttackKind.NONE:
-        raise ConfigError("attack.kind", "malicious clients are simulated in process (privfed run, privfed "
-                                         "attack-grid), not on Flower nodes")
-    if cfg.data.validation_fraction > 0:
-        raise ConfigError("data.validation_fraction", "the validation split lives on the clients, and the Flower "
-                                                      "engine evaluates on the server's data only so far; tune with "
-                                                      "the in-process engine (privfed sweep --tune)")
-    if cfg.defence.rule is not AggregationRule.MEAN or cfg.defence.groups:
-        raise ConfigError("defence.rule", "robust rules and grouped aggregation run on the in-process engine only "
-                                          "so far (privfed run); over Flower, defence.range_check and "
-                                          "defence.client_clip are available")
+    if cfg.data.validation_fraction > 0 and cfg.evaluation.where is EvaluationSite.SERVER:
+        raise ConfigError("data.validation_fraction", "over Flower the clients' held-out split serves federated "
+                                                      "evaluation (evaluation.where clients or both), which the "
+                                                      "server never pools; tuning on it runs in process (privfed "
+                                                      "sweep --tune)")
 
 
 def check_flower_simulation(cfg: ExperimentConfig) -> None:
@@ -83,6 +73,10 @@ def check_flower_simulation(cfg: ExperimentConfig) -> None:
         raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
                                                            "of their own, so no identity keys: use privfed flower "
                                                            "loopback, or a deployment with privfed flower identities")
+    if cfg.aggregation.method is Aggregation.PAILLIER:
+        raise ConfigError("aggregation.method", "paillier over Flower gives each node the key pair in its own node "
+                                                "config (paillier-key), which the simulation's virtual nodes lack: "
+                                                "use privfed flower loopback, or a deployment")
 
 
 # ---------------------------------------------------------------- ServerApp

@@ -20,10 +20,11 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 import privfed
-from privfed.aggregation.base import AggregationBackend, unpack_report
+from privfed.aggregation.base import AggregationBackend, AggregationOutcome, Side, unpack_report
 from privfed.aggregation.transport import Transport, gone_by, recording_tap, run_protocol
 from privfed.client.state import ClientUpdate
-from privfed.config import ExperimentConfig
+from privfed.aggregation.paillier import server_key
+from privfed.config import Aggregation, AttackKind, ExperimentConfig
 from privfed.engines.flower.wire import (
     QUERY,
     TRAIN,
@@ -43,6 +44,7 @@ from privfed.errors import ConfigError, PrivfedError
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
 from privfed.secure.messages import ProtocolError
+from privfed.secure.paillier_keys import PaillierKey
 from privfed.server.driver import ClientRound, ClientSide, OnSkipped, OnTrained, sample_dropouts
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,11 @@ class NodeLink(abc.ABC):
 
 
 class GridLink(NodeLink):
-    def __init__(self, grid: Grid):
-        self.grid = grid
+    """Flower's Grid. Replies are pulled every ``poll`` seconds (Grid.send_and_receive waits 3 s between pulls,
+    which a secagg round of four stages would pay four times)."""
+
+    def __init__(self, grid: Grid, poll: float = 0.2):
+        self.grid, self.poll = grid, poll
 
     def node_ids(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
@@ -78,10 +83,18 @@ class GridLink(NodeLink):
         # a message nobody picked up in time expires: a node that comes back late never acts on a closed stage
         sent = [Message(content=content, dst_node_id=node, message_type=kind, ttl=timeout)
                 for node, (kind, content) in messages.items()]
+        waiting = set(self.grid.push_messages(sent))
+        deadline = time.monotonic() + timeout
         replies: dict[int, RecordDict | str] = {}
-        for reply in self.grid.send_and_receive(sent, timeout=timeout):
-            node = reply.metadata.src_node_id
-            replies[node] = f"{reply.error.reason} (code {reply.error.code})" if reply.has_error() else reply.content
+        while waiting:
+            for reply in self.grid.pull_messages(waiting):
+                waiting.discard(reply.metadata.reply_to_message_id)
+                node = reply.metadata.src_node_id
+                replies[node] = (f"{reply.error.reason} (code {reply.error.code})" if reply.has_error()
+                                 else reply.content)
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(self.poll)
         return replies
 
 
@@ -95,6 +108,7 @@ class NodeEntry:
     epsilon_spent: float  # before this run, over every run in the node's ledger
     ledger_file: bool
     directory: str = ""  # the digest of its directory of identity keys (consistency check)
+    paillier: str = ""  # the fingerprint of its Paillier key pair (aggregation=paillier)
 
 
 def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stage_timeout: float,
@@ -122,7 +136,7 @@ def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stag
         log.info("node %d serves client %d (%d examples, epsilon %.3f spent before this run%s)", node, hello.client,
                  hello.num_examples, hello.epsilon_spent, "" if hello.ledger_file else "; its ledger lasts this run only")
         entries.append(NodeEntry(node, hello.client, hello.num_examples, hello.epsilon_spent, hello.ledger_file,
-                                 hello.directory))
+                                 hello.directory, hello.paillier))
     return entries
 
 
@@ -162,11 +176,11 @@ class FlowerTransport(Transport):
     def __init__(self, link: NodeLink, nodes: dict[int, NodeEntry], cfg: ExperimentConfig, stamp: Stamp,
                  round_idx: int, global_vector: np.ndarray, backend: AggregationBackend, weight_cap: int,
                  dropouts: frozenset[int], ledger: Ledger, on_trained: OnTrained, on_skipped: OnSkipped,
-                 tap: Callable[[int, bytes], None] | None):
+                 tap: Callable[[int, bytes], None] | None, evaluation: bool = False):
         self.link, self.nodes, self.cfg, self.stamp = link, nodes, cfg, stamp
         self.round, self.global_vector, self.backend, self.weight_cap = round_idx, global_vector, backend, weight_cap
         self.dropouts, self.ledger, self.on_trained, self.on_skipped = dropouts, ledger, on_trained, on_skipped
-        self.tap = tap
+        self.tap, self.evaluation = tap, evaluation
         self.started: set[int] = set()  # clients sent their first message of the round
         self.left: dict[int, str] = {}
         self.skipped: set[int] = set()
@@ -185,7 +199,7 @@ class FlowerTransport(Transport):
                 continue
             request = Step(self.stamp, self.round, cid, cid not in self.started, wants_input,
                            self.backend.vector_length, self.backend.max_clients, self.weight_cap, raw,
-                           self.global_vector if wants_input else None)
+                           self.global_vector if wants_input else None, self.evaluation)
             messages[self.nodes[cid].node_id] = (TRAIN if wants_input else QUERY, encode_step(request))
             order.append(cid)
             self.started.add(cid)
@@ -231,6 +245,10 @@ class FlowerTransport(Transport):
             self.left[cid] = f"rejected by the server: {err}"
 
 
+def _never(*args) -> None:
+    raise AssertionError("a node trained, or skipped for its budget, in a federated evaluation")
+
+
 def node_seconds(times: list[NodeTimes]) -> dict[str, float]:
     """Where the nodes' time went in a round, summed over its messages (process start includes imports)."""
     return {name: float(sum(getattr(t, name) for t in times))
@@ -239,6 +257,8 @@ def node_seconds(times: list[NodeTimes]) -> dict[str, float]:
 
 class FlowerClients(ClientSide):
     """The run's clients, one node each; the server keeps a copy of the DP events they report for this run."""
+
+    backend_side = Side.SERVER  # the server process makes server halves only (Paillier: it holds the public key)
 
     def __init__(self, cfg: ExperimentConfig, link: NodeLink, nodes: dict[int, NodeEntry], ledger: Ledger,
                  stamp: Stamp, label_names: tuple[str, ...] = ()):
@@ -261,6 +281,10 @@ class FlowerClients(ClientSide):
         if new:
             for entry in greet(self.link, self.stamp, new, len(self.nodes), self.cfg.flower.stage_timeout,
                                self.label_names):
+                if entry.paillier != self.nodes[entry.client].paillier:
+                    log.warning("node %d (client %d) holds another Paillier key than the run's: ignored",
+                                entry.node_id, entry.client)
+                    continue
                 if entry.directory != self.nodes[entry.client].directory:
                     log.warning("node %d (client %d) holds another directory of identity keys than the run's: "
                                 "ignored", entry.node_id, entry.client)
@@ -286,6 +310,19 @@ class FlowerClients(ClientSide):
                                             "node_seconds": node_seconds(transport.times)})
         return ClientRound(backend.complete(outcome, reports), len(dropouts))
 
+    def evaluate_round(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
+                       backend: AggregationBackend, view: ServerView | None) -> AggregationOutcome | None:
+        if not participants:
+            return None
+        server = backend.server_half(round_idx, participants)
+        transport = FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, global_vector, backend,
+                                    self.weight_cap, frozenset(), self.ledger, _never, _never,
+                                    None if view is None else recording_tap(view, server), evaluation=True)
+        outcome = run_protocol(server, transport)
+        reports = [transport.reports[c] for c in sorted(transport.reports)]
+        left = {str(c): why for c, why in sorted(transport.left.items())}
+        return backend.complete(replace(outcome, details={**outcome.details, "nodes_left": left}), reports)
+
     def summary(self, results: dict) -> dict:
         """results.json's account of the nodes: where each client ran and what it had spent before this run."""
         notes = [f"client {c}'s node had spent epsilon {e.epsilon_spent:.3f} before this run (its ledger file); the "
@@ -297,11 +334,22 @@ class FlowerClients(ClientSide):
             for c, e in sorted(self.before.items())}}
 
 
+def check_paillier_keys(public: PaillierKey, nodes: dict[int, NodeEntry]) -> None:
+    """Every node must hold the pair of the server's public key: a sum encrypted under another key would decrypt
+    to noise, so a mismatch stops the run before anything is trained, naming the nodes."""
+    wrong = {c: e for c, e in sorted(nodes.items()) if e.paillier != public.fingerprint}
+    if wrong:
+        held = "; ".join(f"node {e.node_id} (client {c}): {e.paillier or 'none'}" for c, e in wrong.items())
+        raise FlowerRunError(f"the server's Paillier public key is {public.fingerprint}, but {held}: give every "
+                             "node the key pair whose public half the server holds")
+
+
 def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resume: bool = False,
                   progress: bool = False) -> dict:
     """The server's side of a run whose clients are nodes behind ``link``: greet them, run the rounds, write the
     results (with the nodes' account) to ``out_dir``. Resuming needs the run's own config and nodes whose ledgers
     are files: a node's ledger in Flower's state lasts one Flower run, and a resumed run is a new one."""
+    from privfed.attacks.simulation import AttackSimulation
     from privfed.engines.runner import run_rounds
     from privfed.federation.setup import build_federation
     from privfed.results import RunDirectory
@@ -315,6 +363,8 @@ def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resum
     def make_clients(fed, ledger: Ledger) -> FlowerClients:
         nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout,
                         fed.label_names)
+        if cfg.aggregation.method is Aggregation.PAILLIER:
+            check_paillier_keys(server_key(cfg.aggregation)[0], nodes)
         forgetful = sorted(c for c, e in nodes.items() if not e.ledger_file)
         if resume and forgetful:
             raise FlowerRunError(f"cannot resume: the nodes of clients {forgetful} keep their ledger in Flower's state, "
@@ -322,5 +372,12 @@ def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resum
         made.append(FlowerClients(cfg, link, nodes, ledger, stamp, fed.label_names))
         return made[0]
 
-    return run_rounds(cfg, out_dir, build_federation, make_clients, resume=resume, progress=progress,
-                      extra_results=lambda results: made[0].summary(results))
+    if cfg.attack.kind is AttackKind.NONE:
+        return run_rounds(cfg, out_dir, build_federation, make_clients, resume=resume, progress=progress,
+                          extra_results=lambda results: made[0].summary(results))
+    # the server builds the same poisoned federation as the nodes, to know the attackers and measure the attack
+    # (a backdoor's triggered held-out set); the malicious nodes run the attack themselves
+    attack = AttackSimulation(cfg)
+    return run_rounds(cfg, out_dir, attack.build, make_clients, resume=resume, progress=progress,
+                      callbacks=(attack.observer,),
+                      extra_results=lambda results: {**made[0].summary(results), **attack.extra_results(results)})

@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -22,8 +23,11 @@ from pathlib import Path
 from typing import Self
 
 import psutil
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from privfed.engines.flower.certificates import TlsFiles, make_tls_files
+from privfed.engines.flower.worker import READY, write_secret
 from privfed.errors import PrivfedError
 
 CONNECTION = "privfed-loopback"
@@ -81,12 +85,19 @@ class LoopbackDeployment:
 
     ``node_configs[i]`` is SuperNode i's --node-config (e.g. {"partition-id": 0, "ledger": "..."}). ``tls``: a CA
     and a server certificate for 127.0.0.1 are made in ``work``/tls; False runs --insecure (never across machines).
+    ``node_auth``: the SuperLink admits registered SuperNodes only (``--enable-supernode-auth``): each node gets
+    an ECDSA P-384 key, registered with ``flwr supernode register`` before it starts.
+    ``warm``: each SuperNode runs with ``--isolation process`` and a supervised privfed worker
+    (:mod:`privfed.engines.flower.worker`) that serves all its messages in one process, authenticated with a
+    secret of its own; False: Flower's stock ClientApp process per message.
     """
 
     def __init__(self, work: Path, node_configs: list[dict], *, tls: bool = True, start_timeout: float = 120.0,
-                 simulation: SimulationOptions | None = None):
+                 simulation: SimulationOptions | None = None, warm: bool = True, node_auth: bool = False):
         self.work, self.node_configs, self.tls, self.start_timeout = work, node_configs, tls, start_timeout
-        self.simulation = simulation
+        self.simulation, self.warm, self.node_auth = simulation, warm, node_auth
+        if node_auth and not tls:
+            raise ValueError("SuperNode authentication runs over TLS only")
         if simulation is not None and (node_configs or tls):
             raise ValueError("a simulation runs virtual nodes on an insecure loopback SuperLink: no node_configs, "
                              "no tls")
@@ -94,6 +105,7 @@ class LoopbackDeployment:
         self.flwr_home = work / "flwr-home"
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
+        self.runtime_ports: dict[int, int] = {}  # SuperNode i -> its Runtime API port (127.0.0.1)
         self._started: dict[str, float] = {}
         self._previous_sigterm = None
         self.tls_files: TlsFiles | None = None
@@ -103,10 +115,17 @@ class LoopbackDeployment:
     def _env(self, flwr_home: Path) -> dict[str, str]:
         return {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
 
-    def _spawn(self, name: str, command: list[str], flwr_home: Path) -> subprocess.Popen:
+    def _node_env(self, flwr_home: Path) -> dict[str, str]:
+        """A node's processes share this machine's cores with the other nodes: torch gets cores / nodes threads
+        each (unless OMP_NUM_THREADS is set), so the nodes training at once do not oversubscribe the CPU."""
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.node_configs)))
+        return {"OMP_NUM_THREADS": str(threads), **self._env(flwr_home)}
+
+    def _spawn(self, name: str, command: list[str], flwr_home: Path, node: bool = False) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("wb")
+        env = self._node_env(flwr_home) if node else self._env(flwr_home)
         try:
-            process = subprocess.Popen(command, env=self._env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.work)
         except FileNotFoundError:
             raise DeploymentError(f"{command[0]} is not installed: pip install 'privfed[flower]' (or ./install.sh "
@@ -162,6 +181,7 @@ class LoopbackDeployment:
             "insecure = true\n"
         (self.flwr_home / "config.toml").write_text(connection)
         mode = ["--simulation"] if self.simulation else []
+        mode += ["--enable-supernode-auth"] if self.node_auth else []
         self._spawn("superlink", ["flower-superlink", *security, *mode, "--disable-runtime-dependency-installation",
                                   "--database", str(self.work / "superlink.db"), "--host", "127.0.0.1",
                                   "--port", str(self.port)], self.flwr_home)
@@ -170,20 +190,68 @@ class LoopbackDeployment:
             self.start_node(i, node_config)
         for i in range(len(self.node_configs)):
             self._wait(lambda i=i: self._node_ready(i), f"SuperNode {i}", self.start_timeout)
+            if self.warm:
+                self._wait(lambda i=i: self._worker_ready(i), f"the privfed worker of SuperNode {i}",
+                           self.start_timeout)
         return self
 
-    def start_node(self, i: int, node_config: dict) -> None:
-        """SuperNode ``i`` (its own app cache, its own runtime port)."""
+    def _worker_ready(self, i: int) -> bool:
+        path = self.logs / f"worker-{i}.log"
+        return path.exists() and READY in path.read_text(errors="replace")
+
+    def node_key(self, i: int, register: bool = True) -> Path:
+        """SuperNode ``i``'s authentication key (OpenSSH ECDSA P-384, as ``ssh-keygen -t ecdsa -b 384`` makes),
+        its public half registered with the SuperLink unless ``register`` is False."""
+        private = self.work / f"node-{i}-home" / "node-auth"
+        private.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP384R1())
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                      serialization.NoEncryption()))
+        public = private.with_name("node-auth.pub")
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH))
+        if register:
+            done = subprocess.run(["flwr", "supernode", "register", str(public), CONNECTION],
+                                  env=self._env(self.flwr_home), capture_output=True, text=True, timeout=60,
+                                  check=False, start_new_session=True)
+            if done.returncode != 0:
+                raise DeploymentError(f"flwr supernode register failed for SuperNode {i}: "
+                                      f"{(done.stdout + done.stderr).strip()[-500:]}")
+        return private
+
+    def start_node(self, i: int, node_config: dict, *, registered: bool = True) -> None:
+        """SuperNode ``i`` (its own app cache, its own Runtime API port), and its warm worker. With SuperNode
+        authentication its key is made (and, if ``registered``, registered) first."""
         security = ["--root-certificates", str(self.tls_files.ca_certificate)] if self.tls_files else ["--insecure"]
+        if self.node_auth:
+            security += ["--auth-supernode-private-key", str(self.node_key(i, registered))]
+        runtime_port = self.runtime_ports[i] = free_port()
+        isolation: list[str] = []
+        if self.warm:
+            secret = write_secret(self.work / f"node-{i}-home" / "superexec.secret")
+            isolation = ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
         self._spawn(f"supernode-{i}", ["flower-supernode", *security, "--superlink", f"127.0.0.1:{self.port}",
-                                       "--port", str(free_port()), "--node-config", node_config_text(node_config)],
-                    self.work / f"node-{i}-home")
+                                       "--host", "127.0.0.1", "--port", str(runtime_port), *isolation,
+                                       "--node-config", node_config_text(node_config)],
+                    self.work / f"node-{i}-home", node=True)
+        if self.warm:
+            self._spawn(f"worker-{i}", [sys.executable, "-m", "privfed.engines.flower.worker", "--supervise",
+                                        "--runtime-api", f"127.0.0.1:{runtime_port}", "--secret-file", str(secret)],
+                        self.work / f"node-{i}-home", node=True)
 
     def kill_node(self, i: int) -> None:
-        """SuperNode ``i`` and its ClientApp processes, at once (SIGKILL): a node that vanishes mid-round."""
-        process = self.processes[f"supernode-{i}"]
-        if process.poll() is None:
-            self._kill([process], signal.SIGKILL, grace=5.0)
+        """SuperNode ``i`` and its worker (or its ClientApp processes), at once (SIGKILL)."""
+        processes = [self.processes[name] for name in (f"supernode-{i}", f"worker-{i}") if name in self.processes]
+        self._kill([p for p in processes if p.poll() is None], signal.SIGKILL, grace=5.0)
+
+    def kill_worker(self, i: int) -> None:
+        """The process serving SuperNode ``i``'s messages (not its supervisor), at once: a worker that crashes
+        mid-message. The supervisor starts a new one; the SuperNode stays."""
+        supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
+        for child in supervisor.children():
+            child.kill()
 
     # ------------------------------------------------------------ runs
 
@@ -230,6 +298,10 @@ class LoopbackDeployment:
 
     def node_log(self, i: int) -> str:
         path = self.logs / f"supernode-{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def worker_log(self, i: int) -> str:
+        path = self.logs / f"worker-{i}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     # ------------------------------------------------------------ cleanup

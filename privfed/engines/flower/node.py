@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import privfed
 from privfed.aggregation import make_backend
-from privfed.aggregation.base import AggregationBackend, ClientHalf, pack_report
+from privfed.aggregation.base import AggregationBackend, ClientHalf, Side, pack_report
 from privfed.client import budget
 from privfed.client.state import ClientState
-from privfed.config import ExperimentConfig, Partition
+from privfed.config import Aggregation, AggregationConfig, AttackKind, ExperimentConfig, Partition
 from privfed.engines.flower.wire import (
     Hello,
     HelloReply,
@@ -39,12 +39,15 @@ from privfed.engines.flower.wire import (
     fingerprint,
 )
 from privfed.errors import ConfigError, PrivacyViolationError
+from privfed.evaluation import evaluation_sums
+from privfed.federation.held_out import evaluation_aggregation, evaluation_contribution, evaluation_scale
 from privfed.privacy.accounting import epsilon_of_events
 from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.secure.identities import directory_digest, load_directory, load_identity
+from privfed.secure.paillier_keys import PaillierKey
 from privfed.secure.messages import ProtocolError
-from privfed.server.driver import contribution
+from privfed.server.driver import clients_per_round, contribution
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labels"
 HALF_ROUND_KEY, ROUND_KEY, TRAINED_KEY = "half-round", "round", "trained-round"  # rounds, as decimal bytes
 NOISE_KEY = "noise-round"  # the last round whose distributed-DP share the node's ledger records
+EVAL_HALF_KEY, EVAL_HALF_ROUND_KEY = "eval-half", "eval-half-round"  # the federated evaluation's protocol half
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class NodeSettings:
     own file or folder, in any data.source format, with ``client-id``. ``ledger``: the privacy ledger file that
     outlives runs (absent: the ledger lives for one run only). ``identity-key`` and ``directory``: this client's
     Ed25519 key file and the directory of every client's public key (``privfed flower identities``), which
-    ``aggregation.consistency_check`` needs. ``approved-config``: the only config fingerprint this
+    ``aggregation.consistency_check`` needs. ``paillier-key``: the clients' Paillier key pair (``privfed keygen``),
+    which ``aggregation=paillier`` needs (the server holds the public key only). ``approved-config``: the only config fingerprint this
     node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed Poisson sampling and
     DP noise from the config's seed, round and client, so a run equals ``privfed run`` with the same seed; the
     default only without a ledger file. A node whose ledger outlives runs draws fresh OS entropy for every round it
@@ -79,11 +84,12 @@ class NodeSettings:
     reproducible: bool = True
     identity_key: str = ""
     directory: str = ""
+    paillier_key: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
         known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config",
-                 "reproducible", "identity-key", "directory"}
+                 "reproducible", "identity-key", "directory", "paillier-key"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError("node-config", f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -107,7 +113,8 @@ class NodeSettings:
         if bool(identity_key) != bool(directory):
             raise ConfigError("node-config", "identity-key and directory go together (privfed flower identities)")
         return cls(int(client), None if partition is None else int(partition), data_path, ledger,
-                   str(node_config.get("approved-config", "")), reproducible, identity_key, directory)
+                   str(node_config.get("approved-config", "")), reproducible, identity_key, directory,
+                   str(node_config.get("paillier-key", "")))
 
     def identity(self, cfg: ExperimentConfig) -> tuple[Ed25519PrivateKey, dict[int, bytes]] | None:
         """This client's identity key and the directory, when the run's consistency check needs them (ConfigError
@@ -119,6 +126,20 @@ class NodeSettings:
                                              "directory of public keys (write them with privfed flower identities)")
         directory = load_directory(Path(self.directory))
         return load_identity(Path(self.identity_key), self.client_id, directory), directory
+
+    def aggregation(self, cfg: ExperimentConfig) -> AggregationConfig:
+        """The aggregation config as this node's back-end uses it: under Paillier, with the node's own key pair
+        (``paillier-key``) in place of the server's public key (ConfigError when the node was given none)."""
+        if cfg.aggregation.method is not Aggregation.PAILLIER:
+            return cfg.aggregation
+        if not self.paillier_key:
+            raise ConfigError("node-config", "aggregation=paillier needs this node's paillier-key: the clients' key "
+                                             "pair (privfed keygen KEY; the server holds KEY.pub only)")
+        key = PaillierKey.load(self.paillier_key, "node-config paillier-key")
+        if not key.has_private:
+            raise ConfigError("node-config", f"paillier-key {self.paillier_key} holds only a public key; the node "
+                                             "needs the key pair to decrypt the sum")
+        return replace(cfg.aggregation, key_file=self.paillier_key)
 
 
 def stamp_problem(stamp: Stamp, cfg: ExperimentConfig, settings: NodeSettings) -> str:
@@ -209,9 +230,29 @@ def node_federation(cfg: ExperimentConfig, settings: NodeSettings, label_names: 
         start = time.perf_counter()
         from privfed.federation.setup import build_federation  # torch, transformers, Opacus: part of building
 
-        _built[key] = build_federation(node_cfg, label_names if own_file and label_names else None)
+        fed = build_federation(node_cfg, label_names if own_file and label_names else None)
+        _attackers.clear()
+        if cfg.attack.kind is not AttackKind.NONE:  # the same seeded poisoning as the server's and privfed run's
+            from privfed.attacks.clients import MaliciousClients
+            from privfed.attacks.data import poison_federation
+
+            poisoned, _ = poison_federation(fed)
+            _attackers[key] = MaliciousClients(cfg, poisoned, clients_per_round(cfg, len(fed.clients)))
+        _built[key] = fed
         _build_seconds[0] += time.perf_counter() - start
     return _built[key]
+
+
+_attackers: dict[tuple, Any] = {}  # the built federation's key -> its MaliciousClients (config with an attack)
+
+
+def node_attackers(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]):
+    """The attack as this node's client runs it (privfed.attacks.clients.MaliciousClients; None without one): a
+    malicious node is a node running the attack on its partition."""
+    if cfg.attack.kind is AttackKind.NONE:
+        return None
+    node_federation(cfg, settings, label_names)
+    return next(iter(_attackers.values()))
 
 
 _build_seconds = [0.0]  # this process's time spent building, read (and reset) by step() for NodeTimes
@@ -220,9 +261,15 @@ _build_seconds = [0.0]  # this process's time spent building, read (and reset) b
 _messages_handled = [0]
 
 
+def mark_warm() -> None:
+    """This process outlives messages (a warm worker): its start-up is not charged to the first message."""
+    _messages_handled[0] = max(_messages_handled[0], 1)
+
+
 def start_up_seconds() -> float:
-    """For the first message a process handles, the seconds since it started (its start-up and imports: each
-    message of a deployment gets a new ClientApp process); 0 for later messages of a reused process (simulation)."""
+    """For the first message a process handles, the seconds since it started (its start-up and imports: with stock
+    Flower each message of a deployment gets a new ClientApp process); 0 for later messages of a reused process
+    (simulation, a warm worker)."""
     _messages_handled[0] += 1
     return max(0.0, time.time() - psutil.Process().create_time()) if _messages_handled[0] == 1 else 0.0
 
@@ -256,33 +303,41 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
     if problem:
         return HelloReply(Status.REFUSED, settings.client_id, reason=problem)
     try:
+        if cfg.attack.kind is not AttackKind.NONE and settings.partition_id is None:
+            raise ConfigError("attack.kind", "an attack simulation runs on nodes that serve a partition of the "
+                                             "config's data (partition-id), not on an organisation's own data")
         identity = settings.identity(cfg)
+        aggregation = settings.aggregation(cfg)
         client = _node_client(cfg, settings, request.label_names)
     except ConfigError as err:
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
+    paillier = PaillierKey.load(aggregation.key_file).fingerprint if aggregation.key_file else ""
     state[CLIENT_KEY] = _pack_client(client)
     state[LABELS_KEY] = msgpack.packb(list(request.label_names))
     with NodeLedger(settings, state) as ledger:
         spent = epsilon_of_events(ledger.open(client.id).dp_sgd(client.id), cfg.privacy.delta,
                                   cfg.privacy.accountant)
     return HelloReply(Status.OK, client.id, client.num_examples, float(spent), ledger.persistent,
-                      directory="" if identity is None else directory_digest(identity[1]))
+                      directory="" if identity is None else directory_digest(identity[1]), paillier=paillier)
 
 
 _backends: dict[tuple, AggregationBackend] = {}
 
 
 def _backend(cfg: ExperimentConfig, request: Step, settings: NodeSettings) -> AggregationBackend:
-    """The node's aggregation back-end, sized as the server's (the sizes travel with every step), holding the
-    node's identity when the consistency check needs one."""
-    key = (fingerprint(cfg), request.max_clients, request.vector_length)
+    """The node's aggregation back-end for the step's purpose (the round's update, or its federated evaluation),
+    sized as the server's (the sizes travel with every step), holding the node's identity when the consistency
+    check needs one. Back-ends of another config are closed."""
+    key = (fingerprint(cfg), request.max_clients, request.vector_length, request.evaluation)
     if key not in _backends:
-        for old in _backends.values():
-            old.close()
-        _backends.clear()
-        _backends[key] = make_backend(cfg.aggregation, max_clients=request.max_clients,
-                                      vector_length=request.vector_length, client_ids=[request.client],
-                                      distributed=DistributedDp.from_privacy(cfg.privacy), progress=False)
+        for stale in [k for k in _backends if k[0] != key[0]]:
+            _backends.pop(stale).close()
+        aggregation = settings.aggregation(cfg)
+        _backends[key] = make_backend(
+            evaluation_aggregation(aggregation) if request.evaluation else aggregation,
+            max_clients=request.max_clients, vector_length=request.vector_length, client_ids=[request.client],
+            distributed=None if request.evaluation else DistributedDp.from_privacy(cfg.privacy), progress=False,
+            side=Side.CLIENT)
     identity = settings.identity(cfg)
     if identity is not None:
         _backends[key].install_identity(settings.client_id, *identity)
@@ -306,6 +361,11 @@ def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: Mu
     newest = int(state[ROUND_KEY]) if ROUND_KEY in state else 0
     if request.round < newest:
         return StepReply(Status.LEFT, reason=f"a message of round {request.round}, but round {newest} has begun")
+    if request.evaluation:
+        try:
+            return _evaluation_step(cfg, settings, request, state, client, started)
+        except ConfigError as err:
+            return StepReply(Status.REFUSED, reason=str(err))
     with NodeLedger(settings, state) as ledger_store:
         try:
             return _step(cfg, settings, request, state, client, ledger_store, started)
@@ -319,8 +379,12 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
           client: ClientState, ledger_store: NodeLedger, started: float) -> StepReply:
     backend = _backend(cfg, request, settings)
     ledger = ledger_store.open(client.id)
+    labels = tuple(msgpack.unpackb(state[LABELS_KEY], raw=False))
+    malicious = node_attackers(cfg, settings, labels)
 
     def refused() -> StepReply | None:
+        if malicious is not None and malicious.ignores_budget(client.id, request.round):
+            return None  # malicious code trains whatever its own budget says
         skipped = budget.refusal(client, ledger, request.round, cfg.training.local_steps, cfg.privacy)
         if skipped is None:
             return None
@@ -341,6 +405,8 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
             half = backend.restore_client(state[HALF_KEY])
         except ProtocolError as err:
             return StepReply(Status.LEFT, reason=f"unreadable protocol state ({err})")
+    if malicious is not None:
+        half = malicious.wrap_half(half, request.round)
     trained, event, train_seconds = None, None, 0.0
     _build_seconds[0] = 0.0
     tick = time.perf_counter()
@@ -350,17 +416,22 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
         skip = None if request.first else refused()  # again: the node's budget never trusts the server's "first"
         if skip is not None:
             return skip
-        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
+        fed = node_federation(cfg, settings, labels)
         from privfed.client.recorded import train_recorded
 
         fed.runtime.run_seed = cfg.seed if settings.reproducible else int.from_bytes(os.urandom(8), "little")
         state[TRAINED_KEY] = str(request.round).encode()
+        poisoned = None if malicious is None else malicious.state_for(client.id, request.round)
         train_start = time.perf_counter()
-        result = train_recorded(fed.runtime, client, fed.shard(client), request.round, request.global_vector, ledger)
+        result = train_recorded(fed.runtime, poisoned or client, fed.shard(poisoned or client), request.round,
+                                request.global_vector, ledger, None if poisoned is None else malicious.local_steps)
         train_seconds = time.perf_counter() - train_start
         ledger_store.save(ledger)  # the event is on disk before anything derived from the update leaves the node
         update = result.update
-        half.set_update(contribution(cfg, update.delta, update.num_examples, request.weight_cap))
+        if malicious is not None and malicious.attacking(client.id, request.round):
+            half.set_update(malicious.contribution(update, request.round, request.weight_cap))
+        else:
+            half.set_update(contribution(cfg, update.delta, update.num_examples, request.weight_cap))
         trained = Trained(update.num_examples, update.train_loss, update.steps, update.seconds)
         event = result.event
     try:
@@ -378,3 +449,40 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
     protocol = time.perf_counter() - tick - train_seconds - _build_seconds[0]
     times = NodeTimes(started, _build_seconds[0], train_seconds, max(0.0, protocol))
     return StepReply(Status.OK, reply, pack_report(half.report()), trained, event, times=times)
+
+
+def _evaluation_step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes],
+                     client: ClientState, started: float) -> StepReply:
+    """A message of the round's federated evaluation: the node scores the new global model on its own held-out
+    records and sends the sums through its evaluation half (privfed.federation.held_out). It touches no ledger:
+    evaluating trains nothing and spends no DP budget (the totals' release is not in epsilon)."""
+    backend = _backend(cfg, request, settings)
+    if request.first:
+        half = backend.client_half(request.round, client.id)
+    else:
+        if EVAL_HALF_KEY not in state or int(state[EVAL_HALF_ROUND_KEY]) != request.round:
+            return StepReply(Status.LEFT, reason=f"no saved evaluation state for round {request.round}")
+        try:
+            half = backend.restore_client(state[EVAL_HALF_KEY])
+        except ProtocolError as err:
+            return StepReply(Status.LEFT, reason=f"unreadable evaluation state ({err})")
+    _build_seconds[0] = 0.0
+    tick = time.perf_counter()
+    evaluate_seconds = 0.0
+    if request.wants_input:
+        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
+        evaluate_start = time.perf_counter()
+        fed.runtime.load(request.global_vector)
+        own = settings.partition_id if settings.partition_id is not None else 0  # its index in the node's federation
+        sums = evaluation_sums(fed.runtime.model, fed.held_out(own), fed.task, explicit=fed.runtime.explicit)
+        half.set_update(evaluation_contribution(sums, evaluation_scale(cfg, fed.task, request.weight_cap)))
+        evaluate_seconds = time.perf_counter() - evaluate_start
+    try:
+        reply = half.handle(request.payload)
+    except ProtocolError as err:
+        return StepReply(Status.LEFT, reason=f"protocol error: {err}")
+    state[EVAL_HALF_KEY] = half.export_state()
+    state[EVAL_HALF_ROUND_KEY] = str(request.round).encode()
+    protocol = time.perf_counter() - tick - evaluate_seconds - _build_seconds[0]
+    times = NodeTimes(started, _build_seconds[0], evaluate_seconds, max(0.0, protocol))
+    return StepReply(Status.OK, reply, pack_report(half.report()), times=times)

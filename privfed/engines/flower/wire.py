@@ -66,6 +66,7 @@ class HelloReply:
     ledger_file: bool = False  # False: the ledger lives in Flower's node state, for this run only
     reason: str = ""
     directory: str = ""  # the digest of the node's directory of identity keys ("" without the consistency check)
+    paillier: str = ""  # the fingerprint of the node's Paillier key pair ("" unless aggregation is paillier)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Step:
     weight_cap: int  # the public FedAvg weight cap (largest client's example count)
     payload: bytes
     global_vector: np.ndarray | None = None  # only when wants_input
+    evaluation: bool = False  # a message of the round's federated evaluation (the new model on held-out records)
 
 
 @dataclass(frozen=True)
@@ -155,13 +157,14 @@ def encode_hello_reply(reply: HelloReply) -> RecordDict:
 def decode_hello_reply(content: RecordDict) -> HelloReply:
     h = _header(content, Kind.HELLO)
     return HelloReply(Status(h["status"]), int(h["client"]), int(h["num_examples"]), float(h["epsilon_spent"]),
-                      bool(h["ledger_file"]), str(h["reason"]), str(h["directory"]))
+                      bool(h["ledger_file"]), str(h["reason"]), str(h["directory"]), str(h["paillier"]))
 
 
 def encode_step(step: Step) -> RecordDict:
     header = {"kind": Kind.STEP.value, "version": step.stamp.version, "config": step.stamp.config,
               "round": step.round, "client": step.client, "first": step.first, "wants_input": step.wants_input,
-              "vector_length": step.vector_length, "max_clients": step.max_clients, "weight_cap": step.weight_cap}
+              "vector_length": step.vector_length, "max_clients": step.max_clients, "weight_cap": step.weight_cap,
+              "evaluation": step.evaluation}
     records: dict = {HEADER: ConfigRecord(header), PAYLOAD: _bytes_array(step.payload)}
     if step.global_vector is not None:
         records[GLOBAL] = ArrayRecord(numpy_ndarrays=[np.asarray(step.global_vector, dtype=np.float32)])
@@ -173,7 +176,7 @@ def decode_step(content: RecordDict) -> Step:
     vector = content[GLOBAL].to_numpy_ndarrays()[0] if GLOBAL in content else None
     step = Step(Stamp(str(h["version"]), str(h["config"])), int(h["round"]), int(h["client"]), bool(h["first"]),
                 bool(h["wants_input"]), int(h["vector_length"]), int(h["max_clients"]), int(h["weight_cap"]),
-                _array_bytes(content[PAYLOAD]), vector)
+                _array_bytes(content[PAYLOAD]), vector, bool(h["evaluation"]))
     if step.wants_input and vector is None:
         raise WireError("a step asking for the client's input must carry the global model")
     return step

@@ -1,0 +1,311 @@
+"""A warm node worker: one long-lived process per SuperNode that runs privfed's ClientApp for every message.
+
+By default Flower 1.42's SuperNode starts a new ClientApp process for each message, which imports torch,
+transformers and Opacus and rebuilds the model and its data every time (~35 s here, minutes for a model of a few
+GB). Started with ``flower-supernode --isolation process --superexec-auth-secret-file F``, the SuperNode starts
+none: this worker claims each task through the SuperNode's Runtime API (``AcquireTask``, signed with the shared
+secret; an unsigned claim gets HTTP 401), pulls its message and context, runs privfed's ClientApp here and pushes
+the reply and the context back. torch, the model and the data stay loaded between messages and runs
+(:func:`privfed.engines.flower.node.node_federation` caches them by config fingerprint); what must not outlive a
+message is still restored from outside the process for each one: the protocol half's state from Flower's node
+state, the ledger from its file under its lock.
+
+The worker runs the ClientApp of the privfed installed on the node, never code shipped in the run's FAB: a data
+holder's machine executes only what its operator installed (a run of any other app is answered with a refusal).
+
+It uses Flower's task-level helpers (``flwr.supernode.runtime.run_clientapp``), which are not a public API: flwr is
+pinned, and ``tests/test_flower_worker.py`` fails loudly if an upgrade moves them. :func:`supervise` restarts a
+worker that crashed; the message it held is never answered, so its token expires (no heartbeats) and the server
+counts that node as a dropout of the round, which secure aggregation recovers from.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import context_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    SendTaskHeartbeatRequest,
+)
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+from privfed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the one Runtime API call the shared secret signs
+SECRET_REFUSED = 3  # the worker's exit status when the SuperNode refuses its secret: restarting cannot help
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+PULL_BACKOFF, PULL_BACKOFF_CAP = 0.02, 0.5  # seconds: a message's content is usually there within milliseconds
+READY = "privfed worker ready"  # logged once the imports are done and tasks are claimed
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Where the SuperNode's Runtime API listens (``--host``/``--port`` of flower-supernode; loopback only: the
+    API is plain HTTP and carries the messages) and the file holding the SuperExec secret both were given."""
+
+    runtime_api: str
+    secret_file: Path
+    poll_seconds: float = 0.05
+
+    def __post_init__(self) -> None:
+        host, _, port = self.runtime_api.rpartition(":")
+        if host not in LOOPBACK_HOSTS or not port.isdigit():
+            raise ConfigError("--runtime-api", f"{self.runtime_api!r}: give the SuperNode's Runtime API as "
+                                               "127.0.0.1:PORT (it speaks plain HTTP: run the worker on the node's "
+                                               "machine)")
+        if not self.secret_file.is_file():
+            raise ConfigError("--secret-file", f"{self.secret_file} does not exist: give the file passed to "
+                                               "flower-supernode --superexec-auth-secret-file")
+        if not 0 < self.poll_seconds <= 10:
+            raise ConfigError("--poll", f"must be in (0, 10] seconds, got {self.poll_seconds}")
+
+    def secret(self) -> bytes:
+        secret = self.secret_file.read_bytes()
+        if not secret:
+            raise ConfigError("--secret-file", f"{self.secret_file} is empty")
+        return secret
+
+
+def write_secret(path: Path) -> Path:
+    """A fresh 32-byte SuperExec secret, readable by its owner only (the SuperNode and its worker read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+    return path
+
+
+class SecretRefused(Exception):
+    """The SuperNode answered the claim with HTTP 401: this worker's secret is not the SuperNode's."""
+
+
+def _acquire_client(settings: WorkerSettings) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(
+        server_address=settings.runtime_api, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                      SuperExecAuthHttpInterceptor(master_secret=settings.secret(),
+                                                   protected_methods=frozenset({ACQUIRE_TASK}))],
+        retry_invoker=make_simple_http_retry_invoker())
+
+
+def claim(client: RuntimeHttpClient) -> str | None:
+    """The token of one pending ClientApp task of the SuperNode, or None when it has none."""
+    try:
+        response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP],
+                                                         agentapp_fab_hashes=[]))
+    except httpx.HTTPStatusError as err:
+        if err.response.status_code == httpx.codes.UNAUTHORIZED:
+            raise SecretRefused from None
+        raise
+    return response.token if response.HasField("task") and response.token else None
+
+
+def _heartbeat(client: RuntimeHttpClient, expired: threading.Event) -> Callable[[], bool]:
+    """Flower's task heartbeat, except that a refused one marks the task expired instead of interrupting the
+    process (Flower's own raises SIGINT, which would end a worker that serves many tasks)."""
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            response = client.SendTaskHeartbeat(request)
+        except (httpx.TransportError, httpx.HTTPStatusError):
+            return False
+        if not response.success:
+            expired.set()
+        return True
+
+    return beat
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context]:
+    """The claimed task's message and context: Flower's ``pull_task_input`` with a short backoff. A warm worker
+    claims a task the moment it appears, often before the SuperNode holds the message's content; Flower's 1 s
+    first backoff (fine for a process that took seconds to start) would then cost about a second a message."""
+    response = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = response.task_id
+    TaskIdentity.run_id = response.run.run_id
+    TaskIdentity.node_id = response.context.node_id
+    context = context_from_proto(response.context)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the SuperNode's Runtime API gave the task no message")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's: the deflated message lacks its id
+    return message, context
+
+
+def run_task(runtime_api: str, token: str) -> None:
+    """Serve one claimed task with privfed's ClientApp, as Flower's ``flwr-clientapp`` process does (pull the
+    message and context, call the app, push the reply and the updated context), in this process."""
+    from privfed.engines.flower.apps import client_app
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
+        retry_invoker=make_simple_http_retry_invoker())
+    expired = threading.Event()
+    heartbeat = HeartbeatSender(_heartbeat(client, expired))
+    heartbeat.start()
+    message = reply = context = None
+    status, details = SubStatus.FAILED, "the privfed worker failed before running the ClientApp"
+    try:
+        message, context = pull_task_input(client)
+        reply = client_app(message=message, context=context)
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as err:  # the node answers with Flower's error message, as a ClientApp process would
+        log.exception("the ClientApp raised")
+        details = f"{type(err).__name__}: {err}"
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None and not expired.is_set():
+                push_message(client, reply, context)
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+        finally:
+            heartbeat.stop()
+            client.close()
+
+
+def serve(settings: WorkerSettings, *, stop: threading.Event | None = None, max_tasks: int | None = None) -> int:
+    """Claim and serve the SuperNode's ClientApp tasks until ``stop`` is set (or ``max_tasks`` were served);
+    returns the number served. Raises SecretRefused when the SuperNode does not accept the secret."""
+    from privfed.engines.flower import node
+
+    for module in ("privfed.engines.flower.apps", "privfed.federation.setup"):  # torch, transformers, Opacus: once,
+        importlib.import_module(module)                                         # before the first message
+
+    node.mark_warm()  # this process's start-up is not any message's
+    stop = stop or threading.Event()
+    client = _acquire_client(settings)
+    served = 0
+    log.info("%s: claiming the ClientApp tasks of the SuperNode at %s", READY, settings.runtime_api)
+    try:
+        while not stop.is_set() and (max_tasks is None or served < max_tasks):
+            token = claim(client)
+            if token is None:
+                stop.wait(settings.poll_seconds)
+                continue
+            started = time.perf_counter()
+            run_task(settings.runtime_api, token)
+            served += 1
+            log.info("served message %d in %.2f s", served, time.perf_counter() - started)
+    finally:
+        client.close()
+    return served
+
+
+def supervise(settings: WorkerSettings, *, max_backoff: float = 30.0) -> int:
+    """Run :func:`serve` in a child process and start a new one whenever it dies (doubling the pause after
+    quick crashes, up to ``max_backoff`` s); returns when told to stop (SIGTERM/SIGINT: the child is stopped too)
+    or when the SuperNode refuses the secret (exit status 3: restarting cannot help)."""
+    command = [sys.executable, "-m", "privfed.engines.flower.worker", "--runtime-api", settings.runtime_api,
+               "--secret-file", str(settings.secret_file), "--poll", str(settings.poll_seconds)]
+    stopping = threading.Event()
+    child: list[subprocess.Popen] = []
+
+    def on_signal(signum, frame) -> None:
+        stopping.set()
+        if child and child[0].poll() is None:
+            child[0].terminate()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    backoff = 1.0
+    try:
+        while not stopping.is_set():
+            started = time.monotonic()
+            child[:] = [subprocess.Popen(command)]
+            returncode = child[0].wait()
+            if stopping.is_set():
+                return 0
+            if returncode == SECRET_REFUSED:
+                return SECRET_REFUSED
+            lived = time.monotonic() - started
+            backoff = 1.0 if lived > 60 else min(max_backoff, backoff * 2)
+            log.warning("the privfed worker for %s exited with %d after %.0f s; restarting in %.0f s (the message it "
+                        "held, if any, is a dropout)", settings.runtime_api, returncode, lived, backoff)
+            stopping.wait(backoff)
+        return 0
+    finally:
+        if child and child[0].poll() is None:
+            child[0].kill()
+            child[0].wait(timeout=10)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m privfed.engines.flower.worker``: the worker (what :func:`supervise` starts), or with
+    ``--supervise`` its supervisor (what ``privfed flower worker`` and the loopback deployment run)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m privfed.engines.flower.worker")
+    parser.add_argument("--runtime-api", required=True)
+    parser.add_argument("--secret-file", type=Path, required=True)
+    parser.add_argument("--poll", type=float, default=0.05)
+    parser.add_argument("--supervise", action="store_true", help="run the worker in a child process, restarted "
+                                                                 "whenever it dies")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s privfed-worker %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    try:
+        settings = WorkerSettings(args.runtime_api, args.secret_file, args.poll)
+    except ConfigError as err:
+        print(f"privfed worker: {err}", file=sys.stderr)
+        return 2
+    if args.supervise:
+        return supervise(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        served = serve(settings, stop=stop)
+    except SecretRefused:
+        print(f"privfed worker: the SuperNode at {settings.runtime_api} refused the secret in {settings.secret_file} "
+              "(HTTP 401): give the worker the file passed to flower-supernode --superexec-auth-secret-file",
+              file=sys.stderr)
+        return SECRET_REFUSED
+    log.info("stopped after %d messages", served)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
