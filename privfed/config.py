@@ -946,6 +946,9 @@ def validate(c: ExperimentConfig) -> None:
     _check(e.where is EvaluationSite.SERVER or 0 < d.validation_fraction <= 0.5, "evaluation.where",
            f"{e.where.value} evaluates on each client's held-out records: set data.validation_fraction in (0, 0.5] "
            f"(their share of each client's examples), got {d.validation_fraction}")
+    _check(e.where is EvaluationSite.SERVER or not p.max_client_examples, "evaluation.where",
+           "federated evaluation weighs each client by its held-out records against the largest client's training "
+           "examples, which partition.max_client_examples cuts after the hold-out: use one or the other")
     for key in ("stage_timeout", "train_timeout", "connect_timeout"):
         value = getattr(c.flower, key)
         _check(value > 0 and math.isfinite(value), f"flower.{key}", f"must be a positive number of seconds, got {value}")

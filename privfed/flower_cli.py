@@ -138,6 +138,7 @@ def flower_command(args: argparse.Namespace) -> int:
 def _run_locally(cfg, args: argparse.Namespace) -> int:
     from privfed.cli import print_run
     from privfed.config import Aggregation
+    from privfed.config import AttackKind as Attack
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
     from privfed.results import RESULTS, read_results, unused_run_dir
@@ -163,6 +164,8 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
             directory = write_identities(work / "identities", nodes, overwrite=True).resolve()
             for i, node in enumerate(node_configs):
                 node.update({"identity-key": str(key_file(directory.parent, i)), "directory": str(directory)})
+        for i in cfg.attack.clients if cfg.attack.kind is not Attack.NONE else ():  # an attack, on this machine
+            node_configs[i]["simulate-attack"] = True
         if paillier_pair is not None:  # the server's config names the public key; each node gets the pair
             for node in node_configs:
                 node["paillier-key"] = str(paillier_pair)

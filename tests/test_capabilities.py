@@ -39,7 +39,8 @@ def test_every_yes_cell_runs(feature, tmp_path):
     assert result["rounds"][0]["clients_trained"] > 0
     if cells["Flower deployment"] and cells["Flower simulation"]:
         return
-    nodes = [{"partition-id": i} for i in range(cfg.partition.num_clients)]
+    nodes = [{"partition-id": i, **({"simulate-attack": True} if i in cfg.attack.clients else {})}
+             for i in range(cfg.partition.num_clients)]
     if cfg.aggregation.consistency_check:
         directory = write_identities(tmp_path / "keys", len(nodes))
         nodes = [{**node, "identity-key": str(key_file(directory.parent, i)), "directory": str(directory)}

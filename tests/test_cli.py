@@ -178,7 +178,7 @@ def test_flower_app_folder_embeds_the_config_and_certs_refuse_to_replace_a_ca(ca
 
 def test_flower_refusals_are_one_line_exit_2(capsys, tmp_path):
     assert main(["flower", "simulate", "--set", "aggregation=paillier", "--work", str(tmp_path)]) == 2
-    assert "paillier is not available over Flower" in capsys.readouterr().err
+    assert "which the simulation's virtual nodes lack" in capsys.readouterr().err
     assert main(["flower", "loopback", "--set", "partition.scheme=natural", "--set", "partition.num_clients=0",
                  "--set", "data.source=chatterbot", "--set", "model.source=tiny_llama", "--work", str(tmp_path)]) == 2
     assert "one SuperNode serves one client" in capsys.readouterr().err

@@ -349,16 +349,20 @@ def test_resuming_over_flower_needs_the_runs_config_and_ledger_files(tmp_path, t
 
 
 def test_a_malicious_node_runs_the_attack_as_privfed_run_does(tiny_classifier, tmp_path):
-    """An out_of_range attacker over Flower's message path: the node restores its secagg half from bytes, wraps it
-    to bypass the encoding, and the range check rejects the round, exactly as in process; a node serving its own
-    data (not a partition) refuses an attack simulation."""
+    """An out_of_range attacker over Flower's message path: the node (which opted in) restores its secagg half from
+    bytes, wraps it to bypass the encoding, and the range check rejects the round, exactly as in process; a node
+    that did not opt in, or serves its own data (not a partition), refuses the attack."""
     cfg = tiny_classifier("aggregation=secagg", "defence.range_check=true", "attack=out_of_range", "attack.clients=[0]",
                           "attack.range_factor=50", "training.rounds=1", "model.regime=lora")
     local = run(cfg, tmp_path / "in-process", progress=False)
-    flower = run_over_link(cfg, tmp_path / "flower", LocalLink(cfg, [{"partition-id": i} for i in range(3)]))
+    with pytest.raises(FlowerRunError, match="makes client 0 an attacker; a node runs the attack only with "
+                                             "simulate-attack=true"):  # a server cannot switch a budget off
+        run_over_link(cfg, tmp_path / "no-opt-in", LocalLink(cfg, [{"partition-id": i} for i in range(3)]))
+    nodes = [{"partition-id": 0, "simulate-attack": True}, {"partition-id": 1}, {"partition-id": 2}]
+    flower = run_over_link(cfg, tmp_path / "flower", LocalLink(cfg, nodes))
     for result in (local, flower):
-        assert result["rounds"][0]["rejected"] == [0] and "range check" in " ".join(result["notes"])
-        assert result["attack"]["kind"] == "out_of_range"
+        assert "every sum failed the range check" in " ".join(result["notes"])
+        assert result["attack"]["attacker_inputs_rejected"] == result["attack"]["attacker_inputs"] == 1
     assert flower["rounds"][0]["eval_loss"] == local["rounds"][0]["eval_loss"]  # the model was kept: unchanged
     data = tmp_path / "own.csv"
     data.write_text("text,label\nsome words,business\n")

@@ -74,6 +74,9 @@ class FixedClients(ClientSide):
         backend = BypassingBackend(backend, self.bypass) if self.bypass else backend  # skip the encoding's clip
         return ClientRound(backend.run_round(round_idx, sampled, self.vectors.get, frozenset(), view), 0)
 
+    def evaluate_round(self, round_idx, participants, global_vector, backend, view):
+        return None  # these configs evaluate on the server only
+
 
 def _contributions(n: int, d: int, seed: int) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -70,6 +70,7 @@ class PaillierClientHalf(ClientHalf):
         self.backend, self.client_id, self.round = backend, client_id, round_idx
         self.session: bytes | None = None  # from the server's INPUT_REQUEST
         self.uploaded = False
+        self.decrypted = False  # a half decrypts at most one sum: a second request could be a single input
         self.ciphertexts: list[int] | None = None
         self.stats: EncodingStats | None = None
         self.seconds = {"encode": 0.0, "wait": 0.0, "encrypt": 0.0, "decrypt": 0.0}
@@ -112,6 +113,9 @@ class PaillierClientHalf(ClientHalf):
 
     def _on_sum(self, raw: bytes) -> bytes:
         b = self.backend
+        if self.decrypted:
+            raise ProtocolError(f"client {self.client_id}: already decrypted this round's sum; a second \"sum\" "
+                                "could be another client's input alone")
         b.workers.cancel_prefetch()  # obfuscators queued for clients that dropped must not delay decryption
         tick = time.perf_counter()
         try:
@@ -124,6 +128,7 @@ class PaillierClientHalf(ClientHalf):
             # else a server could send one client's ciphertexts as a "sum" and have them decrypted
             raise ProtocolError(f"client {self.client_id}: refuses to decrypt a sum of {sorted(contributors)}: a sum "
                                 "must hold 2 or more inputs, its own among them")
+        self.decrypted = True
         return encode(Message(T.PAILLIER_DECRYPTED, self.session, self.round, self.client_id, {
             "sum": sums.astype(sum_dtype(b.layout)).tobytes(), "contributors": list(contributors)}))
 
@@ -131,7 +136,7 @@ class PaillierClientHalf(ClientHalf):
         width = ciphertext_bytes(self.backend.key)
         return msgpack.packb({
             "protocol": Aggregation.PAILLIER.value, "id": self.client_id, "round": self.round,
-            "session": self.session, "uploaded": self.uploaded,
+            "session": self.session, "uploaded": self.uploaded, "decrypted": self.decrypted,
             "ciphertexts": None if self.ciphertexts is None else [int(c).to_bytes(width, "big")
                                                                   for c in self.ciphertexts],
             "stats": None if self.stats is None else dataclasses.astuple(self.stats), "seconds": self.seconds,
@@ -142,7 +147,7 @@ class PaillierClientHalf(ClientHalf):
         state = saved_state(blob, Aggregation.PAILLIER)
         try:
             half = cls(backend, state["id"], state["round"])
-            half.session, half.uploaded = state["session"], state["uploaded"]
+            half.session, half.uploaded, half.decrypted = state["session"], state["uploaded"], state["decrypted"]
             if state["ciphertexts"] is not None:
                 half.ciphertexts = [int.from_bytes(c, "big") for c in state["ciphertexts"]]
             half.stats = None if state["stats"] is None else EncodingStats(*state["stats"])

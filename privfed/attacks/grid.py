@@ -25,7 +25,7 @@ from pathlib import Path
 
 from privfed.config import MALICIOUS_CODE, AttackKind, ExperimentConfig, apply_overrides, from_dict, to_dict
 from privfed.errors import ConfigError
-from privfed.results import jsonable
+from privfed.results import jsonable, quality_key
 
 
 class GridDefence(enum.Enum):
@@ -142,7 +142,7 @@ def cell_config(base: ExperimentConfig, cell: GridCell, settings: GridSettings) 
 
 def _metrics(results: dict) -> dict:
     final, attack = results["final"], results.get("attack", {})
-    clean = "eval_accuracy" if "eval_accuracy" in final else "eval_perplexity"
+    clean = quality_key(final)
     malicious = attack.get("kind") in {k.value for k in MALICIOUS_CODE}  # their ε is their own business
     attackers = set(attack.get("clients", [])) if malicious else set()
     honest = [c["epsilon"] for c in results.get("privacy", {}).get("clients", []) if c["client"] not in attackers]

@@ -79,7 +79,7 @@ def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | No
         rows += _reconstruction_rows(fed, target, observer, claimed)
     report = AuditReport(name=cfg.name, client=target.client, claimed_epsilon=claimed, delta=cfg.privacy.delta,
                          confidence=settings.confidence, fault=settings.fault.value, rows=tuple(rows),
-                         quality={k: v for k, v in results["final"].items() if k.startswith("eval_")},
+                         quality={k: v for k, v in results["final"].items() if k.startswith(("eval_", "fed_"))},
                          settings=settings.as_dict(),
                          seconds=time.perf_counter() - started)
     write_report(report, out_dir)

@@ -11,6 +11,7 @@ their release is not in ε.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -29,9 +30,11 @@ def evaluation_scale(cfg: ExperimentConfig, task: Task, weight_cap: int) -> floa
 
 
 def evaluation_contribution(sums: EvaluationSums, scale: float) -> np.ndarray:
-    """What a client sends: ``[w * min(loss, LOSS_CAP) / LOSS_CAP, w * accuracy, w]`` with ``w = weight / scale``."""
+    """What a client sends: ``[w * min(loss, LOSS_CAP) / LOSS_CAP, w * accuracy, w]`` with ``w = weight / scale``
+    (a non-finite loss is sent as LOSS_CAP)."""
     w = min(1.0, sums.weight / scale)
-    loss = min(sums.loss_sum / max(sums.weight, 1.0), LOSS_CAP) / LOSS_CAP
+    mean = sums.loss_sum / max(sums.weight, 1.0)
+    loss = (min(mean, LOSS_CAP) if math.isfinite(mean) else LOSS_CAP) / LOSS_CAP  # a diverged model: the cap
     accuracy = sums.correct / max(sums.count, 1.0)
     return np.array([w * loss, w * accuracy, w], dtype=np.float64)
 

@@ -32,9 +32,10 @@ class GlobalEvaluation(Callback):
         return self.fed.config.evaluation.where is not EvaluationSite.CLIENTS
 
     def on_round_end(self, record: RoundRecord, state: RunState) -> None:
-        if not self.on_server:
-            return
-        record.evaluation = {**self._evaluate(state), **record.evaluation}  # the clients' totals, if any, kept
+        if self.on_server:
+            record.evaluation = {**self._evaluate(state), **record.evaluation}  # the clients' totals, if any, kept
+        else:
+            self.fed.runtime.load(state.global_vector)
         if self.pooled_validation:  # the tuner's split: scored on the model just evaluated
             scores = evaluate(self.fed.runtime.model, self.fed.validation_data, self.fed.task,
                               explicit=self.fed.runtime.explicit)

@@ -138,6 +138,11 @@ def metric_of(results: dict) -> str:
     return quality_key(results["final"])
 
 
+def validation_key(metric: str) -> str:
+    """The tuner's validation metric beside a quality metric (eval_ or fed_): val_accuracy | val_perplexity."""
+    return "val_" + metric.split("_", 1)[1]
+
+
 def _final(results: dict, key: str) -> float:
     value = results["final"].get(key)
     return math.nan if value is None else float(value)
@@ -170,7 +175,7 @@ class Point:
 
     @property
     def validation(self) -> Interval | None:
-        key = self.metric.replace("eval_", "val_")
+        key = validation_key(self.metric)
         values = [_final(r, key) for r in self.runs]
         return None if any(math.isnan(v) for v in values) else Interval.of(values)
 
@@ -257,7 +262,7 @@ class Sweep:
                 rows.append({"run": r["config"]["name"], "seed": r["config"]["seed"],
                              "target ε": "inf" if not p.private else p.target_epsilon,
                              "ε spent": r["final"]["epsilon"], "quality": _final(r, p.metric),
-                             "validation": _final(r, p.metric.replace("eval_", "val_")),
+                             "validation": _final(r, validation_key(p.metric)),
                              "trial": trial_text(p.trial), "seconds": r["seconds"]})
         return rows
 

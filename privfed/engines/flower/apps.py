@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 import privfed
-from privfed.config import Aggregation, EvaluationSite, ExperimentConfig, from_dict
+from privfed.config import Aggregation, AttackKind, EvaluationSite, ExperimentConfig, from_dict
 from privfed.engines.flower import node
 from privfed.engines.flower.wire import (
     HEADER,
@@ -73,6 +73,10 @@ def check_flower_simulation(cfg: ExperimentConfig) -> None:
         raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
                                                            "of their own, so no identity keys: use privfed flower "
                                                            "loopback, or a deployment with privfed flower identities")
+    if cfg.attack.kind is not AttackKind.NONE:
+        raise ConfigError("attack.kind", "an attacking node opts in through its own node config "
+                                         "(simulate-attack=true), which the simulation's virtual nodes lack: use "
+                                         "privfed flower loopback, or a deployment")
     if cfg.aggregation.method is Aggregation.PAILLIER:
         raise ConfigError("aggregation.method", "paillier over Flower gives each node the key pair in its own node "
                                                 "config (paillier-key), which the simulation's virtual nodes lack: "

@@ -221,6 +221,9 @@ class FlowerTransport(Transport):
             return
         if reply.status is Status.REFUSED:
             raise FlowerRunError(f"client {cid}'s node refuses the run: {reply.reason}")
+        if self.evaluation and (reply.skipped is not None or reply.trained is not None or reply.event is not None):
+            self.left[cid] = "answered the evaluation with training or a budget refusal"
+            return
         if reply.skipped is not None:
             self.ledger.append(reply.skipped)
             self.skipped.add(cid)
@@ -246,7 +249,7 @@ class FlowerTransport(Transport):
 
 
 def _never(*args) -> None:
-    raise AssertionError("a node trained, or skipped for its budget, in a federated evaluation")
+    raise AssertionError("unreachable: FlowerTransport drops a node that trains in an evaluation")
 
 
 def node_seconds(times: list[NodeTimes]) -> dict[str, float]:

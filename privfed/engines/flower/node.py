@@ -57,6 +57,7 @@ CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labe
 HALF_ROUND_KEY, ROUND_KEY, TRAINED_KEY = "half-round", "round", "trained-round"  # rounds, as decimal bytes
 NOISE_KEY = "noise-round"  # the last round whose distributed-DP share the node's ledger records
 EVAL_HALF_KEY, EVAL_HALF_ROUND_KEY = "eval-half", "eval-half-round"  # the federated evaluation's protocol half
+EVALUATED_KEY = "evaluated-round"  # the last round whose evaluation input left the node
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class NodeSettings:
     own file or folder, in any data.source format, with ``client-id``. ``ledger``: the privacy ledger file that
     outlives runs (absent: the ledger lives for one run only). ``identity-key`` and ``directory``: this client's
     Ed25519 key file and the directory of every client's public key (``privfed flower identities``), which
-    ``aggregation.consistency_check`` needs. ``paillier-key``: the clients' Paillier key pair (``privfed keygen``),
+    ``aggregation.consistency_check`` needs. ``simulate-attack``: this node may run the config's attack when the
+    config names its client an attacker (never on a server's word alone: an attacker ignores its budget).
+    ``paillier-key``: the clients' Paillier key pair (``privfed keygen``),
     which ``aggregation=paillier`` needs (the server holds the public key only). ``approved-config``: the only config fingerprint this
     node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed Poisson sampling and
     DP noise from the config's seed, round and client, so a run equals ``privfed run`` with the same seed; the
@@ -85,11 +88,12 @@ class NodeSettings:
     identity_key: str = ""
     directory: str = ""
     paillier_key: str = ""
+    simulate_attack: bool = False
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
         known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config",
-                 "reproducible", "identity-key", "directory", "paillier-key"}
+                 "reproducible", "identity-key", "directory", "paillier-key", "simulate-attack"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError("node-config", f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -112,9 +116,12 @@ class NodeSettings:
         identity_key, directory = str(node_config.get("identity-key", "")), str(node_config.get("directory", ""))
         if bool(identity_key) != bool(directory):
             raise ConfigError("node-config", "identity-key and directory go together (privfed flower identities)")
+        simulate_attack = node_config.get("simulate-attack", False)
+        if not isinstance(simulate_attack, bool):
+            raise ConfigError("node-config", f"simulate-attack must be true or false, got {simulate_attack!r}")
         return cls(int(client), None if partition is None else int(partition), data_path, ledger,
                    str(node_config.get("approved-config", "")), reproducible, identity_key, directory,
-                   str(node_config.get("paillier-key", "")))
+                   str(node_config.get("paillier-key", "")), simulate_attack)
 
     def identity(self, cfg: ExperimentConfig) -> tuple[Ed25519PrivateKey, dict[int, bytes]] | None:
         """This client's identity key and the directory, when the run's consistency check needs them (ConfigError
@@ -306,6 +313,11 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
         if cfg.attack.kind is not AttackKind.NONE and settings.partition_id is None:
             raise ConfigError("attack.kind", "an attack simulation runs on nodes that serve a partition of the "
                                              "config's data (partition-id), not on an organisation's own data")
+        if cfg.attack.kind is not AttackKind.NONE and settings.client_id in cfg.attack.clients \
+                and not settings.simulate_attack:  # else a server's config could switch off a node's budget
+            raise ConfigError("attack.clients", f"the run's config makes client {settings.client_id} an attacker; "
+                                                "a node runs the attack only with simulate-attack=true in its own "
+                                                "node config")
         identity = settings.identity(cfg)
         aggregation = settings.aggregation(cfg)
         client = _node_client(cfg, settings, request.label_names)
@@ -380,7 +392,7 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
     backend = _backend(cfg, request, settings)
     ledger = ledger_store.open(client.id)
     labels = tuple(msgpack.unpackb(state[LABELS_KEY], raw=False))
-    malicious = node_attackers(cfg, settings, labels)
+    malicious = node_attackers(cfg, settings, labels) if settings.simulate_attack else None
 
     def refused() -> StepReply | None:
         if malicious is not None and malicious.ignores_budget(client.id, request.round):
@@ -470,6 +482,10 @@ def _evaluation_step(cfg: ExperimentConfig, settings: NodeSettings, request: Ste
     tick = time.perf_counter()
     evaluate_seconds = 0.0
     if request.wants_input:
+        if EVALUATED_KEY in state and int(state[EVALUATED_KEY]) >= request.round:
+            # one evaluation input a round: sums over two cohorts would differ by one client's exact sums
+            return StepReply(Status.LEFT, reason=f"this node already sent its evaluation of round {request.round}")
+        state[EVALUATED_KEY] = str(request.round).encode()
         fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
         evaluate_start = time.perf_counter()
         fed.runtime.load(request.global_vector)

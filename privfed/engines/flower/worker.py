@@ -44,6 +44,7 @@ from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     PullTaskInputRequest,
     SendTaskHeartbeatRequest,
 )
+from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import (
@@ -51,7 +52,8 @@ from flwr.supercore.interceptors import (
     RuntimeVersionHttpInterceptor,
     SuperExecAuthHttpInterceptor,
 )
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
+from flwr.supercore.run import RunNotRunningException
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (
     make_confirm_message_received_fn_protobuf,
@@ -109,6 +111,26 @@ def write_secret(path: Path) -> Path:
     return path
 
 
+RETRYABLE_STATUS = frozenset({httpx.codes.BAD_GATEWAY, httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT})
+RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                       httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
+TASK_RETRY_SECONDS = 60.0  # a task's calls give up after this long (its token expires without heartbeats anyway)
+
+
+def retry_invoker(max_time: float | None) -> RetryInvoker:
+    """Flower's HTTP retries (transport errors and 502/503/504, exponential backoff up to 20 s) without its
+    process-wide reactions: Flower's own invoker answers a 401 by interrupting the whole process and a 403 by
+    raising RunNotRunningException — right for a process that serves one task, fatal for one that serves many.
+    Here every other HTTP status is raised to the caller, which ends the task (or, for a refused claim, the
+    worker) with the reason."""
+
+    def give_up(exc: Exception) -> bool:
+        return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in RETRYABLE_STATUS
+
+    return RetryInvoker(lambda: exponential(max_delay=20), (*RETRYABLE_TRANSPORT, httpx.HTTPStatusError),
+                        max_tries=None, max_time=max_time, should_giveup=give_up)
+
+
 class SecretRefused(Exception):
     """The SuperNode answered the claim with HTTP 401: this worker's secret is not the SuperNode's."""
 
@@ -119,7 +141,7 @@ def _acquire_client(settings: WorkerSettings) -> RuntimeHttpClient:
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
                       SuperExecAuthHttpInterceptor(master_secret=settings.secret(),
                                                    protected_methods=frozenset({ACQUIRE_TASK}))],
-        retry_invoker=make_simple_http_retry_invoker())
+        retry_invoker=retry_invoker(None))  # a SuperNode that restarts is waited for
 
 
 def claim(client: RuntimeHttpClient) -> str | None:
@@ -142,7 +164,10 @@ def _heartbeat(client: RuntimeHttpClient, expired: threading.Event) -> Callable[
     def beat() -> bool:
         try:
             response = client.SendTaskHeartbeat(request)
-        except (httpx.TransportError, httpx.HTTPStatusError):
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError:  # the token or the run is gone: the reply would be refused
+            expired.set()
             return False
         if not response.success:
             expired.set()
@@ -181,7 +206,7 @@ def run_task(runtime_api: str, token: str) -> None:
         server_address=runtime_api, insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                       RuntimeTokenHttpInterceptor(token)],
-        retry_invoker=make_simple_http_retry_invoker())
+        retry_invoker=retry_invoker(TASK_RETRY_SECONDS))
     expired = threading.Event()
     heartbeat = HeartbeatSender(_heartbeat(client, expired))
     heartbeat.start()
@@ -199,10 +224,15 @@ def run_task(runtime_api: str, token: str) -> None:
     finally:
         try:
             if reply is not None and context is not None and not expired.is_set():
-                push_message(client, reply, context)
+                try:
+                    push_message(client, reply, context)
+                except Exception as err:  # the node's reply is lost (a dropout): the task output still goes
+                    log.exception("pushing the reply failed")
+                    status, details = SubStatus.FAILED, f"pushing the reply failed: {type(err).__name__}: {err}"
             push_task_output(client=client, context=context, sub_status=status, details=details)
         finally:
-            heartbeat.stop()
+            if heartbeat.is_running:
+                heartbeat.stop()
             client.close()
 
 
@@ -226,7 +256,11 @@ def serve(settings: WorkerSettings, *, stop: threading.Event | None = None, max_
                 stop.wait(settings.poll_seconds)
                 continue
             started = time.perf_counter()
-            run_task(settings.runtime_api, token)
+            try:
+                run_task(settings.runtime_api, token)
+            except (Exception, RunNotRunningException) as err:  # this task is lost (a dropout), not the worker
+                log.warning("a task failed outside the ClientApp (%s: %s); its node is a dropout of that message",
+                            type(err).__name__, err)
             served += 1
             log.info("served message %d in %.2f s", served, time.perf_counter() - started)
     finally:
@@ -239,7 +273,8 @@ def supervise(settings: WorkerSettings, *, max_backoff: float = 30.0) -> int:
     quick crashes, up to ``max_backoff`` s); returns when told to stop (SIGTERM/SIGINT: the child is stopped too)
     or when the SuperNode refuses the secret (exit status 3: restarting cannot help)."""
     command = [sys.executable, "-m", "privfed.engines.flower.worker", "--runtime-api", settings.runtime_api,
-               "--secret-file", str(settings.secret_file), "--poll", str(settings.poll_seconds)]
+               "--secret-file", str(settings.secret_file), "--poll", str(settings.poll_seconds),
+               "--parent-pid", str(os.getpid())]  # a worker whose supervisor died stops: never two per node
     stopping = threading.Event()
     child: list[subprocess.Popen] = []
 
@@ -254,6 +289,8 @@ def supervise(settings: WorkerSettings, *, max_backoff: float = 30.0) -> int:
         while not stopping.is_set():
             started = time.monotonic()
             child[:] = [subprocess.Popen(command)]
+            if stopping.is_set():  # told to stop while it started
+                child[0].terminate()
             returncode = child[0].wait()
             if stopping.is_set():
                 return 0
@@ -284,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--supervise", action="store_true", help="run the worker in a child process, restarted "
                                                                  "whenever it dies")
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the supervisor: stop when it is gone
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s privfed-worker %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
@@ -294,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.supervise:
         return supervise(settings)
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
