@@ -158,6 +158,9 @@ class OutOfRangeHalf(ClientHalf):
     def handle(self, raw: bytes) -> bytes:
         return self.half.handle(raw)
 
+    def noise_spent(self):
+        return self.half.noise_spent()  # its distributed-DP share is spent like anyone's
+
     def export_state(self) -> bytes:
         return self.half.export_state()
 

@@ -51,8 +51,9 @@ def federation_metrics(total: np.ndarray, task: Task, clients: int) -> dict:
 
 
 def evaluation_aggregation(cfg: AggregationConfig) -> AggregationConfig:
-    """The run's aggregation method, sized for three values in [0, 1]: the same protocol (and keys) as the
-    updates', with exact words and no simulated dropouts (the evaluation is not what they test)."""
+    """The run's aggregation method, sized for three values in [0, 1]: the same protocol and key files as the
+    updates' (in process, Paillier without a key file generates the evaluation's own pair), with exact words and no
+    simulated dropouts (the evaluation is not what they test)."""
     return dataclasses.replace(cfg, clip_range=1.0, value_bits=0, word_bits=0, rotation=False, dropout_fraction=0.0,
                                workers=1)
 

@@ -53,7 +53,6 @@ from flwr.supercore.interceptors import (
     SuperExecAuthHttpInterceptor,
 )
 from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
-from flwr.supercore.run import RunNotRunningException
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (
     make_confirm_message_received_fn_protobuf,
@@ -69,6 +68,7 @@ log = logging.getLogger(__name__)
 
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the one Runtime API call the shared secret signs
 SECRET_REFUSED = 3  # the worker's exit status when the SuperNode refuses its secret: restarting cannot help
+PERMANENT = frozenset({2, SECRET_REFUSED})  # bad settings (2) or a refused secret: the supervisor stops too
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 PULL_BACKOFF, PULL_BACKOFF_CAP = 0.02, 0.5  # seconds: a message's content is usually there within milliseconds
 READY = "privfed worker ready"  # logged once the imports are done and tasks are claimed
@@ -117,31 +117,34 @@ RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, ht
 TASK_RETRY_SECONDS = 60.0  # a task's calls give up after this long (its token expires without heartbeats anyway)
 
 
-def retry_invoker(max_time: float | None) -> RetryInvoker:
+def retry_invoker(max_time: float | None, stop: threading.Event | None = None) -> RetryInvoker:
     """Flower's HTTP retries (transport errors and 502/503/504, exponential backoff up to 20 s) without its
     process-wide reactions: Flower's own invoker answers a 401 by interrupting the whole process and a 403 by
     raising RunNotRunningException — right for a process that serves one task, fatal for one that serves many.
     Here every other HTTP status is raised to the caller, which ends the task (or, for a refused claim, the
-    worker) with the reason."""
+    worker) with the reason. Once ``stop`` is set, waits end at once and nothing more is retried."""
 
     def give_up(exc: Exception) -> bool:
+        if stop is not None and stop.is_set():
+            return True
         return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in RETRYABLE_STATUS
 
     return RetryInvoker(lambda: exponential(max_delay=20), (*RETRYABLE_TRANSPORT, httpx.HTTPStatusError),
-                        max_tries=None, max_time=max_time, should_giveup=give_up)
+                        max_tries=None, max_time=max_time, should_giveup=give_up,
+                        wait_function=None if stop is None else stop.wait)
 
 
 class SecretRefused(Exception):
     """The SuperNode answered the claim with HTTP 401: this worker's secret is not the SuperNode's."""
 
 
-def _acquire_client(settings: WorkerSettings) -> RuntimeHttpClient:
+def _acquire_client(settings: WorkerSettings, stop: threading.Event) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(
         server_address=settings.runtime_api, insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
                       SuperExecAuthHttpInterceptor(master_secret=settings.secret(),
                                                    protected_methods=frozenset({ACQUIRE_TASK}))],
-        retry_invoker=retry_invoker(None))  # a SuperNode that restarts is waited for
+        retry_invoker=retry_invoker(None, stop))  # a SuperNode that restarts is waited for, until told to stop
 
 
 def claim(client: RuntimeHttpClient) -> str | None:
@@ -166,7 +169,7 @@ def _heartbeat(client: RuntimeHttpClient, expired: threading.Event) -> Callable[
             response = client.SendTaskHeartbeat(request)
         except httpx.TransportError:
             return False
-        except httpx.HTTPStatusError:  # the token or the run is gone: the reply would be refused
+        except Exception:  # the token or the run is gone (or the answer is unreadable): the reply would be refused
             expired.set()
             return False
         if not response.success:
@@ -246,19 +249,24 @@ def serve(settings: WorkerSettings, *, stop: threading.Event | None = None, max_
 
     node.mark_warm()  # this process's start-up is not any message's
     stop = stop or threading.Event()
-    client = _acquire_client(settings)
+    client = _acquire_client(settings, stop)
     served = 0
     log.info("%s: claiming the ClientApp tasks of the SuperNode at %s", READY, settings.runtime_api)
     try:
         while not stop.is_set() and (max_tasks is None or served < max_tasks):
-            token = claim(client)
+            try:
+                token = claim(client)
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                if stop.is_set():  # the SuperNode was unreachable when the worker was told to stop
+                    break
+                raise
             if token is None:
                 stop.wait(settings.poll_seconds)
                 continue
             started = time.perf_counter()
             try:
                 run_task(settings.runtime_api, token)
-            except (Exception, RunNotRunningException) as err:  # this task is lost (a dropout), not the worker
+            except Exception as err:  # this task is lost (a dropout), not the worker
                 log.warning("a task failed outside the ClientApp (%s: %s); its node is a dropout of that message",
                             type(err).__name__, err)
             served += 1
@@ -278,10 +286,18 @@ def supervise(settings: WorkerSettings, *, max_backoff: float = 30.0) -> int:
     stopping = threading.Event()
     child: list[subprocess.Popen] = []
 
-    def on_signal(signum, frame) -> None:
+    def stop_child() -> None:
         stopping.set()
         if child and child[0].poll() is None:
             child[0].terminate()
+        try:
+            child[0].wait(timeout=30)  # the message in hand may finish; a hung one is killed
+        except (subprocess.TimeoutExpired, IndexError):
+            if child:
+                child[0].kill()
+
+    def on_signal(signum, frame) -> None:  # from a thread: an Event's lock may be held where the signal lands
+        threading.Thread(target=stop_child, daemon=True).start()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     backoff = 1.0
@@ -294,8 +310,8 @@ def supervise(settings: WorkerSettings, *, max_backoff: float = 30.0) -> int:
             returncode = child[0].wait()
             if stopping.is_set():
                 return 0
-            if returncode == SECRET_REFUSED:
-                return SECRET_REFUSED
+            if returncode in PERMANENT:  # restarting cannot help: a refused secret, bad settings
+                return returncode
             lived = time.monotonic() - started
             backoff = 1.0 if lived > 60 else min(max_backoff, backoff * 2)
             log.warning("the privfed worker for %s exited with %d after %.0f s; restarting in %.0f s (the message it "
@@ -334,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(settings)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    stop = threading.Event()  # set from a thread: an Event's lock may be held where a signal lands
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=stop.set, daemon=True).start())
     try:
         served = serve(settings, stop=stop)
+    except KeyboardInterrupt:  # Ctrl-C, or the supervisor is gone (its monitor interrupts this process)
+        return 130
     except SecretRefused:
         print(f"privfed worker: the SuperNode at {settings.runtime_api} refused the secret in {settings.secret_file} "
               "(HTTP 401): give the worker the file passed to flower-supernode --superexec-auth-secret-file",
