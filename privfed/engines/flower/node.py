@@ -356,6 +356,17 @@ def _backend(cfg: ExperimentConfig, request: Step, settings: NodeSettings) -> Ag
     return _backends[key]
 
 
+def _saved_half(backend: AggregationBackend, state: MutableMapping[str, bytes], key: str, round_key: str,
+                round_idx: int, what: str) -> ClientHalf | StepReply:
+    """The half the round's previous message saved under ``key``, or the reply that leaves the round without it."""
+    if key not in state or int(state[round_key]) != round_idx:
+        return StepReply(Status.LEFT, reason=f"no saved {what} state for round {round_idx}")
+    try:
+        return backend.restore_client(state[key])
+    except ProtocolError as err:
+        return StepReply(Status.LEFT, reason=f"unreadable {what} state ({err})")
+
+
 def step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes]) -> StepReply:
     """One protocol message of a round: the client half's reply, after local training when the message asks for the
     client's input. The node checks its budget against its ledger in the round's first message and again right
@@ -411,12 +422,10 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
             return skip
         half: ClientHalf = backend.client_half(request.round, client.id)
     else:
-        if HALF_KEY not in state or int(state[HALF_ROUND_KEY]) != request.round:
-            return StepReply(Status.LEFT, reason=f"no saved protocol state for round {request.round}")
-        try:
-            half = backend.restore_client(state[HALF_KEY])
-        except ProtocolError as err:
-            return StepReply(Status.LEFT, reason=f"unreadable protocol state ({err})")
+        restored = _saved_half(backend, state, HALF_KEY, HALF_ROUND_KEY, request.round, "protocol")
+        if isinstance(restored, StepReply):
+            return restored
+        half = restored
     if malicious is not None:
         half = malicious.wrap_half(half, request.round)
     trained, event, train_seconds = None, None, 0.0
@@ -472,12 +481,10 @@ def _evaluation_step(cfg: ExperimentConfig, settings: NodeSettings, request: Ste
     if request.first:
         half = backend.client_half(request.round, client.id)
     else:
-        if EVAL_HALF_KEY not in state or int(state[EVAL_HALF_ROUND_KEY]) != request.round:
-            return StepReply(Status.LEFT, reason=f"no saved evaluation state for round {request.round}")
-        try:
-            half = backend.restore_client(state[EVAL_HALF_KEY])
-        except ProtocolError as err:
-            return StepReply(Status.LEFT, reason=f"unreadable evaluation state ({err})")
+        restored = _saved_half(backend, state, EVAL_HALF_KEY, EVAL_HALF_ROUND_KEY, request.round, "evaluation")
+        if isinstance(restored, StepReply):
+            return restored
+        half = restored
     _build_seconds[0] = 0.0
     tick = time.perf_counter()
     evaluate_seconds = 0.0
