@@ -148,7 +148,7 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
         from privfed.engines.flower.apps import check_flower_simulation
 
         check_flower_simulation(cfg)
-    work = args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))
+    work = (args.work or Path(tempfile.mkdtemp(prefix=f"{cfg.name}-flower-", dir=_runs()))).resolve()
     out = unused_run_dir(work / "results")
     paillier_pair = None
     if args.flower_command == "loopback" and cfg.aggregation.method is Aggregation.PAILLIER:

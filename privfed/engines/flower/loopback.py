@@ -94,15 +94,15 @@ class LoopbackDeployment:
 
     def __init__(self, work: Path, node_configs: list[dict], *, tls: bool = True, start_timeout: float = 120.0,
                  simulation: SimulationOptions | None = None, warm: bool = True, node_auth: bool = False):
-        self.work, self.node_configs, self.tls, self.start_timeout = work, node_configs, tls, start_timeout
+        self.work, self.node_configs, self.tls, self.start_timeout = work.resolve(), node_configs, tls, start_timeout
         self.simulation, self.warm, self.node_auth = simulation, warm, node_auth
         if node_auth and not tls:
             raise ValueError("SuperNode authentication runs over TLS only")
         if simulation is not None and (node_configs or tls):
             raise ValueError("a simulation runs virtual nodes on an insecure loopback SuperLink: no node_configs, "
                              "no tls")
-        self.logs = work / "logs"
-        self.flwr_home = work / "flwr-home"
+        self.logs = self.work / "logs"  # absolute: every process runs in work, flwr and the nodes read these
+        self.flwr_home = self.work / "flwr-home"
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
         self.runtime_ports: dict[int, int] = {}  # SuperNode i -> its Runtime API port (127.0.0.1)
@@ -258,7 +258,7 @@ class LoopbackDeployment:
     def start_run(self, app_folder: Path, run_config: str = "") -> str:
         """Start ``flwr run APP_FOLDER --stream`` in the background; returns its name for :meth:`wait_run`."""
         name = f"flwr-run-{sum(n.startswith('flwr-run') for n in self.processes)}"
-        command = ["flwr", "run", str(app_folder), CONNECTION, "--stream"]
+        command = ["flwr", "run", str(app_folder.resolve()), CONNECTION, "--stream"]
         if run_config:
             command += ["--run-config", run_config]
         if self.simulation is not None:
