@@ -47,6 +47,12 @@ def loss_key(quality: str) -> str:
     return quality.split("_", 1)[0] + "_loss"
 
 
+def metric_as(metric: str, prefix: str) -> str:
+    """The same measure on other records: ``metric_as("eval_accuracy", "val_")`` is the tuner's validation
+    accuracy, ``"fed_"`` the clients' federated evaluation."""
+    return prefix + metric.split("_", 1)[1]
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -183,10 +189,10 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
     metric = "eval_accuracy" if fed.task.value == "classification" else "eval_perplexity"
     scored = {} if metric == "eval_accuracy" else {
         "perplexity_over": "assistant tokens" if cfg.data.records is not RecordFormat.TEXT else "all tokens"}
-    federated = {k: last[k] for k in ("fed_loss", metric.replace("eval_", "fed_"), "fed_clients") if k in last}
+    federated = {k: last[k] for k in ("fed_loss", metric_as(metric, "fed_"), "fed_clients") if k in last}
     if cfg.evaluation.where is EvaluationSite.CLIENTS:  # no server evaluation: the federation's totals only
-        metric = metric.replace("eval_", "fed_")
-    validation = "val_" + metric.split("_", 1)[1]
+        metric = metric_as(metric, "fed_")
+    validation = metric_as(metric, "val_")
     if validation in last:  # tuning's validation split, carved from the clients' training data
         scored[validation] = last[validation]
     return {

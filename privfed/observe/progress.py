@@ -5,7 +5,7 @@ import logging
 
 from tqdm.auto import tqdm
 
-from privfed.results import loss_key, quality_key
+from privfed.results import loss_key, metric_as, quality_key
 
 from privfed.server.events import (
     Callback,
@@ -86,7 +86,7 @@ class Progress(Callback):
         if abort:
             self.bar.write(f"round {record.round}: aggregation aborted: {abort}")
         metric = quality_key(row)
-        clients = "fed_" + metric.split("_", 1)[1]  # evaluation.where both: the clients' totals too
+        clients = metric_as(metric, "fed_")  # evaluation.where both: the clients' totals too
         quality = " ".join(f"{k}={row[k]:.4f}" for k in (metric, loss_key(metric))
                            + ((clients,) if metric.startswith("eval_") else ()) if k in row)
         self.bar.write(f"round {record.round}: {quality or 'not evaluated'} "

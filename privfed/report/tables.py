@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from privfed.results import loss_key
+from privfed.results import loss_key, metric_as
 from privfed.results import quality_key as final_quality_key
 
 
@@ -70,7 +70,7 @@ def summary_rows(runs: list[dict]) -> list[dict[str, Any]]:
 def round_rows(results: dict) -> list[dict[str, Any]]:
     key = quality_key(results)
     label = "accuracy" if key.endswith("accuracy") else "perplexity"
-    clients_key = "fed_" + key.split("_", 1)[1]  # evaluation.where both: the clients' totals beside the server's
+    clients_key = metric_as(key, "fed_")  # evaluation.where both: the clients' totals beside the server's
     both = key.startswith("eval_") and any(clients_key in r for r in results["rounds"])
     secure = any("protocol" in (r.get("aggregation") or {}) or r.get("dropouts") for r in results["rounds"])
     rows = []

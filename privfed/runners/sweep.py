@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from privfed.config import DpMode, ExperimentConfig
 from privfed.errors import ConfigError
 from privfed.report.intervals import Interval
-from privfed.results import RESULTS, RunDirectory, jsonable, quality_key, read_results
+from privfed.results import RESULTS, RunDirectory, jsonable, metric_as, quality_key, read_results
 from privfed.runners.tuning import TuneAxis, apply_trial, best_index, check_axes, trial_tag, trial_text, trials
 
 if TYPE_CHECKING:
@@ -138,11 +138,6 @@ def metric_of(results: dict) -> str:
     return quality_key(results["final"])
 
 
-def validation_key(metric: str) -> str:
-    """The tuner's validation metric beside a quality metric (eval_ or fed_): val_accuracy | val_perplexity."""
-    return "val_" + metric.split("_", 1)[1]
-
-
 def _final(results: dict, key: str) -> float:
     value = results["final"].get(key)
     return math.nan if value is None else float(value)
@@ -175,7 +170,7 @@ class Point:
 
     @property
     def validation(self) -> Interval | None:
-        key = validation_key(self.metric)
+        key = metric_as(self.metric, "val_")
         values = [_final(r, key) for r in self.runs]
         return None if any(math.isnan(v) for v in values) else Interval.of(values)
 
@@ -262,7 +257,7 @@ class Sweep:
                 rows.append({"run": r["config"]["name"], "seed": r["config"]["seed"],
                              "target ε": "inf" if not p.private else p.target_epsilon,
                              "ε spent": r["final"]["epsilon"], "quality": _final(r, p.metric),
-                             "validation": _final(r, validation_key(p.metric)),
+                             "validation": _final(r, metric_as(p.metric, "val_")),
                              "trial": trial_text(p.trial), "seconds": r["seconds"]})
         return rows
 

@@ -138,13 +138,17 @@ class SecretRefused(Exception):
     """The SuperNode answered the claim with HTTP 401: this worker's secret is not the SuperNode's."""
 
 
-def _acquire_client(settings: WorkerSettings, stop: threading.Event) -> RuntimeHttpClient:
+def _runtime_client(runtime_api: str, component: str, credentials, invoker: RetryInvoker) -> RuntimeHttpClient:
+    """A client of the SuperNode's Runtime API (plain HTTP on 127.0.0.1) speaking as ``component``."""
     return RuntimeHttpClient.from_server_address(
-        server_address=settings.runtime_api, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
-                      SuperExecAuthHttpInterceptor(master_secret=settings.secret(),
-                                                   protected_methods=frozenset({ACQUIRE_TASK}))],
-        retry_invoker=retry_invoker(None, stop))  # a SuperNode that restarts is waited for, until told to stop
+        server_address=runtime_api, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name=component), credentials], retry_invoker=invoker)
+
+
+def _acquire_client(settings: WorkerSettings, stop: threading.Event) -> RuntimeHttpClient:
+    signer = SuperExecAuthHttpInterceptor(master_secret=settings.secret(), protected_methods=frozenset({ACQUIRE_TASK}))
+    return _runtime_client(settings.runtime_api, "SuperExec", signer,
+                           retry_invoker(None, stop))  # a SuperNode that restarts is waited for, until told to stop
 
 
 def claim(client: RuntimeHttpClient) -> str | None:
@@ -205,11 +209,8 @@ def run_task(runtime_api: str, token: str) -> None:
     message and context, call the app, push the reply and the updated context), in this process."""
     from privfed.engines.flower.apps import client_app
 
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_api, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                      RuntimeTokenHttpInterceptor(token)],
-        retry_invoker=retry_invoker(TASK_RETRY_SECONDS))
+    client = _runtime_client(runtime_api, "flwr-clientapp", RuntimeTokenHttpInterceptor(token),
+                             retry_invoker(TASK_RETRY_SECONDS))
     expired = threading.Event()
     heartbeat = HeartbeatSender(_heartbeat(client, expired))
     heartbeat.start()
