@@ -24,10 +24,19 @@ def add_flower_parser(sub) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value (repeatable)")
 
+    def audit_options(p: argparse.ArgumentParser) -> None:
+        from privfed.audit_cli import add_audit_options
+
+        p.add_argument("--audit", action="store_true", help="an audit run (privfed audit over Flower): the audited "
+                                                            "client's node, started with node-config audit=true, "
+                                                            "carries the canaries and reports its update")
+        add_audit_options(p.add_argument_group("audit (with --audit)"))
+
     app = commands.add_parser("app", help="write the Flower app folder for a config (then: flwr run FOLDER ...)")
     config_options(app)
     app.add_argument("--out", type=Path, required=True, help="the app folder to write")
     app.add_argument("--results", type=Path, help="where the ServerApp writes the run (default: FOLDER/runs/<name>)")
+    audit_options(app)
     certs = commands.add_parser("certs", help="a CA and a SuperLink certificate signed by it (TLS)")
     certs.add_argument("folder", type=Path)
     certs.add_argument("--host", action="append", default=[], help="the SuperLink's IP address or DNS name "
@@ -56,6 +65,7 @@ def add_flower_parser(sub) -> None:
                                                  "one under runs/)")
         p.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole run may take")
         if name == "loopback":
+            audit_options(p)
             p.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
             p.add_argument("--node-auth", action="store_true", help="SuperNode authentication: the SuperLink "
                                                                     "admits only the nodes whose keys were "
@@ -126,16 +136,40 @@ def flower_command(args: argparse.Namespace) -> int:
     from privfed.engines.flower.wire import fingerprint
 
     check_flower_support(cfg)
+    audit = _audit_settings(args)
+    if audit is not None:
+        from privfed.audit.run import check_auditable
+        from privfed.audit.settings import audited_config
+
+        cfg = audited_config(cfg, audit)  # what the server and every node train
+        check_auditable(cfg)
     if args.flower_command == "app":
-        folder = write_app_folder(cfg, args.out, args.results)
+        folder = write_app_folder(cfg, args.out, args.results, audit)
         print(f"wrote {folder}/pyproject.toml: privfed's ServerApp and ClientApp with config {cfg.name} "
-              f"(fingerprint {fingerprint(cfg)})")
+              f"(fingerprint {fingerprint(cfg)})" + ("" if audit is None else
+                                                     f"; an audit of client {audit.client}, whose SuperNode needs "
+                                                     "--node-config \"... audit=true\""))
         print(f"run it: flwr run {folder} <superlink connection> --stream")
         return 0
-    return _run_locally(cfg, args)
+    return _run_locally(cfg, args, audit)
 
 
-def _run_locally(cfg, args: argparse.Namespace) -> int:
+def _audit_settings(args: argparse.Namespace):
+    """The audit's settings with --audit (None without; audit flags without --audit are refused, never ignored)."""
+    if not hasattr(args, "audit"):  # simulate: the virtual nodes have no node config to agree to an audit
+        return None
+    from privfed.audit.settings import AuditSettings
+    from privfed.audit_cli import settings_from
+
+    settings = settings_from(args)
+    if not args.audit:
+        if settings != AuditSettings():
+            raise ConfigError("--audit", "audit options were given without --audit")
+        return None
+    return settings
+
+
+def _run_locally(cfg, args: argparse.Namespace, audit=None) -> int:
     from privfed.cli import print_run
     from privfed.config import Aggregation
     from privfed.config import AttackKind as Attack
@@ -153,7 +187,7 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
     paillier_pair = None
     if args.flower_command == "loopback" and cfg.aggregation.method is Aggregation.PAILLIER:
         cfg, paillier_pair = _split_paillier_key(cfg, work / "paillier")
-    app = write_app_folder(cfg, work / "app", out)
+    app = write_app_folder(cfg, work / "app", out, audit)
     if args.flower_command == "loopback":
         # one machine, as a test: reproducible seeds, so the run equals `privfed run` with the same config
         node_configs = [{"partition-id": i, "ledger": str((work / f"node-{i}" / "ledger.jsonl").resolve()),
@@ -166,6 +200,11 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
                 node.update({"identity-key": str(key_file(directory.parent, i)), "directory": str(directory)})
         for i in cfg.attack.clients if cfg.attack.kind is not Attack.NONE else ():  # an attack, on this machine
             node_configs[i]["simulate-attack"] = True
+        if audit is not None:  # the researcher's own node carries the audited client, its ledger for the run only
+            if not 0 <= audit.client < nodes:
+                raise ConfigError("--client", f"the federation has clients 0..{nodes - 1}, got {audit.client}")
+            node_configs[audit.client]["audit"] = True
+            del node_configs[audit.client]["ledger"]
         if paillier_pair is not None:  # the server's config names the public key; each node gets the pair
             for node in node_configs:
                 node["paillier-key"] = str(paillier_pair)
@@ -188,6 +227,17 @@ def _run_locally(cfg, args: argparse.Namespace) -> int:
                            f"log: {outcome.log}")
     print(f"the run took {outcome.seconds:.0f} s (flwr run, start to end)")
     print_run(cfg.name, read_results(out), out)
+    if audit is not None:
+        from privfed.audit.report import AUDIT_TABLE, read_report
+        from privfed.audit_cli import EXIT_VIOLATION
+
+        if not (out / AUDIT_TABLE).exists():
+            raise PrivfedError(f"the run finished but wrote no audit (the ServerApp's log: {outcome.log})")
+        print()
+        print((out / AUDIT_TABLE).read_text())
+        if read_report(out)["violation"]:
+            print("privfed: VIOLATION: an audit contradicts the accountant's ε (see the rows marked VIOLATION)")
+            return EXIT_VIOLATION
     return 0
 
 

@@ -161,17 +161,18 @@ class _NewProcessPerMessage(Transport):
     networked client that is a new process per message would be."""
 
     def __init__(self, backend, states: dict[int, bytes], updates: dict[int, np.ndarray]):
+        super().__init__(states)
         self.backend, self.states, self.updates = backend, states, updates
 
-    def exchange(self, server, outgoing):
-        for c, raw in outgoing.items():
+    def deliver(self, batch, wants_input):
+        for c, raw in batch.items():
             client = self.backend.restore_client(self.states[c])
-            if server.requests_input:
+            if wants_input:
                 client.set_update(self.updates[c])
                 client = self.backend.restore_client(client.export_state())
             reply = client.handle(raw)
             self.states[c] = client.export_state()
-            server.receive(c, reply)
+            yield c, reply
 
 
 @pytest.mark.parametrize("method", ["secagg", "secagg, 12 bits + rotation", "paillier"])

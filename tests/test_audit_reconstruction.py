@@ -35,7 +35,7 @@ from privfed.federation.setup import Federation, build_federation
 from privfed.federation.vectors import flatten
 from privfed.models.losses import per_example_loss
 from privfed.models.regimes import trainable_parameters
-from privfed.server.driver import contribution
+from privfed.client.procedure import contribution
 
 # one plain SGD step over a client's whole shard (batch larger than every shard)
 ONE_STEP = ("model.regime=full", "partition.scheme=iid", "data.max_examples=40", "training.local_steps=1",

@@ -44,8 +44,7 @@ def _canary_shift(fed, fault: MechanismFault) -> tuple[np.ndarray, np.ndarray]:
     for included in (np.zeros_like(design.included), design.included):
         instrument = CanaryInstrument(CanaryDesign(design.coordinates, included), fed.runtime.params, 1.0, 10.0,
                                       fault, seed=5)
-        instrument.start_round(1, client.id)
-        fed.runtime.instruments[client.id] = instrument
+        fed.runtime.instruments[client.id] = instrument  # the runtime starts its round
         try:
             deltas.append(fed.runtime.train(client, shard, 1, fed.initial_vector, []).update.delta)
         finally:

@@ -35,6 +35,10 @@ def test_every_yes_cell_runs(feature, tmp_path):
     cfg = feature_config(feature, TINY)
     cells = dict(matrix(TINY))[feature]
     assert set(cells) == set(ENGINES)
+    if feature.audit:
+        assert not cells["Flower deployment"]
+        _audit_over_flower_equals_in_process(cfg, tmp_path)
+        return
     result = run(cfg, tmp_path / "in-process", progress=False)
     assert result["rounds"][0]["clients_trained"] > 0
     if cells["Flower deployment"] and cells["Flower simulation"]:
@@ -55,3 +59,21 @@ def test_every_yes_cell_runs(feature, tmp_path):
     assert flower["rounds"][0]["clients_trained"] > 0
     if cfg.privacy.distributed_noise == 0:  # the same model as in process (distributed noise is fresh entropy)
         assert flower["rounds"][0]["eval_loss"] == pytest.approx(result["rounds"][0]["eval_loss"], rel=1e-3)
+
+
+def _audit_over_flower_equals_in_process(cfg, tmp_path):
+    """The audited node (audit=true) builds the same members and canaries, starts its canary round where it trains
+    and sends its own update to the researcher: the report equals the in-process audit's, row for row."""
+    from privfed.audit.run import run_audit
+    from privfed.audit.settings import AuditKind, AuditSettings, audited_config
+    from privfed.engines.flower.clients import audit_over_link
+
+    settings = AuditSettings(audits=frozenset({AuditKind.ONE_RUN, AuditKind.MEMBERSHIP}), client=1, canaries=200)
+    local = run_audit(cfg, tmp_path / "in-process", settings, progress=False)
+    audited = audited_config(cfg, settings)
+    nodes = [{"partition-id": i, **({"audit": True} if i == settings.client else {})}
+             for i in range(cfg.partition.num_clients)]
+    flower = audit_over_link(audited, tmp_path / "flower", LocalLink(audited, nodes), settings)
+    assert flower.rows == local.rows and flower.claimed_epsilon == local.claimed_epsilon
+    # scored on the update the node reported (a node that sent none would leave "the client never trained")
+    assert "client 1's update (a plain upload), 1 round(s)" in {row.observed for row in flower.rows}

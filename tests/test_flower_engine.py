@@ -245,9 +245,9 @@ def test_nodes_with_their_own_files_train_on_the_federations_classes(tmp_path):
     assert results["rounds"][0]["clients_trained"] == 3
     # a node keeps data.test_fraction of its own file aside (it does not evaluate); the rest trains
     assert [results["nodes"][str(c)]["examples"] for c in range(3)] == [40, 40, round(len(node_rows[2]) * 0.8)]
-    from privfed.engines.flower.node import NodeSettings, node_federation
+    from privfed.engines.flower.node import NodeSettings, RunFacts, node_federation
 
-    fed = node_federation(cfg, NodeSettings.from_node_config(nodes[2]), tuple(bbc.label_names))
+    fed = node_federation(cfg, NodeSettings.from_node_config(nodes[2]), RunFacts(tuple(bbc.label_names)))
     assert fed.label_names == tuple(bbc.label_names)
     own = [json.loads(line)["topic"] for line in (tmp_path / "hospital-2.jsonl").read_text().splitlines()]
     assert "sports" not in own
@@ -268,12 +268,12 @@ class NodeHarness:
 
     def __init__(self, cfg, settings):
         from privfed.aggregation.plain import PlainBackend
-        from privfed.engines.flower.node import hello, node_federation
+        from privfed.engines.flower.node import RunFacts, hello, node_federation
 
         self.cfg, self.settings, self.state = cfg, settings, {}
         self.stamp = Stamp(privfed.__version__, fingerprint(cfg))
         self.hello = hello(cfg, settings, Hello(self.stamp, ()), self.state)
-        self.fed = node_federation(cfg, settings, ())
+        self.fed = node_federation(cfg, settings, RunFacts())
         self.request = PlainBackend(cfg.aggregation, 3, self.fed.num_trainable + 1).server_half(1, [0]).open()[0]
 
     def step(self, round_idx, first=True, wants_input=True):
@@ -326,13 +326,13 @@ def test_a_node_with_a_ledger_file_draws_fresh_noise_unless_told_to_be_reproduci
 
 
 def test_a_privacy_check_failing_on_a_node_stops_the_run(tmp_path, tiny_classifier, monkeypatch):
-    from privfed.client import recorded
+    from privfed.client import procedure
     from privfed.errors import PrivacyViolationError
 
     def broken(*args, **kwargs):
         raise PrivacyViolationError("client 0: Opacus' accountant and the ledger disagree")
 
-    monkeypatch.setattr(recorded, "train_recorded", broken)
+    monkeypatch.setattr(procedure, "train_recorded", broken)
     node = NodeHarness(tiny_classifier(*DP_LORA), NodeSettings(client_id=0, partition_id=0))
     reply = node.step(1)
     assert reply.status is Status.REFUSED and "accountant and the ledger disagree" in reply.reason
@@ -368,3 +368,42 @@ def test_a_malicious_node_runs_the_attack_as_privfed_run_does(tiny_classifier, t
     data.write_text("text,label\nsome words,business\n")
     with pytest.raises(FlowerRunError, match="attack simulation runs on nodes that serve a partition"):
         run_over_link(cfg, tmp_path / "own", LocalLink(cfg, [{"data-path": str(data), "client-id": 0}]))
+
+
+def test_only_a_node_that_agreed_carries_an_audit(tiny_classifier, tmp_path):
+    """The audit splits the audited client's records, inserts canaries and sends its update to the researcher: a
+    node without audit=true in its own node config refuses, one with a ledger file too (a fault would falsify a
+    budget that outlives the run), and one serving its own data (the researcher could not score it). The audit itself over Flower is a cell of the capability matrix (test_capabilities)."""
+    from privfed.audit.settings import AuditKind, AuditSettings, audited_config
+    from privfed.engines.flower.clients import audit_over_link
+
+    settings = AuditSettings(audits=frozenset({AuditKind.ONE_RUN}), client=0, canaries=50)
+    cfg = audited_config(tiny_classifier("training.rounds=1", "model.regime=lora"), settings)
+    with pytest.raises(FlowerRunError, match="audits client 0; a node carries the audit .* only with audit=true"):
+        audit_over_link(cfg, tmp_path / "no-opt-in", LocalLink(cfg, partitions(3)), settings)
+    nodes = [{"partition-id": 0, "audit": True, "ledger": str(tmp_path / "ledger.jsonl")}, *partitions(3)[1:]]
+    with pytest.raises(FlowerRunError, match="must not enter a budget that outlives the run"):  # a fault could
+        audit_over_link(cfg, tmp_path / "ledger", LocalLink(cfg, nodes), settings)
+    data = tmp_path / "own.csv"
+    data.write_text("text,label\nsome words,business\n")
+    with pytest.raises(FlowerRunError, match="the audited node serves a partition"):
+        audit_over_link(cfg, tmp_path / "own", LocalLink(cfg, [{"data-path": str(data), "client-id": 0,
+                                                                "audit": True}]), settings)
+
+
+def test_the_server_takes_an_update_in_the_clear_only_from_an_audits_audited_node(tiny_classifier):
+    """A node that sends its update beside its protected input outside an audit (or as another client than the
+    audited one) leaves the round: the server never hands that update to anyone."""
+    from privfed.engines.flower.clients import FlowerTransport
+
+    trained = []
+    from privfed.aggregation.base import pack_report
+
+    reply = encode_step_reply(StepReply(Status.OK, b"masked", pack_report({}), trained=Trained(10, 0.5, 3, 0.1),
+                                        update=np.ones(4, dtype=np.float32)))
+    for audited, client, taken in ((None, 0, False), (1, 0, False), (1, 1, True)):
+        transport = FlowerTransport(None, {}, tiny_classifier(), None, 1, [0, 1], np.zeros(4), None, 10, Ledger(),
+                                    lambda update, event: trained.append(update), None, audited=audited)
+        assert (transport._take(client, reply, 1.0) == b"masked") == taken
+        assert (client in transport.left) != taken
+    assert len(trained) == 1 and trained[0].client == 1 and trained[0].delta.tolist() == [1, 1, 1, 1]

@@ -9,14 +9,15 @@ import pytest
 
 from privfed.aggregation import make_backend
 from privfed.aggregation.robust import CoordinateMedian, Krum, NormBound
-from privfed.attacks.clients import BypassingBackend
+from privfed.aggregation.transport import InProcessTransport
+from privfed.attacks.clients import OutOfRangeHalf
 from privfed.config import AttackKind
 from privfed.errors import ConfigError
 from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
 from privfed.secure.encoding import AUTOMATIC_WORD_VALUE_BITS
 from privfed.server.combiner import UpdateCombiner, group_assignment
-from privfed.server.driver import ClientRound, ClientSide, RoundDriver
+from privfed.server.driver import ClientSide, RoundDriver
 from privfed.server.events import RunState
 from privfed.server.strategies import make_strategy
 
@@ -70,12 +71,22 @@ class FixedClients(ClientSide):
     def num_clients(self) -> int:
         return len(self.vectors)
 
-    def run_round(self, round_idx, sampled, global_vector, backend, view, on_trained, on_skipped) -> ClientRound:
-        backend = BypassingBackend(backend, self.bypass) if self.bypass else backend  # skip the encoding's clip
-        return ClientRound(backend.run_round(round_idx, sampled, self.vectors.get, frozenset(), view), 0)
+    def open_round(self, round_idx, sampled, global_vector, backend, on_trained, on_skipped) -> InProcessTransport:
+        return InProcessTransport(_halves(backend, round_idx, sampled, self.bypass), self.vectors.get)
 
-    def evaluate_round(self, round_idx, participants, global_vector, backend, view):
-        return None  # these configs evaluate on the server only
+    def open_evaluation(self, round_idx, participants, global_vector, backend):
+        raise AssertionError("these configs evaluate on the server only")
+
+
+def _halves(backend, round_idx: int, clients, bypass: frozenset[int]) -> dict:
+    """The clients' halves, those of ``bypass`` skipping the encoding's clip (a client's own code can)."""
+    return {c: OutOfRangeHalf(backend.client_half(round_idx, c)) if c in bypass else backend.client_half(round_idx, c)
+            for c in clients}
+
+
+def _bypassed_sum(backend, vectors: dict, bypass: frozenset[int]):
+    """One round's sum of ``vectors`` in process, the clients of ``bypass`` skipping the encoding's clip."""
+    return backend.run(1, InProcessTransport(_halves(backend, 1, sorted(vectors), bypass), vectors.get))
 
 
 def _contributions(n: int, d: int, seed: int) -> dict[int, np.ndarray]:
@@ -142,7 +153,7 @@ def test_out_of_range_secagg_input_is_caught_only_beyond_n_times_the_clip(tiny_c
     vectors = {c: np.append(np.full(d, 0.1), 1.0) for c in range(n)}
     vectors[0] = np.append(np.full(d, -factor * clip), 1.0)
     backend = make_backend(cfg.aggregation, max_clients=n, vector_length=d + 1, client_ids=list(range(n)))
-    outcome = BypassingBackend(backend, frozenset({0})).aggregate(1, vectors)
+    outcome = _bypassed_sum(backend, vectors, frozenset({0}))
     np.testing.assert_allclose(outcome.total[:-1], -factor * clip + 0.4, atol=1e-4)  # nothing clipped it
     honest = backend.aggregate(1, vectors)
     np.testing.assert_allclose(honest.total[:-1], -clip + 0.4, atol=1e-4)  # honest encoding clips at R
@@ -282,7 +293,7 @@ def test_out_of_range_paillier_input_breaks_its_slot_or_passes_unseen(tiny_class
     vectors = {c: np.append(np.full(d, 0.1), 1.0) for c in range(n)}
     vectors[0] = np.append(np.full(d, factor * clip), 1.0)
     with make_backend(cfg.aggregation, max_clients=n, vector_length=d + 1, client_ids=list(range(n))) as backend:
-        result = BypassingBackend(backend, frozenset({0})).aggregate(1, vectors)
+        result = _bypassed_sum(backend, vectors, frozenset({0}))
     if outcome == "aborted":
         assert result.total is None and "decrypted" in result.details["abort_reason"]  # the slot check refused it
     else:

@@ -9,8 +9,8 @@ only ever receives bytes and folds them into running sums: it holds no individua
 
 An :class:`AggregationBackend` is made once per run: it fixes the encoding, the key material and the worker pools
 for rounds of up to ``max_clients`` clients, and makes each round's halves. Its :meth:`~AggregationBackend.aggregate`
-runs a whole round in process on given vectors (notebooks, tests); :meth:`AggregationBackend.run_round` is what the
-round driver of the in-process engine calls, asking each client for its update only when its input message is due.
+runs a whole round in process on given vectors (notebooks, tests); :meth:`AggregationBackend.run` is what the round
+driver calls on every engine, over the engine's transport to the round's clients.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import enum
 import abc
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import msgpack
 import numpy as np
 
-from privfed.aggregation.transport import InProcessTransport, recording_tap, run_protocol
+from privfed.aggregation.transport import InProcessTransport, Transport, recording_tap, run_protocol
 from privfed.config import Aggregation, AggregationConfig, DropoutStage
 from privfed.privacy.distributed import DistributedDp, SkellamShare
 from privfed.secure.encoding import EncodingStats
@@ -257,16 +257,20 @@ class AggregationBackend(abc.ABC):
             raise ValueError(f"every vector must have shape ({self.vector_length},); got {wrong}")
         if view is not None and view.messages:
             raise ValueError("this ServerView already holds a round; pass a fresh ServerView() to each round")
-        return self.run_round(round_idx, sorted(contributions), contributions.get, dropouts, view)
+        clients = {c: self.client_half(round_idx, c) for c in sorted(contributions)}
+        transport = InProcessTransport(clients, contributions.get)
+        transport.simulate_dropouts(dropouts, self.cfg.dropout_stage)
+        return self.run(round_idx, transport, view)
 
-    def run_round(self, round_idx: int, participants: list[int], provide_update: Callable[[int], np.ndarray | None],
-                  dropouts: frozenset[int] = frozenset(), view: ServerView | None = None) -> AggregationOutcome:
-        """One round of the halves in this process. Each participant's update is asked for, through
-        ``provide_update(client)``, just before its input message: key agreement runs before any client trains,
-        and a client that drops out earlier never trains. ``dropouts`` leave at ``cfg.dropout_stage``."""
-        server = self.server_half(round_idx, participants)
-        clients = {c: self.client_half(round_idx, c) for c in participants}
-        transport = InProcessTransport(clients, provide_update,
-                                       {c: self.cfg.dropout_stage for c in dropouts if c in clients},
-                                       None if view is None else recording_tap(view, server))
-        return self.complete(run_protocol(server, transport), [clients[c].report() for c in sorted(clients)])
+    def run(self, round_idx: int, transport: Transport, view: ServerView | None = None) -> AggregationOutcome:
+        """Round ``round_idx``'s sum among ``transport.participants``, driven from this back-end's server half over
+        ``transport`` (the engine's way to the clients; their updates are asked for just before their input
+        message, so key agreement runs before anyone trains and an early dropout never trains). ``view``, if
+        given, records every message the server receives. The outcome carries the clients' reports and the
+        engine's details."""
+        server = self.server_half(round_idx, transport.participants)
+        if view is not None:
+            transport.tap = recording_tap(view, server)
+        outcome = run_protocol(server, transport)
+        return self.complete(replace(outcome, details={**outcome.details, **transport.details()}),
+                             transport.reports())

@@ -24,19 +24,22 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, ClientHalf, ServerHalf
+from privfed.aggregation.base import AggregationBackend, ClientHalf
 from privfed.aggregation.paillier import PaillierClientHalf
 from privfed.aggregation.secagg import SecAggClientHalf
+from privfed.client.procedure import ClientProcedure
+from privfed.client.runtime import TrainedRound
 from privfed.client.state import ClientState, ClientUpdate
 from privfed.config import MALICIOUS_CODE, AttackKind, ExperimentConfig
 from privfed.federation.vectors import derive_seed
+from privfed.privacy.ledger import Ledger, SkippedEvent
 from privfed.secure.encoding import EncodingStats
 from privfed.secure.messages import ProtocolError
-from privfed.server.driver import contribution
 
 
 class MaliciousClients:
-    """The attack section as the clients' side applies it each round."""
+    """The attack plan: which client attacks in which round, on which poisoned records, with what boost (read by
+    :class:`MaliciousProcedure`, which runs it, and by the attack's observer, which measures it)."""
 
     def __init__(self, cfg: ExperimentConfig, poisoned: Mapping[int, ClientState], clients_per_round: int):
         self.cfg, self.poisoned = cfg, dict(poisoned)
@@ -58,64 +61,55 @@ class MaliciousClients:
         """The client as it trains this round when attacking: its poisoned shard (None: its clean self)."""
         return self.poisoned.get(client) if self.attacking(client, round_idx) else None
 
-    def contribution(self, update: ClientUpdate, round_idx: int, weight_cap: int) -> np.ndarray:
-        """What an attacking client uploads (see the module docstring)."""
-        kind, delta = self.attack.kind, update.delta
-        if kind in (AttackKind.LABEL_FLIP, AttackKind.SPREAD):
-            return contribution(self.cfg, delta, update.num_examples, weight_cap)  # honest code
+
+class MaliciousProcedure(ClientProcedure):
+    """The client procedure of a federation with attackers: ``honest`` for every client that does not attack this
+    round, and for an attacking one what its own code does instead — it ignores its budget when it runs malicious
+    code, trains on its poisoned records, rewrites its upload, and (out_of_range) bypasses the encoding. Its
+    evaluation stays honest: the attack is on training."""
+
+    def __init__(self, honest: ClientProcedure, plan: MaliciousClients):
+        super().__init__(honest.cfg, lambda: honest.fed)
+        self.honest, self.plan = honest, plan
+
+    def refusal(self, client: ClientState, ledger: Ledger, round_idx: int) -> SkippedEvent | None:
+        if self.plan.ignores_budget(client.id, round_idx):
+            return None
+        return self.honest.refusal(client, ledger, round_idx)
+
+    def half(self, half: ClientHalf, round_idx: int) -> ClientHalf:
+        half = self.honest.half(half, round_idx)
+        if self.plan.attack.kind is AttackKind.OUT_OF_RANGE and self.plan.attacking(half.client_id, round_idx):
+            return OutOfRangeHalf(half)
+        return half
+
+    def train(self, client: ClientState, round_idx: int, global_vector: np.ndarray, ledger: Ledger) -> TrainedRound:
+        poisoned = self.plan.state_for(client.id, round_idx)
+        if poisoned is None:
+            return self.honest.train(client, round_idx, global_vector, ledger)
+        return self.honest.train_as(poisoned, round_idx, global_vector, ledger, self.plan.local_steps)
+
+    def upload(self, update: ClientUpdate, round_idx: int, weight_cap: int) -> np.ndarray:
+        """What an attacking client uploads (see the module docstring); an honest one's contribution otherwise."""
+        kind, delta = self.plan.attack.kind, update.delta
+        if not self.plan.attacking(update.client, round_idx) or kind in (AttackKind.LABEL_FLIP, AttackKind.SPREAD):
+            return self.honest.upload(update, round_idx, weight_cap)  # honest code (on poisoned records)
+        boost = self.plan.boost
         if kind is AttackKind.BACKDOOR:
-            sent = self.boost * delta
+            sent = boost * delta
         elif kind is AttackKind.GAUSSIAN:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, round_idx, update.client, 0x6A55))
-            scale = self.boost * float(np.linalg.norm(delta)) / np.sqrt(max(delta.size, 1))
+            scale = boost * float(np.linalg.norm(delta)) / np.sqrt(max(delta.size, 1))
             sent = rng.normal(0.0, scale, delta.size)
         elif kind is AttackKind.OUT_OF_RANGE:  # largest transmitted value: range_factor x the clip range
             weight = min(1.0, update.num_examples / weight_cap)
             peak = float(np.max(np.abs(delta))) * weight
-            scale = self.attack.range_factor * self.cfg.aggregation.clip_range / peak if peak > 0 else 0.0
+            scale = self.plan.attack.range_factor * self.cfg.aggregation.clip_range / peak if peak > 0 else 0.0
             sent = -scale * delta
         else:
-            sent = -self.boost * delta
+            sent = -boost * delta
         weight = min(1.0, update.num_examples / weight_cap)  # at most the largest honest weight: boosting does the rest
         return np.append(np.asarray(sent, dtype=np.float64) * weight, weight)
-
-    def wrap(self, backend: AggregationBackend, round_idx: int) -> AggregationBackend:
-        """The back-end as this round's clients run it: out_of_range attackers get halves that bypass encoding."""
-        if self.attack.kind is not AttackKind.OUT_OF_RANGE:
-            return backend
-        attackers = frozenset(c for c in self.attack.clients if self.attacking(c, round_idx))
-        return BypassingBackend(backend, attackers) if attackers else backend
-
-    def wrap_half(self, half: ClientHalf, round_idx: int) -> ClientHalf:
-        """A node's own client half as it runs this round: bypassing the encoding when it is an out_of_range
-        attacker (a node restores its half from bytes for every message, then wraps it again)."""
-        if self.attack.kind is AttackKind.OUT_OF_RANGE and self.attacking(half.client_id, round_idx):
-            return OutOfRangeHalf(half)
-        return half
-
-
-class BypassingBackend(AggregationBackend):
-    """``inner`` with the client halves of ``attackers`` replaced by :class:`OutOfRangeHalf`; the server half and
-    every honest half are ``inner``'s own."""
-
-    def __init__(self, inner: AggregationBackend, attackers: frozenset[int]):
-        self.inner, self.attackers = inner, attackers
-        self.cfg, self.max_clients, self.vector_length = inner.cfg, inner.max_clients, inner.vector_length
-        self.client_type = inner.client_type
-
-    @classmethod
-    def for_run(cls, *args, **kwargs) -> AggregationBackend:
-        raise TypeError("BypassingBackend wraps a back-end for one round; build the back-end with make_backend")
-
-    def server_half(self, round_idx: int, participants: list[int]) -> ServerHalf:
-        return self.inner.server_half(round_idx, participants)
-
-    def client_half(self, round_idx: int, client_id: int) -> ClientHalf:
-        half = self.inner.client_half(round_idx, client_id)
-        return OutOfRangeHalf(half) if client_id in self.attackers else half
-
-    def complete(self, outcome: AggregationOutcome, reports: list[dict]) -> AggregationOutcome:
-        return self.inner.complete(outcome, reports)
 
 
 class OutOfRangeHalf(ClientHalf):
@@ -166,7 +160,7 @@ class OutOfRangeHalf(ClientHalf):
 
     @classmethod
     def restore(cls, blob: bytes, backend: AggregationBackend) -> ClientHalf:
-        raise ProtocolError("restore the honest half, then wrap it (MaliciousClients.wrap_half)")
+        raise ProtocolError("restore the honest half, then wrap it (MaliciousProcedure.half)")
 
     def report(self) -> dict:
         return self.half.report()

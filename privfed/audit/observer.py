@@ -69,8 +69,6 @@ class AuditObserver(Callback):
 
     def on_round_start(self, event: RoundStarted) -> None:
         self._trained = False
-        if self.target is not None and self.target.instrument is not None and self.target.client in event.sampled:
-            self.target.instrument.start_round(event.round, self.target.client)
 
     def on_client_trained(self, event: ClientTrained) -> None:
         if self.target is not None and event.update.client == self.target.client and event.update.delta is not None:

@@ -64,7 +64,6 @@ def repeated_one_run(fed: Federation, seeds: Sequence[int], *, client: int = 0, 
         ledger, vector, observed = Ledger(), fed.initial_vector.copy(), []
         try:
             for round_idx in range(1, cfg.training.rounds + 1):
-                instrument.start_round(round_idx, state.id)
                 result = train_recorded(runtime, state, shard, round_idx, vector, ledger)
                 observed.append(result.update.delta[design.coordinates].astype(np.float64))
                 vector = vector + result.update.delta

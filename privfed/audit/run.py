@@ -1,7 +1,7 @@
 """``privfed audit``: one instrumented run of an experiment, then every requested audit of it.
 
-The run is an ordinary in-process run (same driver, clients, back-end and callbacks as ``privfed run``) whose
-audited client holds members and held-out non-members, inserted secrets (causal LMs) and Dirac canaries; the
+The run is an ordinary run (same driver, clients, back-end and callbacks as ``privfed run``; in process, or over
+Flower with the audited client on a node that agreed to carry it) whose audited client holds members and held-out non-members, inserted secrets (causal LMs) and Dirac canaries; the
 :class:`~privfed.audit.observer.AuditObserver` round hook records what its upload, the server's reading of it and
 the sum looked like. After the last round the final model is scored. Every finding is a row of an
 :class:`~privfed.audit.report.AuditReport` with a verdict against the accountant's ε for that client.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from privfed.engines.runner import run_rounds
 from privfed.errors import ConfigError
 from privfed.federation.setup import Federation, build_federation
 from privfed.federation.vectors import derive_seed
+from privfed.privacy.ledger import Ledger
+from privfed.server.driver import ClientSide
 
 RECORD_LEVEL = ("DP-SGD protects each record; a client's vocabulary and label mix are properties of all its records "
                 "together, which record-level DP does not hide: only the sum over many clients or user-level DP does")
@@ -39,20 +42,23 @@ F_DP_NOTE = ("f-DP bound (Mahloujifar et al.): falsifies the Gaussian trade-off 
 
 
 def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | None = None, *,
-          overwrite: bool = False, progress: bool = True) -> AuditReport:
-    """Run ``cfg`` (after ``settings.profile``, named ``<name>-audit``) with the audited client instrumented, audit
-    it, write audit.json and audit.md beside the run's own files in ``out_dir``; returns the report. Settings that
-    cannot work with ``cfg`` are refused (ConfigError) before anything is written."""
-    started = time.perf_counter()
+              overwrite: bool = False, progress: bool = True) -> AuditReport:
+    """Run ``cfg`` (after ``settings.profile``, named ``<name>-audit``) in this process with the audited client
+    instrumented, audit it, write audit.json and audit.md beside the run's own files in ``out_dir``; returns the
+    report. Settings that cannot work with ``cfg`` are refused (ConfigError) before anything is written."""
     settings = settings or AuditSettings()
-    if cfg.attack.kind is not AttackKind.NONE:
-        raise ConfigError("attack.kind", "an audit measures what honest clients leak; run attacks with privfed run "
-                                         "or privfed attack-grid")
-    if cfg.defence.groups:
-        raise ConfigError("defence.groups", "the audits read one sum per round; grouped aggregation shows the server "
-                                            "smaller sums, which they do not score yet")
+    return audit_run(audited_config(cfg, settings), out_dir, settings, overwrite=overwrite, progress=progress)
+
+
+def audit_run(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings, *, overwrite: bool = False,
+              progress: bool = True, make_clients: Callable[[Federation, Ledger], ClientSide] | None = None,
+              extra_results: Callable[[dict], dict] | None = None) -> AuditReport:
+    """:func:`run_audit` of a config that is already :func:`~privfed.audit.settings.audited_config`'s (a Flower
+    run's, whose nodes parse that config), reaching the clients through ``make_clients`` (default: in this
+    process; over Flower the audited node carries the target and reports its update)."""
+    started = time.perf_counter()
+    check_auditable(cfg)
     out_dir = Path(out_dir)
-    cfg = audited_config(cfg, settings)
     observer = AuditObserver()
     built: dict[str, tuple[Federation, AuditTarget]] = {}
 
@@ -63,8 +69,8 @@ def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | No
         built["run"] = (fed, target)
         return fed
 
-    results = run_rounds(cfg, out_dir, build, lambda fed, ledger: InProcessClients(fed, ledger), overwrite=overwrite,
-                         progress=progress, callbacks=(observer,))
+    results = run_rounds(cfg, out_dir, build, make_clients or InProcessClients, overwrite=overwrite,
+                         progress=progress, callbacks=(observer,), extra_results=extra_results)
     fed, target = built["run"]
     claimed = _claimed_epsilon(cfg, results, target.client)
     rows: list[AuditRow] = []
@@ -84,6 +90,16 @@ def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | No
                          seconds=time.perf_counter() - started)
     write_report(report, out_dir)
     return report
+
+
+def check_auditable(cfg: ExperimentConfig) -> None:
+    """Refuse (ConfigError) a config the audits cannot score, before anything runs."""
+    if cfg.attack.kind is not AttackKind.NONE:
+        raise ConfigError("attack.kind", "an audit measures what honest clients leak; run attacks with privfed run "
+                                         "or privfed attack-grid")
+    if cfg.defence.groups:
+        raise ConfigError("defence.groups", "the audits read one sum per round; grouped aggregation shows the server "
+                                            "smaller sums, which they do not score yet")
 
 
 def _claimed_epsilon(cfg: ExperimentConfig, results: dict, client: int) -> float:

@@ -79,6 +79,16 @@ class AuditSettings:
         out["secret_insertions"] = list(self.secret_insertions)
         return out
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> AuditSettings:
+        """:meth:`as_dict`'s inverse (how a Flower run carries the settings to the server and the audited node)."""
+        try:
+            return cls(**{**raw, "audits": frozenset(AuditKind(k) for k in raw["audits"]),
+                          "fault": MechanismFault(raw["fault"]), "profile": AuditProfile(raw["profile"]),
+                          "secret_insertions": tuple(raw["secret_insertions"])})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError("audit", f"not audit settings: {err}") from None
+
 
 def parse_audits(text: str) -> frozenset[AuditKind]:
     """``one_run,membership`` -> the kinds; ``all`` -> every audit."""

@@ -91,6 +91,8 @@ class ClientRuntime:
             client.noise_multiplier * self.dp.max_grad_norm / expected_batch_size(len(shard), cfg.batch_size))
         optimizer = build_optimizer(cfg, self.params, noise_std)
         instrument = self.instruments.get(client.id)
+        if instrument is not None:
+            instrument.start_round(round_idx, client.id)
         if not self.model.training:  # evaluation restores train mode; Opacus records nothing in eval mode
             self.module.train()
         if client.noise_multiplier is None:

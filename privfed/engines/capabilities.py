@@ -18,6 +18,7 @@ from privfed.errors import ConfigError
 class Feature:
     name: str
     overrides: tuple[str, ...]
+    audit: bool = False  # an audit run (privfed audit; over Flower, privfed flower loopback --audit)
 
 
 FEATURES = (
@@ -37,19 +38,23 @@ FEATURES = (
     Feature("federated evaluation (clients' held-out records)", ("evaluation.where=both",
                                                                   "data.validation_fraction=0.2")),
     Feature("validation split (tuning)", ("data.validation_fraction=0.2",)),
+    Feature("privacy audit (canaries, membership)", ("privacy.mode=target_epsilon", "privacy.epsilon=1"), audit=True),
 )
 ENGINES = ("in process", "Flower simulation", "Flower deployment")
 
 
-def refusal(cfg: ExperimentConfig, engine: str) -> str:
-    """Why ``engine`` refuses ``cfg`` ("" when it runs it)."""
+def refusal(cfg: ExperimentConfig, engine: str, audit: bool = False) -> str:
+    """Why ``engine`` refuses ``cfg`` (``audit``: an audit run of it; "" when it runs it)."""
+    from privfed.audit.run import check_auditable
     from privfed.engines.flower.apps import check_flower_simulation, check_flower_support
 
     try:
+        if audit:
+            check_auditable(cfg)
         if engine != "in process":
             check_flower_support(cfg)
         if engine == "Flower simulation":
-            check_flower_simulation(cfg)
+            check_flower_simulation(cfg, audit)
     except ConfigError as err:
         return str(err)
     return ""
@@ -64,7 +69,7 @@ def feature_config(feature: Feature, base: dict | None = None) -> ExperimentConf
 
 def matrix(base: dict | None = None) -> list[tuple[Feature, dict[str, str]]]:
     """Each feature and, per engine, "" (it runs) or the reason it is refused."""
-    return [(feature, {engine: refusal(feature_config(feature, base), engine) for engine in ENGINES})
+    return [(feature, {engine: refusal(feature_config(feature, base), engine, feature.audit) for engine in ENGINES})
             for feature in FEATURES]
 
 

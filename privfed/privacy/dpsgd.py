@@ -127,6 +127,10 @@ class StepInstrument(Protocol):
     synthetic examples' gradients to each step and, to test the auditor, inject a mechanism fault. Production
     runs attach none."""
 
+    def start_round(self, round_idx: int, client: int) -> None:
+        """Called as the client's local training of ``round_idx`` begins, wherever it trains (this process, or the
+        node that carries the audited client)."""
+
     def attach(self, local: DpSgdRound | PlainRound) -> None:
         """Called once the round's optimizer and loader exist, before the first step."""
 

@@ -11,6 +11,7 @@ from privfed.aggregation.base import AggregationBackend
 from privfed.config import Task
 from privfed.federation.held_out import PREFIX, federation_metrics
 from privfed.federation.server_view import ServerView
+from privfed.server.round_sum import secure_sum
 
 if TYPE_CHECKING:
     from privfed.server.driver import ClientSide
@@ -27,7 +28,8 @@ class ClientEvaluation:
             notes: list[str]) -> dict:
         view = ServerView() if self.per_client else None
         self.backend.prepare_round(round_idx, sampled)
-        outcome = clients.evaluate_round(round_idx, sampled, global_vector, self.backend, view)
+        transport = clients.open_evaluation(round_idx, sampled, global_vector, self.backend)
+        outcome = secure_sum(self.backend, round_idx, transport, frozenset(), view)
         if outcome is None or outcome.total is None:
             reason = "no client answered" if outcome is None else outcome.details.get("abort_reason") or "aborted"
             notes.append(f"round {round_idx}: the clients' evaluation did not complete ({reason})")

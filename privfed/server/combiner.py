@@ -7,7 +7,7 @@ What the server can read depends on the aggregation method, and so does what it 
   (norm bounding, median, trimmed mean, Krum, multi-Krum, centred clipping) applies to individual updates;
 * ``secagg`` / ``paillier``: one decoded sum. No rule can look inside it; the server can only check that it lies
   within what honest encoded inputs can add up to (``defence.range_check``) and trust honest client code to clip
-  (``defence.client_clip``, applied in :func:`~privfed.server.driver.contribution`);
+  (``defence.client_clip``, applied in :func:`~privfed.client.procedure.contribution`);
 * grouped aggregation (``defence.groups = g``): the round's clients are split at random into g groups, each summed
   by its own run of the protocol; the rule combines the g group means. The server learns g partial sums instead
   of one — less privacy than one sum, which the results say — and an attacker is diluted in its group.

@@ -1,8 +1,9 @@
 """The round driver: sample clients, broadcast the global state, drive the aggregation protocol, apply the strategy.
 
-It knows the client side only through :class:`ClientSide` (in process today; one node per organisation behind a
-network engine) and reports everything else through typed events to callbacks, so evaluation, checkpoints,
-printing, audits and attacks never branch inside the loop. Every random choice of round r derives from
+It owns every round's server half, its simulated dropouts and the server's view on every engine, and knows the
+clients only through :class:`ClientSide`, which opens a transport to them (in this process, or one node per
+organisation behind Flower). Everything else it reports through typed events to callbacks, so evaluation,
+checkpoints, printing, audits and attacks never branch inside the loop. Every random choice of round r derives from
 (seed, r, ...), so a run resumed from its last checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
@@ -11,12 +12,12 @@ import abc
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from privfed.aggregation.base import AggregationBackend, AggregationOutcome, Side
 from privfed.aggregation.grouped import merged_outcome
+from privfed.aggregation.transport import Transport
 from privfed.client.state import ClientUpdate
 from privfed.config import ExperimentConfig
 from privfed.federation.server_view import ServerView
@@ -25,6 +26,7 @@ from privfed.privacy.adaptive_clip import AdaptiveClip
 from privfed.privacy.ledger import DpSgdEvent, Ledger, SkippedEvent
 from privfed.server.client_evaluation import ClientEvaluation
 from privfed.server.combiner import UpdateCombiner, group_assignment
+from privfed.server.round_sum import secure_sum
 from privfed.server.events import (
     Callback,
     ClientSkipped,
@@ -57,68 +59,42 @@ def sample_dropouts(cfg: ExperimentConfig, round_idx: int, participants: list[in
     return frozenset(int(c) for c in rng.choice(participants, size=k, replace=False))
 
 
-def contribution(cfg: ExperimentConfig, delta: np.ndarray, num_examples: int, weight_cap: int) -> np.ndarray:
-    """What a client hands to aggregation: ``[w * delta, w]``, so the sum gives the weighted mean update.
-
-    FedAvg weights w = n_i / n_max (n_max, the largest client, plays the public weight cap of DP-FedAvg) keep every
-    transmitted value within the encoding's range. Under distributed DP every update is weighted 1 — a client's
-    influence on the sum must be bounded whatever its size — and the secagg client half clips it to the round's L2
-    norm S (which it learns from SETUP: adaptive clipping moves S). With ``defence.client_clip`` honest code clips
-    the update to that norm first (a defence that trusts client code).
-    """
-    if cfg.privacy.distributed_noise > 0:
-        return np.append(delta.astype(np.float64), 1.0)
-    if cfg.defence.client_clip > 0:  # honest client code bounds its own update (a malicious client would not)
-        delta = clip_norm(delta, cfg.defence.client_clip)
-    weight = num_examples / weight_cap
-    return np.append(delta.astype(np.float64) * weight, weight)
-
-
-def clip_norm(vector: np.ndarray, bound: float) -> np.ndarray:
-    """``vector`` scaled down to L2 norm ``bound`` if it is longer."""
-    norm = float(np.linalg.norm(vector))
-    return vector * min(1.0, bound / norm) if norm > 0 else vector
-
-
 OnTrained = Callable[[ClientUpdate, DpSgdEvent | None], None]
 OnSkipped = Callable[[SkippedEvent], None]
-
-
-@dataclass(frozen=True)
-class ClientRound:
-    """What the clients' side of a round produced: the aggregation outcome (None when no client took part) and
-    the number of simulated dropouts among the participants."""
-
-    outcome: AggregationOutcome | None
-    simulated_dropouts: int
 
 
 class ClientSide(abc.ABC):
     """The clients as the driver reaches them: in this process, or one node per organisation behind Flower.
 
-    Each client checks its own budget (its ledger is where the client is) and the driver learns of it through
-    ``on_skipped``; a client that trains reports its summary and DP event through ``on_trained``.
+    An engine only carries messages: for each round it opens a transport to the sampled clients, and the driver
+    makes the server half, draws the simulated dropouts, taps the server's view and runs the protocol over it —
+    the same on every engine. Each client runs :class:`~privfed.client.procedure.ClientProcedure` where it is,
+    checks its own budget (its ledger is where the client is) and reports a refusal through ``on_skipped``; a
+    client that trains reports its summary and DP event through ``on_trained``.
     """
 
     @property
     @abc.abstractmethod
     def num_clients(self) -> int: ...
 
-    @abc.abstractmethod
-    def run_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
-                  view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
-        """The sampled clients' budget checks, local training from ``global_vector`` and the secure sum of their
-        contributions (see :func:`contribution`), driven through ``backend``'s server half."""
-
     ledger: Ledger  # the run's ledger: every event of this run's clients (on Flower, the copy the nodes report)
     backend_side: Side = Side.BOTH  # the protocol halves the driver's back-end makes: both in process, or the server's
 
     @abc.abstractmethod
-    def evaluate_round(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
-                       backend: AggregationBackend, view: ServerView | None) -> AggregationOutcome | None:
-        """The participants evaluate ``global_vector`` on their own held-out records and their evaluation
-        contributions (:func:`privfed.federation.held_out.evaluation_contribution`) are summed through
-        ``backend``'s server half; None when none took part."""
+    def open_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
+                   on_trained: OnTrained, on_skipped: OnSkipped) -> Transport:
+        """The transport to the round's clients for the sum of their updates: each trains from ``global_vector``
+        when its input message is due and hands its contribution
+        (:func:`~privfed.client.procedure.contribution`) to its half of ``backend``'s protocol. Its participants
+        are the clients the server half is made for: in process the sampled clients whose budget allows the round
+        (checked now); over Flower every sampled client (a node checks its budget in its first message and is
+        then in the transport's ``skipped``)."""
+
+    @abc.abstractmethod
+    def open_evaluation(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
+                        backend: AggregationBackend) -> Transport:
+        """The transport for the round's federated evaluation: each participant scores ``global_vector`` on its
+        own held-out records (:meth:`~privfed.client.procedure.ClientProcedure.evaluation_input`)."""
 
     def record_aggregation(self, round_idx: int, outcome: AggregationOutcome) -> None:
         """After the sum: contributors record what entering it cost them (distributed-DP noise shares)."""
@@ -180,10 +156,13 @@ class RoundDriver:
         wants_view = self.combiner.reads_uploads or any(c.needs_server_view for c in self.callbacks)
         view = ServerView() if wants_view else None
         groups = group_assignment(self.cfg, r, sampled)
-        results = [self.clients.run_round(r, members, state.global_vector, self.backend, view, on_trained, on_skipped)
-                   for members in groups]
-        outcome = results[0].outcome if len(groups) == 1 else merged_outcome(groups, [x.outcome for x in results])
-        simulated_dropouts = sum(x.simulated_dropouts for x in results)
+        outcomes, simulated_dropouts = [], 0
+        for members in groups:
+            transport = self.clients.open_round(r, members, state.global_vector, self.backend, on_trained, on_skipped)
+            dropouts = sample_dropouts(self.cfg, r, transport.participants)
+            outcomes.append(secure_sum(self.backend, r, transport, dropouts, view))
+            simulated_dropouts += len(dropouts) if outcomes[-1] is not None else 0
+        outcome = outcomes[0] if len(groups) == 1 else merged_outcome(groups, outcomes)
         aggregation, bytes_up, bytes_down_protocol = None, 0, 0
         if outcome is not None:
             self._emit("on_aggregated", RoundAggregated(r, outcome, view))

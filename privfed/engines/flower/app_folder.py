@@ -15,16 +15,17 @@ import tomli_w
 
 import privfed
 from privfed.config import ExperimentConfig, dump_yaml, to_dict
-from privfed.engines.flower.apps import CONFIG_KEY, OUT_KEY, RESUME_KEY
+from privfed.engines.flower.apps import AUDIT_KEY, CONFIG_KEY, OUT_KEY, RESUME_KEY
 from privfed.engines.flower.wire import fingerprint
 
 SERVER_APP, CLIENT_APP = "privfed.engines.flower.apps:server_app", "privfed.engines.flower.apps:client_app"
 
 
-def write_app_folder(cfg: ExperimentConfig, folder: Path, out_dir: Path | None = None) -> Path:
+def write_app_folder(cfg: ExperimentConfig, folder: Path, out_dir: Path | None = None, audit=None) -> Path:
     """Write ``folder``/pyproject.toml (and privfed-config.yaml, for people) for ``cfg``; returns the folder.
 
-    ``out_dir``: where the ServerApp writes the run (default ``folder``/runs/<name>; taken: -2, -3...).
+    ``out_dir``: where the ServerApp writes the run (default ``folder``/runs/<name>; taken: -2, -3...). ``audit``:
+    :class:`~privfed.audit.settings.AuditSettings` of an audit run (``cfg`` is then the audited config).
     """
     folder.mkdir(parents=True, exist_ok=True)
     out = (out_dir or folder / "runs" / cfg.name).resolve()
@@ -39,7 +40,8 @@ def write_app_folder(cfg: ExperimentConfig, folder: Path, out_dir: Path | None =
             "flwr": {"app": {"publisher": "privfed",
                              "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},
                              "config": {CONFIG_KEY: json.dumps(to_dict(cfg), sort_keys=True), OUT_KEY: str(out),
-                                        RESUME_KEY: False}}},
+                                        RESUME_KEY: False,
+                                        AUDIT_KEY: json.dumps(audit.as_dict()) if audit is not None else ""}}},
         },
     }
     (folder / "pyproject.toml").write_text(tomli_w.dumps(pyproject))

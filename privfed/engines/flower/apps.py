@@ -38,7 +38,8 @@ from privfed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY, OUT_KEY, RESUME_KEY = "privfed-config", "out-dir", "resume"  # keys of [tool.flwr.app.config]
+# keys of [tool.flwr.app.config]; AUDIT_KEY: an audit run's settings as JSON ("" for a plain run)
+CONFIG_KEY, OUT_KEY, RESUME_KEY, AUDIT_KEY = "privfed-config", "out-dir", "resume", "privfed-audit"
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,8 +68,14 @@ def check_flower_support(cfg: ExperimentConfig) -> None:
                                                       "sweep --tune)")
 
 
-def check_flower_simulation(cfg: ExperimentConfig) -> None:
-    """Refuse what Flower's simulation runtime cannot do on top of :func:`check_flower_support`, with the reason."""
+def check_flower_simulation(cfg: ExperimentConfig, audit: bool = False) -> None:
+    """Refuse what Flower's simulation runtime cannot do on top of :func:`check_flower_support` (``audit``: an audit
+    run of ``cfg``), with the reason."""
+    if audit:
+        raise ConfigError("audit", "the audited node agrees to carry the audit (its records split, canaries and "
+                                   "secrets inserted, its update sent to the researcher) in its own node config "
+                                   "(audit=true), which the simulation's virtual nodes lack: use privfed flower "
+                                   "loopback --audit, or a deployment")
     if cfg.aggregation.consistency_check:
         raise ConfigError("aggregation.consistency_check", "Flower's simulation gives virtual nodes no node config "
                                                            "of their own, so no identity keys: use privfed flower "
@@ -93,12 +100,19 @@ class ServerRun:
     config: ExperimentConfig
     out_dir: Path
     resume: bool
+    audit: str = ""  # AuditSettings as JSON: this run is an audit ("" a plain run)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> ServerRun:
         cfg = config_of_run(run_config)
         out = run_config.get(OUT_KEY) or f"runs/{cfg.name}-flower"
-        return cls(cfg, Path(str(out)), bool(run_config.get(RESUME_KEY, False)))
+        run = cls(cfg, Path(str(out)), bool(run_config.get(RESUME_KEY, False)), str(run_config.get(AUDIT_KEY, "")))
+        if run.audit and run.resume:
+            raise ConfigError(RESUME_KEY, "an audit run cannot be resumed: run the audit again")
+        if run.audit and not cfg.name.endswith("-audit"):  # never mistaken for (or written over) a plain run
+            raise ConfigError(AUDIT_KEY, f"an audit runs the audited config (named <name>-audit), not {cfg.name!r}: "
+                                         "write the app with privfed flower app --audit")
+        return run
 
 
 @server_app.main()
@@ -114,6 +128,14 @@ def server_main(grid: Grid, context: Context) -> None:
         raise ConfigError(RESUME_KEY, f"{out} holds no checkpoint to resume")
     log.info("privfed %s ServerApp: config %s (%s), results in %s", privfed.__version__, fingerprint(cfg), cfg.name,
              out)
+    if run.audit:
+        from privfed.audit.settings import AuditSettings
+        from privfed.engines.flower.clients import audit_over_link
+
+        report = audit_over_link(cfg, out, GridLink(grid), AuditSettings.from_dict(json.loads(run.audit)))
+        log.info("privfed audit of client %d finished (%d findings); report in %s", report.client, len(report.rows),
+                 out)
+        return
     results = run_over_link(cfg, out, GridLink(grid), resume=run.resume)
     log.info("privfed run %s finished after %d rounds; results in %s", cfg.name, results["rounds"][-1]["round"], out)
 

@@ -1,18 +1,20 @@
 """The server's side of the Flower engine: the clients as nodes reached through Flower messages.
 
 :class:`FlowerClients` is the round driver's :class:`~privfed.server.driver.ClientSide` for nodes:
-:func:`connect` greets every node once (same privfed, same config, which client is where), then each round runs
-the aggregation back-end's server half over a :class:`FlowerTransport`. The server process holds the server half
-only: under secagg it sees masked bytes and the sum, never an individual update. A node that does not answer a
+:func:`connect` greets every node once (same privfed, same config, which client is where), then each round the
+driver runs the aggregation back-end's server half over a :class:`FlowerTransport`, as over the in-process one.
+The server process holds the server half only: under secagg it sees masked bytes and the sum, never an individual
+update. A node that does not answer a
 stage within its timeout is a dropout, exactly as a simulated one.
 """
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 import privfed
-from privfed.aggregation.base import AggregationBackend, AggregationOutcome, Side, unpack_report
-from privfed.aggregation.transport import Transport, gone_by, recording_tap, run_protocol
+from privfed.aggregation.base import AggregationBackend, Side, unpack_report
+from privfed.aggregation.transport import Transport
 from privfed.client.state import ClientUpdate
 from privfed.aggregation.paillier import server_key
 from privfed.config import Aggregation, AttackKind, ExperimentConfig
@@ -41,11 +43,9 @@ from privfed.engines.flower.wire import (
     fingerprint,
 )
 from privfed.errors import ConfigError, PrivfedError
-from privfed.federation.server_view import ServerView
 from privfed.privacy.ledger import Ledger
-from privfed.secure.messages import ProtocolError
 from privfed.secure.paillier_keys import PaillierKey
-from privfed.server.driver import ClientRound, ClientSide, OnSkipped, OnTrained, sample_dropouts
+from privfed.server.driver import ClientSide, OnSkipped, OnTrained
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,12 @@ class NodeEntry:
 
 
 def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stage_timeout: float,
-          label_names: tuple[str, ...]) -> list[NodeEntry]:
+          label_names: tuple[str, ...], audit: str = "") -> list[NodeEntry]:
     """Hello to ``nodes``: the entries of those that answered (a node that answers nothing may still be starting).
     A refusal (another privfed version or config, a partition it does not have) or a client id out of range stops
-    the run, before anything is trained."""
-    replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp, label_names))) for n in nodes}, stage_timeout)
+    the run, before anything is trained. ``audit``: an audit run's settings (JSON), which the audited node needs."""
+    replies = link.exchange({n: (QUERY, encode_hello(Hello(stamp, label_names, audit))) for n in nodes},
+                            stage_timeout)
     entries = []
     for node in nodes:
         reply = replies.get(node)
@@ -141,7 +142,7 @@ def greet(link: NodeLink, stamp: Stamp, nodes: list[int], num_clients: int, stag
 
 
 def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: float, stage_timeout: float,
-            label_names: tuple[str, ...] = (), poll: float = 1.0) -> dict[int, NodeEntry]:
+            label_names: tuple[str, ...] = (), poll: float = 1.0, audit: str = "") -> dict[int, NodeEntry]:
     """Greet nodes until one node serves each client 0..num_clients-1; client id -> its node. Two nodes claiming
     one client stop the run."""
     deadline = time.monotonic() + connect_timeout
@@ -149,7 +150,7 @@ def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: flo
     greeted: set[int] = set()
     while True:
         new = [n for n in link.node_ids() if n not in greeted]
-        for entry in greet(link, stamp, new, num_clients, stage_timeout, label_names):
+        for entry in greet(link, stamp, new, num_clients, stage_timeout, label_names, audit):
             greeted.add(entry.node_id)
             if entry.client in entries:
                 raise FlowerRunError(f"nodes {entries[entry.client].node_id} and {entry.node_id} both serve client "
@@ -171,81 +172,83 @@ def connect(link: NodeLink, stamp: Stamp, num_clients: int, connect_timeout: flo
 
 
 class FlowerTransport(Transport):
-    """One round's protocol messages as Flower messages; the step asking for input carries the global model."""
+    """One round's protocol messages to the sampled clients' nodes as Flower messages; the step asking for input
+    carries the global model. A node that does not answer within its timeout has left the round (a dropout)."""
 
     def __init__(self, link: NodeLink, nodes: dict[int, NodeEntry], cfg: ExperimentConfig, stamp: Stamp,
-                 round_idx: int, global_vector: np.ndarray, backend: AggregationBackend, weight_cap: int,
-                 dropouts: frozenset[int], ledger: Ledger, on_trained: OnTrained, on_skipped: OnSkipped,
-                 tap: Callable[[int, bytes], None] | None, evaluation: bool = False):
+                 round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
+                 weight_cap: int, ledger: Ledger, on_trained: OnTrained, on_skipped: OnSkipped,
+                 evaluation: bool = False, audited: int | None = None):
+        super().__init__(sampled)
+        self.audited = audited  # an audit run's audited client: the one node that sends its update to the researcher
         self.link, self.nodes, self.cfg, self.stamp = link, nodes, cfg, stamp
         self.round, self.global_vector, self.backend, self.weight_cap = round_idx, global_vector, backend, weight_cap
-        self.dropouts, self.ledger, self.on_trained, self.on_skipped = dropouts, ledger, on_trained, on_skipped
-        self.tap, self.evaluation = tap, evaluation
+        self.ledger, self.on_trained, self.on_skipped, self.evaluation = ledger, on_trained, on_skipped, evaluation
         self.started: set[int] = set()  # clients sent their first message of the round
-        self.left: dict[int, str] = {}
-        self.skipped: set[int] = set()
-        self.reports: dict[int, dict] = {}
+        self._reports: dict[int, dict] = {}
         self.times: list[NodeTimes] = []  # every reply's, for where the round's time went
 
-    def exchange(self, server, outgoing: dict[int, bytes]) -> None:
-        stage, wants_input = server.stage, server.requests_input
+    def deliver(self, batch: dict[int, bytes], wants_input: bool) -> Iterator[tuple[int, bytes]]:
         timeout = self.cfg.flower.train_timeout if wants_input else self.cfg.flower.stage_timeout
-        messages, order = {}, []
-        for cid, raw in outgoing.items():
-            if cid in self.left:
-                continue
-            if cid in self.dropouts and gone_by(stage, self.cfg.aggregation.dropout_stage):
-                self.left[cid] = f"dropped at stage {stage.value} (simulated)"
-                continue
+        messages = {}
+        for cid, raw in batch.items():
             request = Step(self.stamp, self.round, cid, cid not in self.started, wants_input,
                            self.backend.vector_length, self.backend.max_clients, self.weight_cap, raw,
                            self.global_vector if wants_input else None, self.evaluation)
             messages[self.nodes[cid].node_id] = (TRAIN if wants_input else QUERY, encode_step(request))
-            order.append(cid)
             self.started.add(cid)
         replies = self.link.exchange(messages, timeout)
-        for cid in order:  # the server half takes replies in the order the in-process engine delivers them
-            self._take(server, cid, replies.get(self.nodes[cid].node_id), timeout)
+        for cid in batch:  # the server half takes replies in the order the in-process engine delivers them
+            payload = self._take(cid, replies.get(self.nodes[cid].node_id), timeout)
+            if payload is not None:
+                yield cid, payload
 
-    def _take(self, server, cid: int, content: RecordDict | str | None, timeout: float) -> None:
+    def _take(self, cid: int, content: RecordDict | str | None, timeout: float) -> bytes | None:
+        """The protocol reply in a node's answer (None: the node left the round, and :attr:`left` says why)."""
         if content is None:
             self.left[cid] = f"no answer within {timeout:g} s"
-            return
+            return None
         if isinstance(content, str):
             self.left[cid] = f"node error: {content}"
-            return
+            return None
         try:
             reply = decode_step_reply(content)
         except (WireError, KeyError, ValueError) as err:
             self.left[cid] = f"unreadable reply: {err}"
-            return
+            return None
         if reply.status is Status.REFUSED:
             raise FlowerRunError(f"client {cid}'s node refuses the run: {reply.reason}")
+        if reply.update is not None and (cid != self.audited or reply.trained is None):
+            self.left[cid] = "sent an update in the clear outside an audit (the server does not take it)"
+            return None
         if self.evaluation and (reply.skipped is not None or reply.trained is not None or reply.event is not None):
             self.left[cid] = "answered the evaluation with training or a budget refusal"
-            return
+            return None
         if reply.skipped is not None:
             self.ledger.append(reply.skipped)
             self.skipped.add(cid)
             self.left[cid] = "its budget refused the round"
             self.on_skipped(reply.skipped)
-            return
+            return None
         if reply.event is not None:
             self.ledger.append(reply.event)  # the server's copy of this run's events, for the epsilon report
         if reply.trained is not None:
             t = reply.trained
-            self.on_trained(ClientUpdate(cid, None, t.num_examples, t.train_loss, t.steps, t.seconds), reply.event)
+            self.on_trained(ClientUpdate(cid, reply.update, t.num_examples, t.train_loss, t.steps, t.seconds),
+                            reply.event)  # an update only from an audit's audited node
         if reply.status is not Status.OK:
             self.left[cid] = reply.reason
-            return
+            return None
         self.times.append(reply.times)
-        self.reports[cid] = unpack_report(reply.report)
-        if self.tap is not None:
-            self.tap(cid, reply.payload)
-        try:
-            server.receive(cid, reply.payload)
-        except ProtocolError as err:
-            self.left[cid] = f"rejected by the server: {err}"
+        self._reports[cid] = unpack_report(reply.report)
+        return reply.payload
+
+    def reports(self) -> list[dict]:
+        return [self._reports[c] for c in sorted(self._reports)]
+
+    def details(self) -> dict:
+        return {"nodes_left": {str(c): why for c, why in sorted(self.left.items())},
+                "node_seconds": node_seconds(self.times)}
 
 
 def _never(*args) -> None:
@@ -264,9 +267,10 @@ class FlowerClients(ClientSide):
     backend_side = Side.SERVER  # the server process makes server halves only (Paillier: it holds the public key)
 
     def __init__(self, cfg: ExperimentConfig, link: NodeLink, nodes: dict[int, NodeEntry], ledger: Ledger,
-                 stamp: Stamp, label_names: tuple[str, ...] = ()):
+                 stamp: Stamp, label_names: tuple[str, ...] = (), audit: str = ""):
         self.cfg, self.link, self.nodes, self.ledger, self.stamp = cfg, link, nodes, ledger, stamp
-        self.label_names = label_names
+        self.label_names, self.audit = label_names, audit
+        self.audited = json.loads(audit)["client"] if audit else None
         self.before = dict(nodes)  # as greeted at the start: what each had spent before this run
         self.tried: set[int] = set()
         self.weight_cap = max(entry.num_examples for entry in nodes.values())
@@ -283,7 +287,7 @@ class FlowerClients(ClientSide):
         self.tried.update(new)  # one hello per node id and run: a node that cannot answer costs one timeout
         if new:
             for entry in greet(self.link, self.stamp, new, len(self.nodes), self.cfg.flower.stage_timeout,
-                               self.label_names):
+                               self.label_names, self.audit):
                 if entry.paillier != self.nodes[entry.client].paillier:
                     log.warning("node %d (client %d) holds another Paillier key than the run's: ignored",
                                 entry.node_id, entry.client)
@@ -296,35 +300,16 @@ class FlowerClients(ClientSide):
                             self.nodes[entry.client].node_id)
                 self.nodes[entry.client] = entry
 
-    def run_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
-                  view: ServerView | None, on_trained: OnTrained, on_skipped: OnSkipped) -> ClientRound:
-        self._rejoin()
-        dropouts = sample_dropouts(self.cfg, round_idx, sampled)
-        server = backend.server_half(round_idx, sampled)
-        transport = FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, global_vector, backend,
-                                    self.weight_cap, dropouts, self.ledger, on_trained, on_skipped,
-                                    None if view is None else recording_tap(view, server))
-        outcome = run_protocol(server, transport)
-        if transport.skipped == set(sampled):
-            return ClientRound(None, 0)
-        reports = [transport.reports[c] for c in sorted(transport.reports)]
-        left = {str(c): why for c, why in sorted(transport.left.items())}
-        outcome = replace(outcome, details={**outcome.details, "nodes_left": left,
-                                            "node_seconds": node_seconds(transport.times)})
-        return ClientRound(backend.complete(outcome, reports), len(dropouts))
+    def open_round(self, round_idx: int, sampled: list[int], global_vector: np.ndarray, backend: AggregationBackend,
+                   on_trained: OnTrained, on_skipped: OnSkipped) -> Transport:
+        self._rejoin()  # every sampled client takes part: its node checks its own budget in its first message
+        return FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, sampled, global_vector,
+                               backend, self.weight_cap, self.ledger, on_trained, on_skipped, audited=self.audited)
 
-    def evaluate_round(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
-                       backend: AggregationBackend, view: ServerView | None) -> AggregationOutcome | None:
-        if not participants:
-            return None
-        server = backend.server_half(round_idx, participants)
-        transport = FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, global_vector, backend,
-                                    self.weight_cap, frozenset(), self.ledger, _never, _never,
-                                    None if view is None else recording_tap(view, server), evaluation=True)
-        outcome = run_protocol(server, transport)
-        reports = [transport.reports[c] for c in sorted(transport.reports)]
-        left = {str(c): why for c, why in sorted(transport.left.items())}
-        return backend.complete(replace(outcome, details={**outcome.details, "nodes_left": left}), reports)
+    def open_evaluation(self, round_idx: int, participants: list[int], global_vector: np.ndarray,
+                        backend: AggregationBackend) -> Transport:
+        return FlowerTransport(self.link, self.nodes, self.cfg, self.stamp, round_idx, participants, global_vector,
+                               backend, self.weight_cap, self.ledger, _never, _never, evaluation=True)
 
     def summary(self, results: dict) -> dict:
         """results.json's account of the nodes: where each client ran and what it had spent before this run."""
@@ -347,6 +332,27 @@ def check_paillier_keys(public: PaillierKey, nodes: dict[int, NodeEntry]) -> Non
                              "node the key pair whose public half the server holds")
 
 
+def flower_clients(cfg: ExperimentConfig, link: NodeLink, *, resume: bool = False, audit: str = ""):
+    """``(make_clients, made)``: the factory the engine runner calls with the server's federation and run ledger —
+    it greets the nodes and checks their keys — and the list it appends the FlowerClients it made to."""
+    stamp = Stamp(privfed.__version__, fingerprint(cfg))
+    made: list[FlowerClients] = []
+
+    def make_clients(fed, ledger: Ledger) -> FlowerClients:
+        nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout,
+                        fed.label_names, audit=audit)
+        if cfg.aggregation.method is Aggregation.PAILLIER:
+            check_paillier_keys(server_key(cfg.aggregation)[0], nodes)
+        forgetful = sorted(c for c, e in nodes.items() if not e.ledger_file)
+        if resume and forgetful:
+            raise FlowerRunError(f"cannot resume: the nodes of clients {forgetful} keep their ledger in Flower's state, "
+                                 "which a new Flower run starts empty; give every node a ledger file")
+        made.append(FlowerClients(cfg, link, nodes, ledger, stamp, fed.label_names, audit))
+        return made[0]
+
+    return make_clients, made
+
+
 def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resume: bool = False,
                   progress: bool = False) -> dict:
     """The server's side of a run whose clients are nodes behind ``link``: greet them, run the rounds, write the
@@ -360,21 +366,7 @@ def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resum
     if resume and fingerprint(RunDirectory(out_dir).config()) != fingerprint(cfg):
         raise ConfigError("resume", f"{out_dir} was run with another config (fingerprint "
                                     f"{fingerprint(RunDirectory(out_dir).config())}, this app's is {fingerprint(cfg)})")
-    stamp = Stamp(privfed.__version__, fingerprint(cfg))
-    made: list[FlowerClients] = []
-
-    def make_clients(fed, ledger: Ledger) -> FlowerClients:
-        nodes = connect(link, stamp, len(fed.clients), cfg.flower.connect_timeout, cfg.flower.stage_timeout,
-                        fed.label_names)
-        if cfg.aggregation.method is Aggregation.PAILLIER:
-            check_paillier_keys(server_key(cfg.aggregation)[0], nodes)
-        forgetful = sorted(c for c, e in nodes.items() if not e.ledger_file)
-        if resume and forgetful:
-            raise FlowerRunError(f"cannot resume: the nodes of clients {forgetful} keep their ledger in Flower's state, "
-                                 "which a new Flower run starts empty; give every node a ledger file")
-        made.append(FlowerClients(cfg, link, nodes, ledger, stamp, fed.label_names))
-        return made[0]
-
+    make_clients, made = flower_clients(cfg, link, resume=resume)
     if cfg.attack.kind is AttackKind.NONE:
         return run_rounds(cfg, out_dir, build_federation, make_clients, resume=resume, progress=progress,
                           extra_results=lambda results: made[0].summary(results))
@@ -384,3 +376,17 @@ def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resum
     return run_rounds(cfg, out_dir, attack.build, make_clients, resume=resume, progress=progress,
                       callbacks=(attack.observer,),
                       extra_results=lambda results: {**made[0].summary(results), **attack.extra_results(results)})
+
+
+def audit_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, settings, *, progress: bool = False):
+    """``privfed audit`` of ``cfg`` (already the audited config: the nodes parse it too) with the clients as nodes
+    behind ``link``: the audited client's node (node-config
+    ``audit=true``) carries the members, secrets and canaries and reports its own update; the server prepares the
+    same target from the shared seed, reads what it can of the uploads and the sum, scores the final model on the
+    audited records, and writes audit.json and audit.md beside the run's files in ``out_dir``; returns the
+    :class:`~privfed.audit.report.AuditReport`."""
+    from privfed.audit.run import audit_run
+
+    make_clients, made = flower_clients(cfg, link, audit=json.dumps(settings.as_dict()))
+    return audit_run(cfg, out_dir, settings, progress=progress, make_clients=make_clients,
+                     extra_results=lambda results: made[0].summary(results))

@@ -8,6 +8,7 @@ enforces its own epsilon budget across every run it takes part in). Only the ste
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import privfed
 from privfed.aggregation import make_backend
 from privfed.aggregation.base import AggregationBackend, ClientHalf, Side, pack_report
-from privfed.client import budget
+from privfed.client.procedure import ClientProcedure
 from privfed.client.state import ClientState
 from privfed.config import Aggregation, AggregationConfig, AttackKind, ExperimentConfig, Partition
 from privfed.engines.flower.wire import (
@@ -39,21 +40,20 @@ from privfed.engines.flower.wire import (
     fingerprint,
 )
 from privfed.errors import ConfigError, PrivacyViolationError
-from privfed.evaluation import evaluation_sums
-from privfed.federation.held_out import evaluation_aggregation, evaluation_contribution, evaluation_scale
+from privfed.federation.held_out import evaluation_aggregation
 from privfed.privacy.accounting import epsilon_of_events
 from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.secure.identities import directory_digest, load_directory, load_identity
 from privfed.secure.paillier_keys import PaillierKey
 from privfed.secure.messages import ProtocolError
-from privfed.server.driver import clients_per_round, contribution
+from privfed.server.driver import clients_per_round
 
 log = logging.getLogger(__name__)
 
 # what a node keeps in Flower's node state: its client's facts, its protocol half, its ledger (without a ledger
-# file), and the federation's classes (from the server's hello)
-CLIENT_KEY, HALF_KEY, LEDGER_KEY, LABELS_KEY = "client", "half", "ledger", "labels"
+# file), and what the server's hello told it (RunFacts)
+CLIENT_KEY, HALF_KEY, LEDGER_KEY, FACTS_KEY = "client", "half", "ledger", "run-facts"
 HALF_ROUND_KEY, ROUND_KEY, TRAINED_KEY = "half-round", "round", "trained-round"  # rounds, as decimal bytes
 NOISE_KEY = "noise-round"  # the last round whose distributed-DP share the node's ledger records
 EVAL_HALF_KEY, EVAL_HALF_ROUND_KEY = "eval-half", "eval-half-round"  # the federated evaluation's protocol half
@@ -70,11 +70,12 @@ class NodeSettings:
     Ed25519 key file and the directory of every client's public key (``privfed flower identities``), which
     ``aggregation.consistency_check`` needs. ``simulate-attack``: this node may run the config's attack when the
     config names its client an attacker (never on a server's word alone: an attacker ignores its budget).
-    ``paillier-key``: the clients' Paillier key pair (``privfed keygen``),
-    which ``aggregation=paillier`` needs (the server holds the public key only). ``approved-config``: the only config fingerprint this
-    node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed Poisson sampling and
-    DP noise from the config's seed, round and client, so a run equals ``privfed run`` with the same seed; the
-    default only without a ledger file. A node whose ledger outlives runs draws fresh OS entropy for every round it
+    ``audit``: this node may carry an audit's audited client (``privfed flower loopback --audit``; a partition-id
+    node without a ledger file). ``paillier-key``: the clients' Paillier key pair (``privfed keygen``), which
+    ``aggregation=paillier`` needs (the server holds the public key only). ``approved-config``: the only config
+    fingerprint this node accepts (absent: any config stamped like the node's own parse). ``reproducible``: seed
+    Poisson sampling and DP noise from the config's seed, round and client, so a run equals ``privfed run`` with
+    the same seed; the default only without a ledger file. A node whose ledger outlives runs draws fresh OS entropy for every round it
     trains: two runs with one seed would otherwise add the same noise to two releases, and their difference would
     cancel it.
     """
@@ -89,11 +90,12 @@ class NodeSettings:
     directory: str = ""
     paillier_key: str = ""
     simulate_attack: bool = False
+    audit: bool = False
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
         known = {"partition-id", "num-partitions", "client-id", "data-path", "ledger", "approved-config",
-                 "reproducible", "identity-key", "directory", "paillier-key", "simulate-attack"}
+                 "reproducible", "identity-key", "directory", "paillier-key", "simulate-attack", "audit"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError("node-config", f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -116,12 +118,13 @@ class NodeSettings:
         identity_key, directory = str(node_config.get("identity-key", "")), str(node_config.get("directory", ""))
         if bool(identity_key) != bool(directory):
             raise ConfigError("node-config", "identity-key and directory go together (privfed flower identities)")
-        simulate_attack = node_config.get("simulate-attack", False)
-        if not isinstance(simulate_attack, bool):
-            raise ConfigError("node-config", f"simulate-attack must be true or false, got {simulate_attack!r}")
+        flags = {name: node_config.get(name, False) for name in ("simulate-attack", "audit")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ConfigError("node-config", f"{name} must be true or false, got {value!r}")
         return cls(int(client), None if partition is None else int(partition), data_path, ledger,
                    str(node_config.get("approved-config", "")), reproducible, identity_key, directory,
-                   str(node_config.get("paillier-key", "")), simulate_attack)
+                   str(node_config.get("paillier-key", "")), flags["simulate-attack"], flags["audit"])
 
     def identity(self, cfg: ExperimentConfig) -> tuple[Ed25519PrivateKey, dict[int, bytes]] | None:
         """This client's identity key and the directory, when the run's consistency check needs them (ConfigError
@@ -161,6 +164,54 @@ def stamp_problem(stamp: Stamp, cfg: ExperimentConfig, settings: NodeSettings) -
         return (f"this node approved config {settings.approved_config} only; the run's config is {own} "
                 "(update approved-config in the node's --node-config after reviewing the new config)")
     return ""
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the server's hello told this node, kept in Flower's node state for the run's later messages: the
+    federation's classes, and — only on the node that carries an audit's audited client — the audit's settings
+    (AuditSettings as JSON; its federation is built with the audit's members, secrets and canaries)."""
+
+    label_names: tuple[str, ...] = ()
+    audit: str = ""
+
+    def pack(self) -> bytes:
+        return msgpack.packb({"labels": list(self.label_names), "audit": self.audit})
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> RunFacts:
+        raw = msgpack.unpackb(blob, raw=False)
+        return cls(tuple(raw["labels"]), raw["audit"])
+
+
+def audited_here(request: Hello, cfg: ExperimentConfig, settings: NodeSettings) -> str:
+    """The audit settings this node must build its client with ("" when the run audits another client or none);
+    ConfigError when this node is the audited one but never agreed to be (node-config ``audit``: the audit holds
+    half its records out, inserts secrets and canaries, may break its DP on purpose, and sends its update to the
+    researcher), serves an organisation's own data (the researcher must hold the audited records to score them), or
+    keeps a ledger file. So the server's settings, a mechanism fault included, can only ever reach a node that agreed
+    and serves the config's own (public) partition, and never a budget that outlives the run."""
+    if not request.audit:
+        return ""
+    from privfed.audit.settings import AuditSettings
+
+    try:
+        audit = AuditSettings.from_dict(json.loads(request.audit))
+    except json.JSONDecodeError as err:
+        raise ConfigError("audit", f"the server's audit settings are not JSON: {err}") from None
+    if audit.client != settings.client_id:
+        return ""
+    if not settings.audit:
+        raise ConfigError("node-config", f"the run audits client {settings.client_id}; a node carries the audit "
+                                         "(members held out, secrets and canaries inserted, its update sent to the "
+                                         "researcher) only with audit=true in its own node config")
+    if settings.partition_id is None:
+        raise ConfigError("audit", "the audited node serves a partition of the config's data (partition-id): the "
+                                   "researcher scores the audit on the same records, never an organisation's own")
+    if settings.ledger:
+        raise ConfigError("audit", "the audited node keeps its ledger for the run only (no ledger file): its canaries "
+                                   "and any injected fault must not enter a budget that outlives the run")
+    return request.audit
 
 
 class NodeLedger:
@@ -225,41 +276,51 @@ def node_config_of(cfg: ExperimentConfig, settings: NodeSettings) -> ExperimentC
 _built: dict[tuple, Any] = {}  # fingerprint of the node's config -> its Federation (simulation workers reuse it)
 
 
-def node_federation(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]):
+def node_federation(cfg: ExperimentConfig, settings: NodeSettings, facts: RunFacts):
     """The node's model and data (privfed.federation.setup.Federation), built once per process. Partitions of one
     config share it: a simulation worker serving many virtual nodes builds it once. A node's own file is labelled
     with the federation's ``label_names`` (it may hold only some classes)."""
     node_cfg = node_config_of(cfg, settings)
     own_file = settings.partition_id is None
-    key = (fingerprint(node_cfg), label_names if own_file else ())
+    label_names = facts.label_names
+    key = (fingerprint(node_cfg), label_names if own_file else (), facts.audit)
     if key not in _built:
         _built.clear()  # one model per process, never two
         start = time.perf_counter()
         from privfed.federation.setup import build_federation  # torch, transformers, Opacus: part of building
 
         fed = build_federation(node_cfg, label_names if own_file and label_names else None)
-        _attackers.clear()
+        if facts.audit:  # the audited client, prepared exactly as the researcher's server prepares it
+            from privfed.audit.settings import AuditSettings
+            from privfed.audit.target import prepare_target
+
+            prepare_target(fed, AuditSettings.from_dict(json.loads(facts.audit)))
+        _plans.clear()
         if cfg.attack.kind is not AttackKind.NONE:  # the same seeded poisoning as the server's and privfed run's
             from privfed.attacks.clients import MaliciousClients
             from privfed.attacks.data import poison_federation
 
             poisoned, _ = poison_federation(fed)
-            _attackers[key] = MaliciousClients(cfg, poisoned, clients_per_round(cfg, len(fed.clients)))
+            _plans[key] = MaliciousClients(cfg, poisoned, clients_per_round(cfg, len(fed.clients)))
         _built[key] = fed
         _build_seconds[0] += time.perf_counter() - start
     return _built[key]
 
 
-_attackers: dict[tuple, Any] = {}  # the built federation's key -> its MaliciousClients (config with an attack)
+_plans: dict[tuple, Any] = {}  # the built federation's key -> its attack plan (a config with an attack)
 
 
-def node_attackers(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]):
-    """The attack as this node's client runs it (privfed.attacks.clients.MaliciousClients; None without one): a
-    malicious node is a node running the attack on its partition."""
-    if cfg.attack.kind is AttackKind.NONE:
-        return None
-    node_federation(cfg, settings, label_names)
-    return next(iter(_attackers.values()))
+def node_procedure(cfg: ExperimentConfig, settings: NodeSettings, facts: RunFacts) -> ClientProcedure:
+    """The client procedure this node runs (privfed.client.procedure), building its model only when a message
+    trains or evaluates: honest, or — where the node's own config allows it (simulate-attack) — the config's attack
+    (a malicious node is a node running the attack on its partition)."""
+    honest = ClientProcedure(cfg, lambda: node_federation(cfg, settings, facts))
+    if cfg.attack.kind is AttackKind.NONE or not settings.simulate_attack:
+        return honest
+    from privfed.attacks.clients import MaliciousProcedure
+
+    node_federation(cfg, settings, facts)  # builds the attack plan with the federation
+    return MaliciousProcedure(honest, next(iter(_plans.values())))
 
 
 _build_seconds = [0.0]  # this process's time spent building, read (and reset) by step() for NodeTimes
@@ -281,8 +342,8 @@ def start_up_seconds() -> float:
     return max(0.0, time.time() - psutil.Process().create_time()) if _messages_handled[0] == 1 else 0.0
 
 
-def _node_client(cfg: ExperimentConfig, settings: NodeSettings, label_names: tuple[str, ...]) -> ClientState:
-    fed = node_federation(cfg, settings, label_names)
+def _node_client(cfg: ExperimentConfig, settings: NodeSettings, facts: RunFacts) -> ClientState:
+    fed = node_federation(cfg, settings, facts)
     if settings.partition_id is None:
         return replace(fed.clients[0], id=settings.client_id)
     if settings.partition_id >= len(fed.clients):
@@ -320,12 +381,13 @@ def hello(cfg: ExperimentConfig, settings: NodeSettings, request: Hello,
                                                 "node config")
         identity = settings.identity(cfg)
         aggregation = settings.aggregation(cfg)
-        client = _node_client(cfg, settings, request.label_names)
+        facts = RunFacts(request.label_names, audited_here(request, cfg, settings))
+        client = _node_client(cfg, settings, facts)
     except ConfigError as err:
         return HelloReply(Status.REFUSED, settings.client_id, reason=str(err))
     paillier = PaillierKey.load(aggregation.key_file).fingerprint if aggregation.key_file else ""
     state[CLIENT_KEY] = _pack_client(client)
-    state[LABELS_KEY] = msgpack.packb(list(request.label_names))
+    state[FACTS_KEY] = facts.pack()
     with NodeLedger(settings, state) as ledger:
         spent = epsilon_of_events(ledger.open(client.id).dp_sgd(client.id), cfg.privacy.delta,
                                   cfg.privacy.accountant)
@@ -402,16 +464,13 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
           client: ClientState, ledger_store: NodeLedger, started: float) -> StepReply:
     backend = _backend(cfg, request, settings)
     ledger = ledger_store.open(client.id)
-    labels = tuple(msgpack.unpackb(state[LABELS_KEY], raw=False))
-    malicious = node_attackers(cfg, settings, labels) if settings.simulate_attack else None
+    facts = RunFacts.unpack(state[FACTS_KEY])
+    procedure = node_procedure(cfg, settings, facts)
 
     def refused() -> StepReply | None:
-        if malicious is not None and malicious.ignores_budget(client.id, request.round):
-            return None  # malicious code trains whatever its own budget says
-        skipped = budget.refusal(client, ledger, request.round, cfg.training.local_steps, cfg.privacy)
+        skipped = procedure.refusal(client, ledger, request.round)
         if skipped is None:
             return None
-        ledger.append(skipped)
         ledger_store.save(ledger)
         return StepReply(Status.SKIPPED, skipped=skipped)
 
@@ -420,15 +479,13 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
         skip = refused()
         if skip is not None:
             return skip
-        half: ClientHalf = backend.client_half(request.round, client.id)
+        half = procedure.half(backend.client_half(request.round, client.id), request.round)
     else:
         restored = _saved_half(backend, state, HALF_KEY, HALF_ROUND_KEY, request.round, "protocol")
         if isinstance(restored, StepReply):
             return restored
-        half = restored
-    if malicious is not None:
-        half = malicious.wrap_half(half, request.round)
-    trained, event, train_seconds = None, None, 0.0
+        half = procedure.half(restored, request.round)
+    trained, event, train_seconds, audited_update = None, None, 0.0, None
     _build_seconds[0] = 0.0
     tick = time.perf_counter()
     if request.wants_input:
@@ -437,24 +494,18 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
         skip = None if request.first else refused()  # again: the node's budget never trusts the server's "first"
         if skip is not None:
             return skip
-        fed = node_federation(cfg, settings, labels)
-        from privfed.client.recorded import train_recorded
-
-        fed.runtime.run_seed = cfg.seed if settings.reproducible else int.from_bytes(os.urandom(8), "little")
+        procedure.fed.runtime.run_seed = cfg.seed if settings.reproducible else int.from_bytes(os.urandom(8), "little")
         state[TRAINED_KEY] = str(request.round).encode()
-        poisoned = None if malicious is None else malicious.state_for(client.id, request.round)
         train_start = time.perf_counter()
-        result = train_recorded(fed.runtime, poisoned or client, fed.shard(poisoned or client), request.round,
-                                request.global_vector, ledger, None if poisoned is None else malicious.local_steps)
+        result = procedure.train(client, request.round, request.global_vector, ledger)
         train_seconds = time.perf_counter() - train_start
         ledger_store.save(ledger)  # the event is on disk before anything derived from the update leaves the node
         update = result.update
-        if malicious is not None and malicious.attacking(client.id, request.round):
-            half.set_update(malicious.contribution(update, request.round, request.weight_cap))
-        else:
-            half.set_update(contribution(cfg, update.delta, update.num_examples, request.weight_cap))
+        half.set_update(procedure.upload(update, request.round, request.weight_cap))
         trained = Trained(update.num_examples, update.train_loss, update.steps, update.seconds)
         event = result.event
+        if facts.audit:  # the audited node is the researcher's instrument: its own update goes to the audit
+            audited_update = update.delta
     try:
         reply = half.handle(request.payload)
     except ProtocolError as err:
@@ -469,7 +520,8 @@ def _step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: M
     state[HALF_ROUND_KEY] = str(request.round).encode()
     protocol = time.perf_counter() - tick - train_seconds - _build_seconds[0]
     times = NodeTimes(started, _build_seconds[0], train_seconds, max(0.0, protocol))
-    return StepReply(Status.OK, reply, pack_report(half.report()), trained, event, times=times)
+    return StepReply(Status.OK, reply, pack_report(half.report()), trained, event, times=times,
+                     update=audited_update)
 
 
 def _evaluation_step(cfg: ExperimentConfig, settings: NodeSettings, request: Step, state: MutableMapping[str, bytes],
@@ -493,12 +545,12 @@ def _evaluation_step(cfg: ExperimentConfig, settings: NodeSettings, request: Ste
             # one evaluation input a round: sums over two cohorts would differ by one client's exact sums
             return StepReply(Status.LEFT, reason=f"this node already sent its evaluation of round {request.round}")
         state[EVALUATED_KEY] = str(request.round).encode()
-        fed = node_federation(cfg, settings, tuple(msgpack.unpackb(state[LABELS_KEY], raw=False)))
+        facts = RunFacts.unpack(state[FACTS_KEY])
+        node_federation(cfg, settings, facts)  # built (and its time counted) before the clock starts
+        procedure = node_procedure(cfg, settings, facts)
         evaluate_start = time.perf_counter()
-        fed.runtime.load(request.global_vector)
         own = settings.partition_id if settings.partition_id is not None else 0  # its index in the node's federation
-        sums = evaluation_sums(fed.runtime.model, fed.held_out(own), fed.task, explicit=fed.runtime.explicit)
-        half.set_update(evaluation_contribution(sums, evaluation_scale(cfg, fed.task, request.weight_cap)))
+        half.set_update(procedure.evaluation_input(own, request.global_vector, request.weight_cap))
         evaluate_seconds = time.perf_counter() - evaluate_start
     try:
         reply = half.handle(request.payload)

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from privfed.config import ExperimentConfig, to_dict
 from privfed.privacy.ledger import DpSgdEvent, SkippedEvent
 
-HEADER, PAYLOAD, GLOBAL = "privfed", "privfed.payload", "privfed.global"
+HEADER, PAYLOAD, GLOBAL, UPDATE = "privfed", "privfed.payload", "privfed.global", "privfed.update"
 QUERY, TRAIN = "query", "train"  # Flower message types: protocol steps, and the step that trains
 
 
@@ -55,6 +55,7 @@ class Stamp:
 class Hello:
     stamp: Stamp
     label_names: tuple[str, ...] = ()  # the federation's classes: a node's own file may hold only some
+    audit: str = ""  # an audit run's settings (privfed.audit.settings.AuditSettings.as_dict, as JSON); "" none
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class StepReply:
     skipped: SkippedEvent | None = None
     reason: str = ""
     times: NodeTimes = NodeTimes()
+    update: np.ndarray | None = None  # the audited node's own update, for the researcher (audit runs only)
 
 
 def _bytes_array(raw: bytes) -> ArrayRecord:
@@ -142,12 +144,14 @@ def _optional_json(value: str, cls: type) -> object | None:
 def encode_hello(hello: Hello) -> RecordDict:
     return RecordDict({HEADER: ConfigRecord({"kind": Kind.HELLO.value, "version": hello.stamp.version,
                                              "config": hello.stamp.config,
-                                             "label_names": json.dumps(list(hello.label_names))})})
+                                             "label_names": json.dumps(list(hello.label_names)),
+                                             "audit": hello.audit})})
 
 
 def decode_hello(content: RecordDict) -> Hello:
     h = _header(content, Kind.HELLO)
-    return Hello(Stamp(str(h["version"]), str(h["config"])), tuple(json.loads(str(h["label_names"]))))
+    return Hello(Stamp(str(h["version"]), str(h["config"])), tuple(json.loads(str(h["label_names"]))),
+                 str(h.get("audit", "")))
 
 
 def encode_hello_reply(reply: HelloReply) -> RecordDict:
@@ -188,7 +192,10 @@ def encode_step_reply(reply: StepReply) -> RecordDict:
               "event": json.dumps(asdict(reply.event)) if reply.event else "",
               "skipped": json.dumps(asdict(reply.skipped)) if reply.skipped else "",
               "times": json.dumps(asdict(reply.times))}
-    return RecordDict({HEADER: ConfigRecord(header), PAYLOAD: _bytes_array(reply.payload)})
+    records: dict = {HEADER: ConfigRecord(header), PAYLOAD: _bytes_array(reply.payload)}
+    if reply.update is not None:
+        records[UPDATE] = ArrayRecord(numpy_ndarrays=[np.asarray(reply.update, dtype=np.float32)])
+    return RecordDict(records)
 
 
 def decode_step_reply(content: RecordDict) -> StepReply:
@@ -196,4 +203,5 @@ def decode_step_reply(content: RecordDict) -> StepReply:
     return StepReply(Status(h["status"]), _array_bytes(content[PAYLOAD]), bytes(h["report"]),
                      _optional_json(str(h["trained"]), Trained), _optional_json(str(h["event"]), DpSgdEvent),
                      _optional_json(str(h["skipped"]), SkippedEvent), str(h["reason"]),
-                     NodeTimes(**json.loads(str(h["times"]))))
+                     NodeTimes(**json.loads(str(h["times"]))),
+                     content[UPDATE].to_numpy_ndarrays()[0] if UPDATE in content else None)
