@@ -7,6 +7,8 @@
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
 #   ./install.sh --flower  also Flower (flwr[simulation], with Ray): privfed's ServerApp/ClientApp, `privfed flower`
 #                          (--test includes it: the tests run the Flower engine)
+#   ./install.sh --tracking  also TensorBoard and MLflow (`privfed run --report-to tensorboard,mlflow`; --test
+#                          includes them: the tests read back what each logged)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -16,8 +18,9 @@ for arg in "$@"; do
     --test) extras+=(test) ;;
     --notebooks) extras+=(notebooks) ;;
     --flower) extras+=(flower) ;;
+    --tracking) extras+=(tracking) ;;
     --fortunes) if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq fortunes; fi ;;
-    *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --notebooks, --fortunes)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
 # torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).

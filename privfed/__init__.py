@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from privfed.attacks.grid import CellResult, GridSettings
     from privfed.audit.settings import AuditSettings
     from privfed.federation.server_view import ReceivedMessage, ServerView
+    from privfed.observe.tracking import Tracker, tracking_callbacks
     from privfed.report import plots
     from privfed.report.intervals import Interval
     from privfed.runners.sweep import Point, Sweep, SweepPlan, TrialScore, load_sweep, summarize
@@ -93,6 +94,7 @@ _LAZY = {
     **{name: f"privfed.runners.sweep:{name}" for name in ("Sweep", "SweepPlan", "Point", "TrialScore", "summarize",
                                                          "load_sweep")},
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
+    **{name: f"privfed.observe.tracking:{name}" for name in ("Tracker", "tracking_callbacks")},
     **{name: f"privfed.attacks.grid:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
     **{name: f"privfed.server.events:{name}" for name in
        ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundAggregated",
@@ -279,6 +281,7 @@ __all__ = [
     "Task",
     "TaskChoice",
     "TextUnit",
+    "Tracker",
     "TrialScore",
     "__version__",
     "attack_grid",
@@ -299,5 +302,6 @@ __all__ = [
     "sweep_table",
     "sweep",
     "to_dict",
+    "tracking_callbacks",
     "tuning_table",
 ]

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
     run.add_argument("--help-config", action="store_true", help="list every config key with default and meaning")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--report-to", default="", metavar="TRACKERS",
+                     help="also log every round to tensorboard and/or mlflow (comma-separated; optional extras: "
+                          "./install.sh --tracking): TensorBoard files in OUT/tensorboard, MLflow at its tracking URI")
     sweep = sub.add_parser("sweep", help="runs per ε target (tuned at every ε with --tune, repeated with --seeds), "
                                          "then the ε/quality table and plot")
     sweep.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
@@ -77,6 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.help_config:
         print("\n".join(cfgmod.help_lines()))
         return 0
+    from privfed.observe.tracking import parse_trackers, tracking_callbacks
+
+    trackers = parse_trackers(args.report_to) if args.report_to else ()
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume", "takes the config saved in DIR; drop --config/--set")
@@ -89,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         out = args.out or unused_run_dir(Path("runs") / cfg.name)
     from privfed.engines.inprocess import run  # torch, transformers, Opacus: only once the config is valid
 
-    results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+                  callbacks=tracking_callbacks(trackers, cfg, out))
     print_run(cfg.name, results, out)
     return 0
 

@@ -30,11 +30,13 @@ def _tiny_config(tmp_path, **privacy):
     return path
 
 
-def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
+def test_run_writes_every_artefact_and_prints_the_summary(tmp_path, monkeypatch):
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "run"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     proc = _privfed("run", "--config", str(cfg), "--out", str(out), "--set", "training.rounds=2", "--no-progress",
-                    cwd=tmp_path)
+                    "--report-to", "tensorboard,mlflow", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "## Summary" in proc.stdout and "ε spent" in proc.stdout
     for name in ("config.yaml", "metrics.csv", "results.json", "ledger.jsonl", "rounds.png"):
@@ -48,6 +50,8 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["rounds"] == 2
     assert len((out / "ledger.jsonl").read_text().splitlines()) == 2 * 3
 
+    _tracked_as_recorded(res, out / "tensorboard", tracking)
+
     table = _privfed("table", str(out), cwd=tmp_path)
     assert table.returncode == 0 and "tiny-bert" in table.stdout
 
@@ -55,6 +59,30 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path):
     again = _privfed("run", "--config", str(cfg), "--out", str(out), cwd=tmp_path)
     assert again.returncode == 2 and "already holds a privfed run" in again.stderr and "--overwrite" in again.stderr
     assert (out / "results.json").read_bytes() == before  # the earlier run is untouched
+
+
+def _tracked_as_recorded(results: dict, tensorboard: Path, tracking_uri: str) -> None:
+    """--report-to: TensorBoard's event files and MLflow's store hold each round's numbers as results.json does,
+    each client's ε, and (MLflow) the resolved config as parameters."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rounds = results["rounds"]
+    events = EventAccumulator(str(tensorboard))
+    events.Reload()
+    for key in ("eval_accuracy", "train_loss", "epsilon", "bytes_up", "epsilon/client_0"):
+        want = [r["client_epsilons"]["0"] if key == "epsilon/client_0" else r[key] for r in rounds]
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [r["round"] for r in rounds], key
+        assert [e.value for e in logged] == pytest.approx(want, rel=1e-6), key
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("privfed").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-bert"
+    assert run.data.params["privacy.epsilon"] == "3.0" and run.data.params["training.rounds"] == "2"
+    history = client.get_metric_history(run.info.run_id, "eval_accuracy")
+    assert [m.step for m in history] == [r["round"] for r in rounds]
+    assert [m.value for m in history] == pytest.approx([r["eval_accuracy"] for r in rounds])
+    assert run.data.metrics["final/eval_accuracy"] == pytest.approx(results["final"]["eval_accuracy"])
 
 
 def test_default_output_directory_never_replaces_an_earlier_run(tmp_path):
