@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import argparse
 import enum
+import sys
 from pathlib import Path
 
 
-def add_attack_grid_parser(sub) -> None:
+def add_attack_grid_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
     from privfed.attacks.grid import GridSettings
+    from privfed.cli_common import EXIT_CODES
 
     d = GridSettings()
-    p = sub.add_parser("attack-grid", help="poisoning attacks x defences x {plain, secagg, grouped secagg} x "
-                                           "{no DP, ε}: clean quality, attack success, survival, persistence")
-    p.add_argument("--config", type=Path, help="YAML config (default: the built-in tiny grid, ~10 minutes on 2 "
-                                               "CPU cores)")
+    p = sub.add_parser("attack-grid", parents=parents, epilog=EXIT_CODES,
+                       help="poisoning attacks x defences x {plain, secagg, grouped secagg} x {no DP, ε}: clean "
+                            "quality, attack success, survival, persistence")
     p.add_argument("--demo", action="store_true", help="use the demo's MiniLM/LoRA config instead (minutes a cell)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the base config (repeatable)")
     p.add_argument("--attacks", default=",".join(a.value for a in d.attacks), help="comma-separated attack kinds")
     p.add_argument("--defences", default=",".join(x.value for x in d.defences),
                    help="comma-separated: none, norm_bound, median, trimmed_mean, krum, multi_krum, centered_clip, "
@@ -35,7 +34,10 @@ def add_attack_grid_parser(sub) -> None:
                    help="cells start from the model of an honest run of this many rounds (default: 10 for the "
                         "built-in tiny grid, whose random model must first learn; 0 otherwise)")
     p.add_argument("--workers", type=int, default=0, help="cells run in parallel (0 = min(2, CPU cores))")
-    p.add_argument("--out", type=Path, help="output directory (default: runs/<name>-attack-grid)")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/<name>-attack-grid); a grid run "
+                                            "again there reuses its finished cells")
+    p.add_argument("--overwrite", action="store_true", help="start over cells in --out whose config changed "
+                                                            "(otherwise refused)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -75,20 +77,24 @@ def attack_grid_command(args: argparse.Namespace) -> int:
         base = load_config(args.config, args.overrides)  # no --config: the demo
     else:
         base = attack_grid_config(args.overrides)
+    from privfed.cli_common import printed_config, shows_progress
+
+    if printed_config(args, base):
+        return 0
     out = args.out or Path("runs") / f"{base.name}-attack-grid"
     from tqdm import tqdm
 
     from privfed.attacks.grid import cells
 
-    with tqdm(total=len(cells(settings)), desc="attack grid", unit="cell", disable=args.no_progress) as bar:
+    with tqdm(total=len(cells(settings)), desc="attack grid", unit="cell", disable=not shows_progress(args)) as bar:
         def on_cell(result) -> None:
             bar.set_postfix_str(f"{result.cell.label}: {result.status}", refresh=False)
             bar.update(1)
 
-        results = run_grid(base, out, settings, on_cell)
+        results = run_grid(base, out, settings, on_cell, overwrite=args.overwrite)
     print((out / "attack_grid.md").read_text())
     print(f"wrote {out}/attack_grid.md, attack_grid.json, attack_grid.png and each cell's run in {out}/cells/")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        print(f"privfed: cell {r.cell.label} failed: {r.reason}")
+        print(f"privfed: cell {r.cell.label} failed: {r.reason}", file=sys.stderr)
     return 1 if failed else 0

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_VIOLATION = 3
-
 
 def add_audit_options(p: argparse.ArgumentParser) -> None:
     """The flags that make :class:`~privfed.audit.settings.AuditSettings` (shared by ``audit`` and ``sweep``)."""
@@ -27,12 +25,12 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-digits", type=int, default=6, help="digits of the inserted secrets (|R| = 10^digits)")
 
 
-def add_audit_parser(sub) -> None:
-    p = sub.add_parser("audit", help="run an experiment with privacy audits: one-run ε lower bound, membership "
-                                     "inference, canary exposure, reconstruction; exit 3 on a violation")
-    p.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set privacy.epsilon=1 (repeatable)")
+def add_audit_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
+    from privfed.cli_common import EXIT_CODES
+
+    p = sub.add_parser("audit", parents=parents, epilog=EXIT_CODES,
+                       help="run an experiment with privacy audits: one-run ε lower bound, membership inference, "
+                            "canary exposure, reconstruction; exit 3 on a violation")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<name>-audit, -2, -3... when taken)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,22 +46,25 @@ def settings_from(args: argparse.Namespace):
 
 
 def audit_command(args: argparse.Namespace) -> int:
+    from privfed.audit.settings import audited_config
+    from privfed.cli_common import printed_config, shows_progress, violation
     from privfed.config import load_config
     from privfed.results import unused_run_dir
 
     settings = settings_from(args)
     cfg = load_config(args.config, args.overrides)
+    if printed_config(args, audited_config(cfg, settings)):
+        return 0
     out = args.out or unused_run_dir(Path("runs") / f"{cfg.name}-audit")
     from privfed.audit.report import markdown
     from privfed.audit.run import run_audit  # torch, transformers, Opacus: only once the input is valid
 
-    report = run_audit(cfg, out, settings, overwrite=args.overwrite, progress=not args.no_progress)
+    report = run_audit(cfg, out, settings, overwrite=args.overwrite, progress=shows_progress(args))
     print()
     print(markdown(report))
     quality = ", ".join(f"{k} {v:.4g}" for k, v in report.quality.items() if isinstance(v, (int, float)))
     print(f"final model: {quality}; audit took {report.seconds:.0f} s")
     print(f"wrote {out}/ (audit.json, audit.md and the run's own files)")
     if report.violation:
-        print("privfed: VIOLATION: an audit contradicts the accountant's ε (see the rows marked VIOLATION)")
-        return EXIT_VIOLATION
+        return violation("an audit contradicts the accountant's ε (see the rows marked VIOLATION)")
     return 0

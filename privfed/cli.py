@@ -1,41 +1,51 @@
 """``privfed run | sweep | audit | attack-grid | table | keygen | flower``: the command-line face of privfed.
 
-Bad input (unknown key, wrong type, impossible value, missing asset) is one line on stderr and exit status 2,
-and is detected before any result file is written.
+Every command follows one convention (:mod:`privfed.cli_common`): the same config options, ``-v``/``-q``, results
+on stdout and diagnostics on stderr. Bad input (unknown key, wrong type, impossible value, missing asset) is one
+line on stderr and exit status 2, detected before any result file is written; a renamed key is answered with its
+new name.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+import privfed
+from privfed.cli_common import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    config_options,
+    configure_logging,
+    print_run,
+    printed_config,
+    shows_progress,
+    verbosity_options,
+    violation,
+)
 from privfed.errors import ConfigError, MissingAssetError, PrivfedError
 
-EXIT_USAGE = 2
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="privfed", description="Federated DP-SGD training of language models.")
+    parser = argparse.ArgumentParser(prog="privfed", description="Federated DP-SGD training of language models.",
+                                     epilog=EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"privfed {privfed.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one experiment (default: the 2-minute MiniLM/LoRA/DP demo)")
-    run.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set privacy.epsilon=3 (repeatable)")
+    common, configured = verbosity_options(), config_options()
+    run = sub.add_parser("run", parents=[common, configured], epilog=EXIT_CODES,
+                         help="run one experiment (default: the 2-minute MiniLM/LoRA/DP demo)")
     run.add_argument("--out", type=Path, help="output directory (default: runs/<name>, or runs/<name>-2, -3... "
                                               "when taken)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
-    run.add_argument("--help-config", action="store_true", help="list every config key with default and meaning")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--report-to", default="", metavar="TRACKERS",
                      help="also log every round to tensorboard and/or mlflow (comma-separated; optional extras: "
                           "./install.sh --tracking): TensorBoard files in OUT/tensorboard, MLflow at its tracking URI")
-    sweep = sub.add_parser("sweep", help="runs per ε target (tuned at every ε with --tune, repeated with --seeds), "
-                                         "then the ε/quality table and plot")
-    sweep.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
-    sweep.add_argument("--epsilons", required=True, help="comma-separated targets, inf = no DP (e.g. 1,3,8,inf)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep = sub.add_parser("sweep", parents=[common, configured], epilog=EXIT_CODES,
+                           help="runs per ε target (tuned at every ε with --tune, repeated with --seeds), then the "
+                                "ε/quality table and plot")
+    sweep.add_argument("--epsilons", help="comma-separated targets, inf = no DP (e.g. 1,3,8,inf; required)")
     sweep.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="tune KEY over the values at every ε, inf included, selecting on a validation split of "
                             "the clients' training data (repeatable; KEY1/KEY2=A1/B1,A2/B2 moves keys together); "
@@ -47,14 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--validation-fraction", type=float, default=None,
                        help="with --tune: share of each client's training examples held out for selection (0.1)")
     sweep.add_argument("--workers", type=int, default=1, help="runs at once, one torch thread each (default 1)")
-    sweep.add_argument("--out", type=Path, help="output directory (default: runs/<name>-sweep)")
+    sweep.add_argument("--out", type=Path, help="output directory (default: runs/<name>-sweep); a sweep run again "
+                                                "there reuses its finished runs and resumes interrupted ones")
+    sweep.add_argument("--overwrite", action="store_true", help="start over runs in --out whose config changed "
+                                                                "(otherwise refused)")
     sweep.add_argument("--no-progress", action="store_true")
-    table = sub.add_parser("table", help="rebuild the ε/quality table (mean ± 95%% interval over seeds, and every "
+    table = sub.add_parser("table", parents=[common], help="rebuild the ε/quality table (mean ± 95%% interval over seeds, and every "
                                          "run) from saved run or sweep directories")
     table.add_argument("dirs", nargs="+", type=Path, help="run directories (or sweep directories)")
     table.add_argument("--rounds", action="store_true", help="also print each run's per-round table")
     table.add_argument("--csv", action="store_true", help="also print every run's row as CSV")
-    keygen = sub.add_parser("keygen", help="write a Paillier key pair for aggregation.key_file (the clients' "
+    keygen = sub.add_parser("keygen", parents=[common], help="write a Paillier key pair for aggregation.key_file (the clients' "
                                            "shared secret: give it to the clients, never to the server) and its "
                                            "public key KEY.pub (the server's, over Flower)")
     keygen.add_argument("path", type=Path, help="key file to write (readable by its owner only)")
@@ -67,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--audit", action="store_true", help="audit every run too (privfed audit): ε_lb beside ε, "
                                                             "membership AUC beside quality, and the ε_lb plot")
     add_audit_options(sweep)
-    add_audit_parser(sub)
-    add_attack_grid_parser(sub)
-    add_flower_parser(sub)
+    add_audit_parser(sub, [common, configured])
+    add_attack_grid_parser(sub, [common, config_options("the built-in tiny grid, ~10 minutes on 2 CPU cores")])
+    add_flower_parser(sub, common, configured)
     return parser
 
 
@@ -77,9 +90,6 @@ def _run(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
     from privfed.results import RunDirectory, unused_run_dir
 
-    if args.help_config:
-        print("\n".join(cfgmod.help_lines()))
-        return 0
     from privfed.observe.tracking import parse_trackers, tracking_callbacks
 
     trackers = parse_trackers(args.report_to) if args.report_to else ()
@@ -93,38 +103,14 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = cfgmod.load_config(args.config, args.overrides)
         out = args.out or unused_run_dir(Path("runs") / cfg.name)
+    if printed_config(args, cfg):
+        return 0
     from privfed.engines.inprocess import run  # torch, transformers, Opacus: only once the config is valid
 
-    results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+    results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=shows_progress(args),
                   callbacks=tracking_callbacks(trackers, cfg, out))
     print_run(cfg.name, results, out)
     return 0
-
-
-def print_run(name: str, results: dict, out: Path) -> None:
-    """The per-round and summary tables, the model's answers and the notes of a finished run; writes rounds.png."""
-    from privfed import rounds_table, summary_table
-    from privfed.report.plots import plot_rounds
-
-    plot_rounds(results, path=out / "rounds.png")
-    print(f"\n## {name}: per round\n")
-    print(rounds_table(results))
-    print("\n## Summary\n")
-    print(summary_table([results]))
-    if results.get("generations"):
-        print(f"\n## What the model answers after round {results['generations'][0]['round']}\n")
-        for line in results["generations"]:
-            print(f"- {_short(line['prompt'])} → {_short(line['generated'])}  (reference: {_short(line['reference'])})")
-    for note in results["notes"]:
-        print(f"note: {note}")
-    written = "config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png"
-    print(f"\nwrote {out}/ ({written}{', generations.jsonl' if results.get('generations') else ''})")
-
-
-def _short(text: str, limit: int = 80) -> str:
-    """One line of at most ``limit`` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -132,6 +118,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from privfed.runners.sweep import SweepPlan, parse_epsilons, sweep
     from privfed.runners.tuning import parse_tune
 
+    if not args.epsilons and not (args.print_config or args.help_config):
+        raise ConfigError("--epsilons", "give the ε targets, e.g. --epsilons 1,3,8,inf")
     if args.validation_fraction is not None and not args.tune:
         raise ConfigError("--validation-fraction", "applies to tuned sweeps: add --tune")
     if args.workers < 1:
@@ -146,18 +134,18 @@ def _sweep(args: argparse.Namespace) -> int:
 
         settings = settings_from(args)
     cfg = load_config(args.config, args.overrides)
+    if printed_config(args, cfg):
+        return 0
     out = args.out or Path("runs") / f"{cfg.name}-sweep"
-    result = sweep(cfg, plan, out, progress=not args.no_progress, audit=settings, workers=args.workers)
+    result = sweep(cfg, plan, out, progress=shows_progress(args), audit=settings, workers=args.workers,
+                   overwrite=args.overwrite)
     print((out / "table.md").read_text())
     print(f"wrote {out}/table.md, seeds.csv, sweep.json, privacy_utility.png"
           + (", tuning.md" if plan.tuned else "") + (", audit_epsilon.png and each run's audit.md" if args.audit
                                                      else ""))
     violated = [r["config"]["name"] for r in result.runs if r.get("audit", {}).get("verdict") == "VIOLATION"]
     if violated:
-        from privfed.audit_cli import EXIT_VIOLATION
-
-        print(f"privfed: VIOLATION: an audit contradicts the accountant's ε in {', '.join(violated)}")
-        return EXIT_VIOLATION
+        return violation(f"an audit contradicts the accountant's ε in {', '.join(violated)}")
     return 0
 
 
@@ -212,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the CLI writes PNG files and never opens a window, whatever MPLBACKEND says
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
+    if getattr(args, "help_config", False):
+        from privfed.config import help_lines
+
+        print("\n".join(help_lines()))
+        return 0
     try:
         if args.command == "flower":
             from privfed.flower_cli import flower_command
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except PrivfedError as err:
         print(f"privfed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

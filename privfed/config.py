@@ -532,10 +532,15 @@ def _float_text(key: str, text: str) -> float:
         raise ConfigError(key, f"expected a number, got {text!r}") from None
 
 
+RENAMED_KEYS = {"data.dataset": "data.source", "federation.aggregation": "aggregation.method"}  # old -> new
+
+
 def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
+        if f"{prefix}{key}" in RENAMED_KEYS:
+            raise ConfigError(f"{prefix}{key}", f"renamed: use {RENAMED_KEYS[prefix + key]}")
         if key not in known:
             raise ConfigError(f"{prefix}{key}", f"unknown key; allowed: {', '.join(sorted(known))}")
     kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in raw.items()}
@@ -543,8 +548,9 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def _migrate(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Read configs written by earlier privfed versions: ``federation.aggregation`` became ``aggregation.method``,
-    ``data.dataset`` became ``data.source``."""
+    """Read configs written by earlier privfed versions (:data:`RENAMED_KEYS`): ``federation.aggregation`` became
+    ``aggregation.method``, ``data.dataset`` became ``data.source``. A file that sets both names, or a ``--set``
+    of the old name on a config that has the new one, is refused with the new name."""
     data = raw.get("data")
     if isinstance(data, Mapping) and "dataset" in data and "source" not in data:
         raw = dict(raw)

@@ -14,15 +14,13 @@ from pathlib import Path
 from privfed.errors import ConfigError, PrivfedError
 
 
-def add_flower_parser(sub) -> None:
+def add_flower_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
+    """``privfed flower ...``; ``common``: every command's options, ``configured``: a config's (privfed.cli_common)."""
+    from privfed.cli_common import EXIT_CODES
+
     flower = sub.add_parser("flower", help="run privfed on Flower: app folders, TLS files, a loopback deployment, "
                                            "a Flower simulation")
     commands = flower.add_subparsers(dest="flower_command", required=True)
-
-    def config_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help="YAML config (default: the built-in demo)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value (repeatable)")
 
     def audit_options(p: argparse.ArgumentParser) -> None:
         from privfed.audit_cli import add_audit_options
@@ -32,24 +30,24 @@ def add_flower_parser(sub) -> None:
                                                             "carries the canaries and reports its update")
         add_audit_options(p.add_argument_group("audit (with --audit)"))
 
-    app = commands.add_parser("app", help="write the Flower app folder for a config (then: flwr run FOLDER ...)")
-    config_options(app)
+    app = commands.add_parser("app", parents=[common, configured],
+                              help="write the Flower app folder for a config (then: flwr run FOLDER ...)")
     app.add_argument("--out", type=Path, required=True, help="the app folder to write")
     app.add_argument("--results", type=Path, help="where the ServerApp writes the run (default: FOLDER/runs/<name>)")
     audit_options(app)
-    certs = commands.add_parser("certs", help="a CA and a SuperLink certificate signed by it (TLS)")
+    certs = commands.add_parser("certs", parents=[common], help="a CA and a SuperLink certificate signed by it (TLS)")
     certs.add_argument("folder", type=Path)
     certs.add_argument("--host", action="append", default=[], help="the SuperLink's IP address or DNS name "
                                                                    "(repeatable; default: 127.0.0.1 and localhost)")
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
     certs.add_argument("--overwrite", action="store_true", help="replace an existing CA (nodes that trust the old "
                                                                 "one must get the new ca.pem)")
-    identities = commands.add_parser("identities", help="an Ed25519 identity key per client and the directory of "
+    identities = commands.add_parser("identities", parents=[common], help="an Ed25519 identity key per client and the directory of "
                                                         "their public keys (aggregation.consistency_check)")
     identities.add_argument("folder", type=Path)
     identities.add_argument("--clients", type=int, required=True, help="how many clients (ids 0..N-1)")
     identities.add_argument("--overwrite", action="store_true", help="replace existing keys and directory")
-    worker = commands.add_parser("worker", help="a warm node worker for a SuperNode started with --isolation "
+    worker = commands.add_parser("worker", parents=[common], help="a warm node worker for a SuperNode started with --isolation "
                                                 "process: one process serves all its messages (the model stays "
                                                 "loaded), restarted if it dies")
     worker.add_argument("--runtime-api", default="127.0.0.1:9094", help="the SuperNode's Runtime API, on this "
@@ -59,8 +57,7 @@ def add_flower_parser(sub) -> None:
                                                                         "--superexec-auth-secret-file")
     for name, text in (("loopback", "a SuperLink and one SuperNode per client on 127.0.0.1, TLS, then flwr run"),
                        ("simulate", "Flower's simulation runtime (Ray): one virtual SuperNode per client")):
-        p = commands.add_parser(name, help=text)
-        config_options(p)
+        p = commands.add_parser(name, parents=[common, configured], epilog=EXIT_CODES, help=text)
         p.add_argument("--work", type=Path, help="folder for the app, logs, ledgers and results (default: a new "
                                                  "one under runs/)")
         p.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole run may take")
@@ -143,6 +140,10 @@ def flower_command(args: argparse.Namespace) -> int:
 
         cfg = audited_config(cfg, audit)  # what the server and every node train
         check_auditable(cfg)
+    from privfed.cli_common import printed_config
+
+    if printed_config(args, cfg):
+        return 0
     if args.flower_command == "app":
         folder = write_app_folder(cfg, args.out, args.results, audit)
         print(f"wrote {folder}/pyproject.toml: privfed's ServerApp and ClientApp with config {cfg.name} "
@@ -170,7 +171,7 @@ def _audit_settings(args: argparse.Namespace):
 
 
 def _run_locally(cfg, args: argparse.Namespace, audit=None) -> int:
-    from privfed.cli import print_run
+    from privfed.cli_common import print_run, violation
     from privfed.config import Aggregation
     from privfed.config import AttackKind as Attack
     from privfed.engines.flower.app_folder import write_app_folder
@@ -229,15 +230,13 @@ def _run_locally(cfg, args: argparse.Namespace, audit=None) -> int:
     print_run(cfg.name, read_results(out), out)
     if audit is not None:
         from privfed.audit.report import AUDIT_TABLE, read_report
-        from privfed.audit_cli import EXIT_VIOLATION
 
         if not (out / AUDIT_TABLE).exists():
             raise PrivfedError(f"the run finished but wrote no audit (the ServerApp's log: {outcome.log})")
         print()
         print((out / AUDIT_TABLE).read_text())
         if read_report(out)["violation"]:
-            print("privfed: VIOLATION: an audit contradicts the accountant's ε (see the rows marked VIOLATION)")
-            return EXIT_VIOLATION
+            return violation("an audit contradicts the accountant's ε (see the rows marked VIOLATION)")
     return 0
 
 

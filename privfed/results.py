@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,6 +234,18 @@ def read_results(path: Path) -> dict:
         raise FileNotFoundError(f"{file} not found (is {path} a finished privfed run?)")
     return json.loads(file.read_text())
 
+
+
+def refuse_replacing(jobs: Iterable[tuple[ExperimentConfig, Path]], overwrite: bool) -> None:
+    """Before a command that reuses its output directory (sweep, attack grid) runs anything: ConfigError when a
+    job's directory holds a run of another config, which running the job would replace — unless ``overwrite``."""
+    if overwrite:
+        return
+    replaced = [path for cfg, path in jobs if RunDirectory(path).holds_run() and RunDirectory(path).config() != cfg]
+    if replaced:
+        shown = ", ".join(str(p) for p in replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
+        raise ConfigError("--out", f"{shown} hold(s) a run of another config: pass --overwrite to start them over, "
+                                   "or write elsewhere (--out)")
 
 
 def unused_run_dir(base: Path) -> Path:

@@ -119,7 +119,7 @@ def test_privfed_audit_cli_exit_status_and_files(tmp_path, capsys):
     assert "| audit | observed |" in (tmp_path / "ok" / AUDIT_TABLE).read_text()
     assert (tmp_path / "ok" / "results.json").is_file()
     assert main([*args, "--out", str(tmp_path / "bad"), "--fault", "noise_off", "--audits", "one_run"]) == 3
-    assert "VIOLATION" in capsys.readouterr().out
+    assert "privfed: VIOLATION" in capsys.readouterr().err  # the diagnostic on stderr, the table on stdout
     assert main([*args, "--out", str(tmp_path / "x"), "--audits", "nonsense"]) == 2
     # refused before anything is written: a fault needs DP to break
     assert main([*args, "--out", str(tmp_path / "y"), "--fault", "noise_off", "--set", "privacy.mode=off"]) == 2

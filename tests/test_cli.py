@@ -210,3 +210,33 @@ def test_flower_refusals_are_one_line_exit_2(capsys, tmp_path):
     assert main(["flower", "loopback", "--set", "partition.scheme=natural", "--set", "partition.num_clients=0",
                  "--set", "data.source=chatterbot", "--set", "model.source=tiny_llama", "--work", str(tmp_path)]) == 2
     assert "one SuperNode serves one client" in capsys.readouterr().err
+
+
+def test_one_convention_for_every_command(tmp_path, capsys):
+    """--version; --print-config prints the config as the command would run it (an audit's is the audited one),
+    --help-config lists the keys, on every command that takes a config; a renamed key answers with its new name;
+    a sweep never silently replaces a run of another config in its --out; diagnostics go to stderr."""
+    from privfed.config import load_config
+    from privfed.results import RunDirectory
+
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0 and capsys.readouterr().out.startswith("privfed ")
+    tiny = str(_tiny_config(tmp_path))
+    assert main(["run", "--config", tiny, "--set", "training.rounds=5", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["training"]["rounds"] == 5 and printed["name"] == "tiny-bert"
+    assert main(["audit", "--config", tiny, "--print-config", "-q"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "tiny-bert-audit"
+    for command in (["sweep"], ["attack-grid"], ["audit"], ["flower", "app", "--out", str(tmp_path / "app")]):
+        assert main([*command, "--help-config"]) == 0
+        assert "privacy.epsilon" in capsys.readouterr().out
+    assert not (tmp_path / "app").exists()
+    assert main(["run", "--config", tiny, "--set", "data.dataset=bbc_news", "--print-config"]) == 2
+    assert capsys.readouterr().err == "privfed: config error: data.dataset: renamed: use data.source\n"
+    out = tmp_path / "sweep"
+    RunDirectory(out / "tiny-bert-eps3").start(load_config(tiny, ["training.rounds=7"]))  # another config's run
+    assert main(["sweep", "--config", tiny, "--epsilons", "3", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny-bert-eps3 hold(s) a run of another config: pass --overwrite" in err and err.count("\n") == 1
+    assert not (out / "table.md").exists()

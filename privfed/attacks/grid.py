@@ -25,7 +25,7 @@ from pathlib import Path
 
 from privfed.config import MALICIOUS_CODE, AttackKind, ExperimentConfig, apply_overrides, from_dict, to_dict
 from privfed.errors import ConfigError
-from privfed.results import jsonable, quality_key
+from privfed.results import jsonable, quality_key, refuse_replacing
 
 
 class GridDefence(enum.Enum):
@@ -183,6 +183,14 @@ def run_cell(base: ExperimentConfig, cell: GridCell, settings: GridSettings, out
         return CellResult(cell, "failed", f"{type(err).__name__}: {err}")
 
 
+def _allowed_config(base: ExperimentConfig, cell: GridCell, settings: GridSettings) -> ExperimentConfig | None:
+    """The cell's config, or None for a cell refused by design."""
+    try:
+        return cell_config(base, cell, settings)
+    except ConfigError:
+        return None
+
+
 def _worker_init() -> None:
     import torch
 
@@ -190,9 +198,11 @@ def _worker_init() -> None:
 
 
 def run_grid(base: ExperimentConfig, out_dir: Path, settings: GridSettings | None = None,
-             on_cell: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+             on_cell: Callable[[CellResult], None] | None = None, overwrite: bool = False) -> list[CellResult]:
     """Run every cell (in ``settings.workers`` processes), write attack_grid.json / .md / .png in ``out_dir``;
-    returns the cells in grid order. ``on_cell`` is called as each cell finishes (a progress bar)."""
+    returns the cells in grid order. ``on_cell`` is called as each cell finishes (a progress bar). A cell already
+    run in ``out_dir`` with the same config is reused; one of another config is refused (ConfigError) before any
+    cell runs, unless ``overwrite``."""
     settings = settings or GridSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +211,8 @@ def run_grid(base: ExperimentConfig, out_dir: Path, settings: GridSettings | Non
 
         base = warm_start(base, out_dir, settings.warm_start_rounds, settings.warm_start_lr)
     todo = cells(settings)
+    refuse_replacing([(cfg, out_dir / "cells" / cell.label) for cell in todo
+                      if (cfg := _allowed_config(base, cell, settings)) is not None], overwrite)
     started = time.perf_counter()
     results: dict[GridCell, CellResult] = {}
     if settings.workers <= 1:

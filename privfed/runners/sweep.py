@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 from privfed.config import DpMode, ExperimentConfig
 from privfed.errors import ConfigError
 from privfed.report.intervals import Interval
-from privfed.results import RESULTS, RunDirectory, jsonable, metric_as, quality_key, read_results
+from privfed.results import (
+    RESULTS,
+    RunDirectory,
+    jsonable,
+    metric_as,
+    quality_key,
+    read_results,
+    refuse_replacing,
+)
 from privfed.runners.tuning import TuneAxis, apply_trial, best_index, check_axes, trial_tag, trial_text, trials
 
 if TYPE_CHECKING:
@@ -303,6 +311,15 @@ def _reusable(cfg: ExperimentConfig, run_dir: RunDirectory) -> tuple[bool, bool]
     return same and (run_dir.path / RESULTS).is_file(), same and run_dir.has_checkpoint()
 
 
+def _as_run(cfg: ExperimentConfig, audit: AuditSettings | None) -> ExperimentConfig:
+    """The config a run of the sweep trains (an audited sweep's runs train the audited config)."""
+    if audit is None:
+        return cfg
+    from privfed.audit.settings import audited_config
+
+    return audited_config(cfg, audit)
+
+
 def run_one(cfg: ExperimentConfig, path: Path, audit: AuditSettings | None, progress: bool) -> dict:
     """One run of the sweep in ``path``: reused when finished with the same config, resumed when interrupted,
     else run (over whatever run was there). With ``audit`` it is a ``privfed audit`` run whose results carry the
@@ -419,13 +436,16 @@ def select(base_name: str, plan: SweepPlan, specs: Sequence[RunSpec], outcomes: 
 
 
 def sweep(base: ExperimentConfig, plan: SweepPlan | Sequence[float], out_dir: Path, *, progress: bool = True,
-          audit: AuditSettings | None = None, workers: int = 1) -> Sweep:
+          audit: AuditSettings | None = None, workers: int = 1, overwrite: bool = False) -> Sweep:
     """Run the sweep ``plan`` describes (a bare list of ε: one untuned seed each) and write its report in
-    ``out_dir``: table.md, seeds.csv, tuning.md (tuned), sweep.json, privacy_utility.png."""
+    ``out_dir``: table.md, seeds.csv, tuning.md (tuned), sweep.json, privacy_utility.png. Runs already in
+    ``out_dir`` with the same config are reused (or resumed); one of another config is refused (ConfigError)
+    before anything runs, unless ``overwrite``."""
     if not isinstance(plan, SweepPlan):
         plan = SweepPlan(tuple(float(e) for e in plan))
     out_dir = Path(out_dir)
     specs = plan_runs(base, plan)
+    refuse_replacing([(_as_run(s.config, audit), out_dir / s.config.name) for s in specs], overwrite)
     try:
         outcomes = execute(specs, out_dir, audit=audit, progress=progress, workers=workers)
     except ConfigError as err:  # the sweep's flag set the key the data refused
