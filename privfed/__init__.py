@@ -4,9 +4,9 @@ Typical use::
 
     import privfed
     cfg = privfed.load_config(overrides=["training.rounds=2"])   # the built-in demo, changed
-    results = privfed.run(cfg, "runs/demo")
-    print(privfed.summary_table([results]))
-    fig = privfed.plots.plot_rounds(results)
+    result = privfed.run(cfg, "runs/demo")       # a RunResult: result.quality, result.epsilon, result["rounds"]
+    print(privfed.summary_table([result]))
+    fig = result.plot()                            # or privfed.plots.plot_rounds(result); result.to_dataframe()
 
 Secure aggregation on its own (what the server sees, what it recovers): :func:`make_aggregator` with a
 :class:`ServerView`. The heavier parts (plots, aggregation back-ends, Paillier packing and keys) are imported on
@@ -58,12 +58,16 @@ __version__ = "0.7.0"
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from privfed.aggregation import AggregationBackend as Aggregator
     from privfed.aggregation import AggregationOutcome
-    from privfed.attacks.grid import CellResult, GridSettings
+    from privfed import audit
+    from privfed.attacks.grid import CellResult, GridAggregation, GridDefence, GridSettings
     from privfed.audit.settings import AuditSettings
+    from privfed.experiments_builtin import attack_grid_config
+    from privfed.federation.setup import build_federation
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.observe.tracking import Tracker, tracking_callbacks
     from privfed.report import plots
     from privfed.report.intervals import Interval
+    from privfed.run_result import RunResult, compare
     from privfed.runners.sweep import Point, Sweep, SweepPlan, TrialScore, load_sweep, summarize
     from privfed.secure.packing import SlotLayout
     from privfed.secure.paillier_keys import PaillierKey
@@ -95,6 +99,7 @@ _LAZY = {
                                                          "load_sweep")},
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
     **{name: f"privfed.observe.tracking:{name}" for name in ("Tracker", "tracking_callbacks")},
+    **{name: f"privfed.run_result:{name}" for name in ("RunResult", "compare")},
     **{name: f"privfed.attacks.grid:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
     **{name: f"privfed.server.events:{name}" for name in
        ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundAggregated",
@@ -118,8 +123,9 @@ def __dir__() -> list[str]:  # tab completion sees the lazy names too
 
 
 def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict:
-    """Run one federated experiment and write its artefacts to ``out_dir``; returns results.json as a dict.
+        progress: bool = True, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Run one federated experiment and write its artefacts to ``out_dir``; returns the :class:`RunResult`
+    (results.json as a mapping, with ``.quality``, ``.epsilon``, ``.to_dataframe()``, ``.plot()``).
 
     ``out_dir`` must not hold an earlier run unless ``resume`` (continue it) or ``overwrite`` (start over) is set.
     ``callbacks`` (:class:`Callback` subclasses) receive every round event after privfed's own.
@@ -130,14 +136,15 @@ def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, 
                 callbacks=tuple(callbacks))
 
 
-def load_results(run_dir: str | Path) -> dict:
-    """The results.json of a finished run (a run directory or the file itself), as :func:`run` returned it."""
+def load_results(run_dir: str | Path) -> RunResult:
+    """The :class:`RunResult` of a finished run (a run directory or its results.json), as :func:`run` returned it:
+    ε and losses are floats again (results.json writes ``"inf"`` and ``"nan"``)."""
     from privfed.results import read_results
 
     return read_results(Path(run_dir))
 
 
-def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
+def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
     """Continue an interrupted run from its last checkpoint (same config, same outcome as an uninterrupted run)."""
     from privfed.results import RunDirectory
 
@@ -146,7 +153,7 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> dict:
 
 def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Path, *, tune: Sequence[str] = (),
           seeds: int = 1, fixed_split: bool = False, validation_fraction: float = 0.1, progress: bool = True,
-          audit: AuditSettings | None = None, workers: int = 1) -> Sweep:
+          audit: AuditSettings | None = None, workers: int = 1, overwrite: bool = False) -> Sweep:
     """Runs per ε target (``math.inf`` = no DP) under ``out_dir``, then table.md, seeds.csv, sweep.json and the
     privacy/utility plot there; returns the :class:`Sweep` (a :class:`Point` per ε, with ``.quality`` as mean ±
     95 % interval over the seeds, ``.runs`` each run's results; ``sweep.seed_rows()`` one row per run).
@@ -155,7 +162,8 @@ def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Pa
     and keeps per ε the trial with the best mean quality on a validation split (``validation_fraction`` of each
     client's training examples; never the test set); tuning is not privacy-accounted. ``seeds`` repeats every
     cell (model init, sampling, noise, and the data split unless ``fixed_split``); ``workers`` > 1 runs that many
-    runs at once, one torch thread each. Finished runs are reused, interrupted ones resumed. With ``audit``
+    runs at once, one torch thread each. Finished runs are reused, interrupted ones resumed; a run in
+    ``out_dir`` of another config is refused (ConfigError) unless ``overwrite`` starts it over. With ``audit``
     (:class:`privfed.audit.AuditSettings`) every run is audited: ε_lb and membership AUC join the results, and
     audit_epsilon.png plots ε_lb against ε."""
     from privfed.runners.sweep import SweepPlan
@@ -164,17 +172,19 @@ def sweep(config: ExperimentConfig, epsilons: Sequence[float], out_dir: str | Pa
 
     plan = SweepPlan(tuple(float(e) for e in epsilons), tuple(parse_tune(t) for t in tune), seeds, fixed_split,
                      validation_fraction)
-    return _sweep(config, plan, Path(out_dir), progress=progress, audit=audit, workers=workers)
+    return _sweep(config, plan, Path(out_dir), progress=progress, audit=audit, workers=workers, overwrite=overwrite)
 
 
-def attack_grid(config: ExperimentConfig, out_dir: str | Path, settings: GridSettings | None = None) -> list[CellResult]:
+def attack_grid(config: ExperimentConfig, out_dir: str | Path, settings: GridSettings | None = None, *,
+                overwrite: bool = False) -> list[CellResult]:
     """Poisoning attacks x defences x aggregation methods x privacy settings (:class:`GridSettings`), one run per
     cell under ``out_dir``, then attack_grid.md / .json / .png there; returns each cell's status and metrics
     (clean quality, attack success rate, attacker survival, backdoor persistence). A cell the configuration
-    refuses (a robust rule under plain secagg) is recorded with the reason."""
+    refuses (a robust rule under plain secagg) is recorded with the reason. Cells already run in ``out_dir`` are
+    reused; one of another config is refused (ConfigError) unless ``overwrite`` starts it over."""
     from privfed.attacks.grid import run_grid
 
-    return run_grid(config, Path(out_dir), settings)
+    return run_grid(config, Path(out_dir), settings, overwrite=overwrite)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -270,6 +280,7 @@ __all__ = [
     "RoundCombined",
     "RoundRecord",
     "RoundStarted",
+    "RunResult",
     "RunStarted",
     "RunState",
     "ServerView",
@@ -288,6 +299,7 @@ __all__ = [
     "attack_grid_config",
     "audit",
     "build_federation",
+    "compare",
     "from_dict",
     "load_config",
     "load_results",

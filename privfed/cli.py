@@ -118,7 +118,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from privfed.runners.sweep import SweepPlan, parse_epsilons, sweep
     from privfed.runners.tuning import parse_tune
 
-    if not args.epsilons and not (args.print_config or args.help_config):
+    cfg = load_config(args.config, args.overrides)
+    if printed_config(args, cfg):  # the base config: each run of the sweep sets its ε (and its trial, seed)
+        return 0
+    if not args.epsilons:
         raise ConfigError("--epsilons", "give the ε targets, e.g. --epsilons 1,3,8,inf")
     if args.validation_fraction is not None and not args.tune:
         raise ConfigError("--validation-fraction", "applies to tuned sweeps: add --tune")
@@ -133,9 +136,6 @@ def _sweep(args: argparse.Namespace) -> int:
         from privfed.audit_cli import settings_from
 
         settings = settings_from(args)
-    cfg = load_config(args.config, args.overrides)
-    if printed_config(args, cfg):
-        return 0
     out = args.out or Path("runs") / f"{cfg.name}-sweep"
     result = sweep(cfg, plan, out, progress=shows_progress(args), audit=settings, workers=args.workers,
                    overwrite=args.overwrite)

@@ -41,10 +41,15 @@ def config_options(default: str = "the built-in demo") -> argparse.ArgumentParse
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    """Log level from ``-v``/``-q``: warnings by default."""
-    level = logging.ERROR if getattr(args, "quiet", False) else {0: logging.WARNING, 1: logging.INFO}.get(
-        getattr(args, "verbose", 0), logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    """Log level from ``-v``/``-q`` (warnings by default). A process whose logging is already set up (a notebook,
+    a test calling :func:`privfed.cli.main`) keeps its handlers; only an explicit flag changes its level."""
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", 0)
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    elif quiet or verbose:
+        root.setLevel(level)
 
 
 def shows_progress(args: argparse.Namespace) -> bool:

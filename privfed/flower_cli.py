@@ -32,7 +32,7 @@ def add_flower_parser(sub, common: argparse.ArgumentParser, configured: argparse
 
     app = commands.add_parser("app", parents=[common, configured],
                               help="write the Flower app folder for a config (then: flwr run FOLDER ...)")
-    app.add_argument("--out", type=Path, required=True, help="the app folder to write")
+    app.add_argument("--out", type=Path, help="the app folder to write (required)")
     app.add_argument("--results", type=Path, help="where the ServerApp writes the run (default: FOLDER/runs/<name>)")
     audit_options(app)
     certs = commands.add_parser("certs", parents=[common], help="a CA and a SuperLink certificate signed by it (TLS)")
@@ -127,24 +127,28 @@ def flower_command(args: argparse.Namespace) -> int:
     from privfed.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    audit = _audit_settings(args)
+    if audit is not None:
+        from privfed.audit.settings import audited_config
+
+        cfg = audited_config(cfg, audit)  # what the server and every node train
+    from privfed.cli_common import printed_config
+
+    if printed_config(args, cfg):
+        return 0
     _require_flower()
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.apps import check_flower_support
     from privfed.engines.flower.wire import fingerprint
 
     check_flower_support(cfg)
-    audit = _audit_settings(args)
     if audit is not None:
         from privfed.audit.run import check_auditable
-        from privfed.audit.settings import audited_config
 
-        cfg = audited_config(cfg, audit)  # what the server and every node train
         check_auditable(cfg)
-    from privfed.cli_common import printed_config
-
-    if printed_config(args, cfg):
-        return 0
     if args.flower_command == "app":
+        if args.out is None:
+            raise ConfigError("--out", "give the app folder to write")
         folder = write_app_folder(cfg, args.out, args.results, audit)
         print(f"wrote {folder}/pyproject.toml: privfed's ServerApp and ClientApp with config {cfg.name} "
               f"(fingerprint {fingerprint(cfg)})" + ("" if audit is None else

@@ -228,10 +228,11 @@ def test_one_convention_for_every_command(tmp_path, capsys):
     assert printed["training"]["rounds"] == 5 and printed["name"] == "tiny-bert"
     assert main(["audit", "--config", tiny, "--print-config", "-q"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["name"] == "tiny-bert-audit"
-    for command in (["sweep"], ["attack-grid"], ["audit"], ["flower", "app", "--out", str(tmp_path / "app")]):
+    assert main(["sweep", "--config", tiny, "--print-config"]) == 0  # no --epsilons needed to print
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "tiny-bert"
+    for command in (["sweep"], ["attack-grid"], ["audit"], ["flower", "app"]):
         assert main([*command, "--help-config"]) == 0
         assert "privacy.epsilon" in capsys.readouterr().out
-    assert not (tmp_path / "app").exists()
     assert main(["run", "--config", tiny, "--set", "data.dataset=bbc_news", "--print-config"]) == 2
     assert capsys.readouterr().err == "privfed: config error: data.dataset: renamed: use data.source\n"
     out = tmp_path / "sweep"

@@ -11,10 +11,14 @@ class DieInRound(privfed.Callback):
 
     def __init__(self, r: int):
         self.r = r
+        self.failed: list[BaseException] = []
 
     def on_round_end(self, record, state):
         if record.round == self.r:
             raise KeyboardInterrupt
+
+    def on_run_failed(self, error):
+        self.failed.append(error)
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_path):
@@ -23,8 +27,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_classifier, tmp_p
                           "federation.server_lr=0.05")
     reference = privfed.run(cfg, tmp_path / "reference", progress=False)
 
+    killer = DieInRound(2)
     with pytest.raises(KeyboardInterrupt):
-        privfed.run(cfg, tmp_path / "killed", progress=False, callbacks=[DieInRound(2)])
+        privfed.run(cfg, tmp_path / "killed", progress=False, callbacks=[killer])
+    assert [type(e) for e in killer.failed] == [KeyboardInterrupt]  # every callback hears why the run stopped
     assert not (tmp_path / "killed" / "results.json").exists()
     assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == 2  # header + round 1
 

@@ -18,6 +18,7 @@ from privfed.config import AttackKind, ExperimentConfig
 from privfed.engines.runner import run_rounds
 from privfed.federation.setup import Federation, build_federation
 from privfed.privacy.ledger import Ledger
+from privfed.run_result import RunResult
 from privfed.server.driver import ClientSide, OnSkipped, OnTrained
 from privfed.server.events import Callback
 
@@ -67,7 +68,7 @@ class InProcessClients(ClientSide):
 
 
 def run(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> dict:
+        progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> RunResult:
     """Run (or resume) an experiment in this process, writing every artefact to ``out_dir``; returns the results.
 
     A directory that already holds a run is never replaced by accident: pass ``resume`` to continue it or

@@ -24,6 +24,7 @@ from privfed.observe.progress import Progress
 from privfed.privacy.distributed import DistributedDp
 from privfed.privacy.ledger import Ledger
 from privfed.results import RunDirectory, build_results
+from privfed.run_result import RunResult
 from privfed.server.combiner import defence_summary
 from privfed.server.client_evaluation import ClientEvaluation
 from privfed.server.driver import ClientSide, RoundDriver, clients_per_round
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[ExperimentConfig], Federation],
                make_clients: Callable[[Federation, Ledger], ClientSide], *, resume: bool = False,
                overwrite: bool = False, progress: bool = True, callbacks: tuple[Callback, ...] = (),
-               extra_results: Callable[[dict], dict] | None = None) -> dict:
+               extra_results: Callable[[dict], dict] | None = None) -> RunResult:
     """Build the server's side (``build``: the model, the held-out data, the clients' count), reach the clients
     through ``make_clients(federation, run ledger)``, run or resume the rounds, and write the results;
     ``extra_results(results)`` returns engine-specific fields to add to (or replace in) results.json."""
@@ -78,6 +79,10 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
             run_dir.start(cfg)
         try:
             driver.run(state, resumed)
+        except BaseException as error:
+            for callback in driver.callbacks:
+                callback.on_run_failed(error)
+            raise
         finally:
             bar.close()
     results = build_results(fed, state, client_epsilons(cfg.privacy, client_ids, state.ledger, dp),
@@ -87,6 +92,7 @@ def run_rounds(cfg: ExperimentConfig, out_dir: Path, build: Callable[[Experiment
     if extra_results is not None:
         results.update(extra_results(results))
     run_dir.finish(results)
+    results = RunResult(results)
     for callback in driver.callbacks:
         callback.on_run_end(results)
     return results

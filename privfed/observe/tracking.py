@@ -8,8 +8,10 @@ optional extras (``pip install 'privfed[tracking]'``, or ``./install.sh --tracki
 installed is a clear error before the run starts.
 
 From the command line: ``privfed run --report-to tensorboard,mlflow``. TensorBoard's event files go to
-``<out>/tensorboard`` (``tensorboard --logdir runs``); MLflow logs to its own tracking URI (``MLFLOW_TRACKING_URI``,
-else ``./mlflow.db``), experiment ``privfed`` (or ``MLFLOW_EXPERIMENT_NAME``), one MLflow run per privfed run.
+``<out>/tensorboard`` (``tensorboard --logdir runs``; a run started over replaces them, a resumed one drops the
+steps it redoes); MLflow logs to its own tracking URI (``MLFLOW_TRACKING_URI``,
+else ``./mlflow.db``), experiment ``privfed`` (or ``MLFLOW_EXPERIMENT_NAME``), one MLflow run per privfed run,
+marked finished, failed or killed (Ctrl-C) as the run ends.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import enum
 import importlib.util
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,18 +53,18 @@ def parse_trackers(text: str) -> tuple[Tracker, ...]:
     return trackers
 
 
-def row_scalars(row: dict) -> dict[str, float]:
-    """A round's row as named numbers: every finite number in it, each client's ε as ``epsilon/client_<id>``."""
+def row_scalars(row: dict, finite_only: bool = True) -> dict[str, float]:
+    """A round's row as named numbers: every number in it (``finite_only``: without inf and nan, which trackers
+    refuse), each client's ε as ``epsilon/client_<id>``."""
     scalars: dict[str, float] = {}
     for key, value in row.items():
         if key == "round":
             continue
         if key == "client_epsilons" and isinstance(value, dict):
-            scalars.update({f"epsilon/client_{cid}": float(eps) for cid, eps in value.items()
-                            if math.isfinite(float(eps))})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            scalars.update({f"epsilon/client_{cid}": float(eps) for cid, eps in value.items()})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars[key] = float(value)
-    return scalars
+    return {k: v for k, v in scalars.items() if math.isfinite(v)} if finite_only else scalars
 
 
 def config_parameters(cfg: ExperimentConfig) -> dict[str, str]:
@@ -89,7 +92,11 @@ class TensorBoardReporter(Callback):
     def on_run_start(self, event: RunStarted) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        if not event.resumed and self.log_dir.is_dir():  # a run started over: the old run's curves go with it
+            shutil.rmtree(self.log_dir)
+        # resumed: steps after the checkpoint were logged before the interruption; TensorBoard drops them
+        self.writer = SummaryWriter(log_dir=str(self.log_dir),
+                                    purge_step=event.state.completed_rounds + 1 if event.resumed else None)
         self.writer.add_text("config", "```yaml\n" + dump_yaml(self.cfg) + "\n```", 0)
 
     def on_round_committed(self, record: RoundRecord, state: RunState) -> None:
@@ -99,6 +106,10 @@ class TensorBoardReporter(Callback):
 
     def on_run_end(self, results: dict) -> None:
         self.writer.close()
+
+    def on_run_failed(self, error: BaseException) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class MlflowReporter(Callback):
@@ -129,7 +140,9 @@ class MlflowReporter(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in scalars.items()])
+        metrics = [Metric(k, v, now, step) for k, v in scalars.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def on_round_committed(self, record: RoundRecord, state: RunState) -> None:
         self._log(row_scalars(state.rows[-1]), record.round)
@@ -139,6 +152,10 @@ class MlflowReporter(Callback):
         self._log({f"final/{k}": v for k, v in final.items()}, results["rounds"][-1]["round"] if results["rounds"]
                   else 0)
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def on_run_failed(self, error: BaseException) -> None:
+        if self.run_id is not None:  # MLflow shows why it stopped: interrupted (Ctrl-C), or failed
+            self.client.set_terminated(self.run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
 
 def tracking_callbacks(trackers: Iterable[Tracker], cfg: ExperimentConfig, out_dir: Path) -> tuple[Callback, ...]:

@@ -41,7 +41,11 @@ from privfed.results import (
 from privfed.runners.tuning import TuneAxis, apply_trial, best_index, check_axes, trial_tag, trial_text, trials
 
 if TYPE_CHECKING:
+    import pandas
+    from matplotlib.figure import Figure
+
     from privfed.audit.settings import AuditSettings
+    from privfed.run_result import RunResult
 
 SWEEP_JSON = "sweep.json"
 
@@ -257,6 +261,18 @@ class Sweep:
                            f"({base.quality.text()}) beyond both intervals: the non-private run is under-tuned")
         return out
 
+    def to_dataframe(self) -> pandas.DataFrame:
+        """:meth:`seed_rows` as a DataFrame: one row per kept run."""
+        import pandas
+
+        return pandas.DataFrame(self.seed_rows())
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Quality against ε with 95 % intervals (what ``privfed sweep`` saves as privacy_utility.png)."""
+        from privfed.report.plots import plot_privacy_utility
+
+        return plot_privacy_utility([self], path=path)
+
     def seed_rows(self) -> list[dict[str, Any]]:
         """One row per run of each point's kept trial."""
         rows = []
@@ -320,7 +336,7 @@ def _as_run(cfg: ExperimentConfig, audit: AuditSettings | None) -> ExperimentCon
     return audited_config(cfg, audit)
 
 
-def run_one(cfg: ExperimentConfig, path: Path, audit: AuditSettings | None, progress: bool) -> dict:
+def run_one(cfg: ExperimentConfig, path: Path, audit: AuditSettings | None, progress: bool) -> RunResult:
     """One run of the sweep in ``path``: reused when finished with the same config, resumed when interrupted,
     else run (over whatever run was there). With ``audit`` it is a ``privfed audit`` run whose results carry the
     audit's headline numbers under ``"audit"``."""
@@ -334,7 +350,7 @@ def run_one(cfg: ExperimentConfig, path: Path, audit: AuditSettings | None, prog
     return run(cfg, path, resume=resumable, overwrite=True, progress=progress)
 
 
-def _audited(cfg: ExperimentConfig, path: Path, settings: AuditSettings, progress: bool) -> dict:
+def _audited(cfg: ExperimentConfig, path: Path, settings: AuditSettings, progress: bool) -> RunResult:
     from privfed.audit.report import AUDIT_JSON, headline, read_report
     from privfed.audit.run import run_audit
     from privfed.audit.settings import audited_config

@@ -134,3 +134,7 @@ class Callback:
         """Persist or report: ``state`` now includes this round."""
 
     def on_run_end(self, results: dict) -> None: ...
+
+    def on_run_failed(self, error: BaseException) -> None:
+        """The run stopped with ``error`` (an exception, or Ctrl-C) before it finished: release what a callback
+        holds open (a tracker's run, a file); the error then propagates."""

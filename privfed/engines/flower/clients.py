@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,9 @@ from privfed.errors import ConfigError, PrivfedError
 from privfed.privacy.ledger import Ledger
 from privfed.secure.paillier_keys import PaillierKey
 from privfed.server.driver import ClientSide, OnSkipped, OnTrained
+
+if TYPE_CHECKING:
+    from privfed.run_result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +358,7 @@ def flower_clients(cfg: ExperimentConfig, link: NodeLink, *, resume: bool = Fals
 
 
 def run_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, *, resume: bool = False,
-                  progress: bool = False) -> dict:
+                  progress: bool = False) -> RunResult:
     """The server's side of a run whose clients are nodes behind ``link``: greet them, run the rounds, write the
     results (with the nodes' account) to ``out_dir``. Resuming needs the run's own config and nodes whose ledgers
     are files: a node's ledger in Flower's state lasts one Flower run, and a resumed run is a new one."""
