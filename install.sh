@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs privfed and everything it needs, offline assets included, into the current Python environment.
+# Installs privfed and everything it needs, offline assets included, into the current Python environment (a
+# virtual environment on a system whose Python is externally managed: python3 -m venv .venv && . .venv/bin/activate).
 #   ./install.sh           the library, the CLI and the offline models/datasets
 #   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks,
 #                          jax-privacy's auditing module as the audits' reference)
@@ -23,6 +24,14 @@ for arg in "$@"; do
     *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
+# A stock Debian/Ubuntu Python is "externally managed" (PEP 668): pip refuses to install into it. Say what to do
+# instead of pip's error: privfed goes into a virtual environment.
+if "$PY" -c 'import os, sys, sysconfig
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+  echo "install.sh: $PY is managed by the system (PEP 668). Create and activate a virtual environment, then run" \
+       "install.sh again: python3 -m venv .venv && . .venv/bin/activate && ./install.sh $*" >&2
+  exit 2
+fi
 # torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
 "$PY" -m pip install -q torch==2.13.0
 spec="."

@@ -3,8 +3,9 @@
 :class:`RunResult` is what :func:`privfed.run` returns and :func:`privfed.load_results` reads back — the same
 object either way: results.json writes an infinite ε (no DP) or a NaN loss as the strings ``"inf"``/``"nan"`` to
 stay strict JSON, and reading turns them back into floats (the config stays in its own plain form, as in
-memory), so ``result.epsilon`` is a float before and after a round trip. It is a ``dict`` of exactly the keys results.json holds (every table, plot and runner reads it as
-one), and adds names for what people ask of a run. :func:`compare` lines up runs by a config key.
+memory), so ``result.epsilon`` is a float before and after a round trip. It is a ``dict`` of exactly the keys
+results.json holds (every table, plot and runner reads it as one), and adds names for what people ask of a run.
+:func:`compare` lines up runs by a config key.
 """
 from __future__ import annotations
 

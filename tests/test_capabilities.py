@@ -1,4 +1,4 @@
-"""The README's capability matrix is what the refusing checks say, and every cell it calls "yes" runs."""
+"""The docs' capability matrix (docs/how-to/flower.md) is what the refusing checks say, and every cell it calls "yes" runs."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,13 +14,13 @@ from privfed.engines.flower.clients import run_over_link
 from privfed.engines.inprocess import run
 from privfed.secure.paillier_keys import PaillierKey, public_key_path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "flower.md"  # the matrix's page
 # tiny sizes: 4 clients (grouped aggregation needs groups of 2), one round, LoRA (Paillier encrypts every value)
 TINY = apply_overrides(TINY_CLASSIFIER, ["partition.num_clients=4", "training.rounds=1", "model.regime=lora"])
 
 
 def test_the_readme_shows_the_matrix_the_checks_make():
-    assert markdown() in README.read_text()
+    assert markdown() in PAGE.read_text()
     cells = dict(matrix())
     assert all(not why for why in (cells[f]["in process"] for f in FEATURES))  # the reference engine runs all
     assert any(why for row in cells.values() for why in row.values())  # and the matrix does refuse something

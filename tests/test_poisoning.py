@@ -146,8 +146,9 @@ def test_a_round_left_with_too_few_inputs_for_krum_keeps_the_model(tiny_classifi
 
 @pytest.mark.parametrize(("factor", "caught"), [(50.0, True), (3.0, False)])
 def test_out_of_range_secagg_input_is_caught_only_beyond_n_times_the_clip(tiny_classifier, factor, caught):
-    """README: the range check catches a bypassed input whose sum leaves n x R; one inside that bound (here 3R
-    among 5 clients) is undetectable — the sum is a valid sum of 5 encodings, just not of 5 honest ones."""
+    """docs/how-to/poisoning.md: the range check catches a bypassed input whose sum leaves n x R; one inside that
+    bound (here 3R among 5 clients) is undetectable — the sum is a valid sum of 5 encodings, just not of 5 honest
+    ones."""
     cfg = tiny_classifier("partition.num_clients=5", "aggregation=secagg", "defence.range_check=true")
     n, d, clip = 5, 4, cfg.aggregation.clip_range
     vectors = {c: np.append(np.full(d, 0.1), 1.0) for c in range(n)}
@@ -256,8 +257,9 @@ def test_attack_grid_cli_writes_table_plot_and_refusals(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_warm_started_grid_defences_restore_accuracy_and_blunt_the_backdoor(tmp_path):
-    """The README's grid on a subset: a sign-flipping attacker costs the undefended mean accuracy that Krum and
-    norm bounding win back (plain and grouped secagg); the boosted backdoor's effect shrinks under norm bounding."""
+    """The grid of docs/how-to/poisoning.md on a subset: a sign-flipping attacker costs the undefended mean accuracy
+    that Krum and norm bounding win back (plain and grouped secagg); the boosted backdoor's effect shrinks under norm
+    bounding."""
     import privfed
     from privfed.attacks.grid import GridAggregation, GridDefence
 

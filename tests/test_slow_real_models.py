@@ -56,9 +56,10 @@ def test_instruction_tuning_example_scores_assistant_tokens_and_writes_answers(t
     assert [line["round"] for line in lines] == [1, 1] and all(line["generated"] for line in lines)
 
 
-def test_own_model_folders_and_data_files_from_the_readme(tmp_path):
-    """The README's walkthrough: the built-in data written as an organisation's files, trained from local model
-    folders given by path (MiniLM's package folder as a classifier, SmolLM2's conversion as a chat model)."""
+def test_own_model_folders_and_data_files_from_the_walkthrough(tmp_path):
+    """The walkthrough of docs/how-to/own-model-and-data.md: the built-in data written as an organisation's files,
+    trained from local model folders given by path (MiniLM's package folder as a classifier, SmolLM2's conversion
+    as a chat model)."""
     from privfed import assets
     from privfed.models.sources import smollm2_dir
 
@@ -70,7 +71,7 @@ def test_own_model_folders_and_data_files_from_the_readme(tmp_path):
         "data.label_column=topic", "data.client_column=organisation", "partition.num_clients=0",
         "training.local_steps=4", "training.lr=0.005"]), tmp_path / "news", progress=False)
     assert sorted(tuple(c["groups"]) for c in news["partition"]) == [("hospital_a",), ("hospital_b",), ("hospital_c",)]
-    assert news["final"]["eval_loss"] < news["initial"]["eval_loss"]  # the fresh head learns (README: 0.775 at ε = 8)
+    assert news["final"]["eval_loss"] < news["initial"]["eval_loss"]  # the fresh head learns (0.775 at ε = 8)
     chat = privfed.run(privfed.load_config(overrides=[
         *small, f"model.source={smollm2_dir()}", f"data.source={files / 'dialogues'}", "data.records=chat",
         "data.max_examples=200", "partition.num_clients=3", "evaluation.generations=1", "training.local_steps=2",

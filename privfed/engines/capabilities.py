@@ -1,10 +1,11 @@
-"""Which privfed features run on which engine: the README's capability matrix, generated from the checks that refuse.
+"""Which privfed features run on which engine: the capability matrix of docs/how-to/flower.md, generated from the
+checks that refuse.
 
 Each feature is a set of config overrides; each engine answers with the same code that would refuse the run —
 config validation for every engine, :func:`~privfed.engines.flower.apps.check_flower_support` for Flower, and
 :func:`~privfed.engines.flower.apps.check_flower_simulation` for Flower's simulation runtime. So the matrix cannot
 claim what the engines do not do: ``python -m privfed.engines.capabilities`` prints it, and a test compares it with
-the README and runs every cell that says "yes".
+its page and runs every cell that says "yes".
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def matrix(base: dict | None = None) -> list[tuple[Feature, dict[str, str]]]:
 
 
 def markdown() -> str:
-    """The README's table: "yes", or "no" with a numbered reason (the refusal's own words) listed below it."""
+    """The matrix as Markdown: "yes", or "no" with a numbered reason (the refusal's own words) listed below it."""
     reasons: list[str] = []
     lines = ["| feature | " + " | ".join(ENGINES) + " |", "|---" * (len(ENGINES) + 1) + "|"]
     for feature, cells in matrix():

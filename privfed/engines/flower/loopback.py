@@ -1,6 +1,7 @@
 """A Flower deployment on one machine: a SuperLink and one SuperNode per client on 127.0.0.1, TLS by default.
 
-What the README's "deployment on one machine" runs, and what the deployment test and ``benchmarks/flower.py`` use.
+What the Flower how-to's "deployment on one machine" runs (docs/how-to/flower.md), and what the deployment test
+and ``benchmarks/flower.py`` use.
 Every process starts in its own session; :meth:`LoopbackDeployment.close` kills each session and every descendant
 (SuperExec and ClientApp processes start their own), whatever happened, with bounded waits throughout.
 """
