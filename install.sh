@@ -8,6 +8,8 @@
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
 #   ./install.sh --flower  also Flower (flwr[simulation], with Ray): privfed's ServerApp/ClientApp, `privfed flower`
 #                          (--test includes it: the tests run the Flower engine)
+#   ./install.sh --docs    also MkDocs (Material, mkdocstrings, mkdocs-jupyter): `mkdocs serve` shows the documentation
+#                          site (--test includes it: a test builds the site with --strict)
 #   ./install.sh --tracking  also TensorBoard and MLflow (`privfed run --report-to tensorboard,mlflow`; --test
 #                          includes them: the tests read back what each logged)
 set -euo pipefail
@@ -20,8 +22,9 @@ for arg in "$@"; do
     --notebooks) extras+=(notebooks) ;;
     --flower) extras+=(flower) ;;
     --tracking) extras+=(tracking) ;;
+    --docs) extras+=(docs) ;;
     --fortunes) if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq fortunes; fi ;;
-    *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --notebooks, --fortunes)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --docs, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
 # A stock Debian/Ubuntu Python is "externally managed" (PEP 668): pip refuses to install into it. Say what to do
