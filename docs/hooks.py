@@ -101,11 +101,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 def _cli_reference() -> str:
     """Every command's help, as argparse prints it."""
-    from privfed.cli import _parser
+    from privfed.cli import parser
 
-    parser = _parser()
-    parts = [f"## privfed\n\n```text\n{parser.format_help()}```\n"]
-    for name, sub in _subcommands(parser):
+    top = parser()
+    parts = [f"## privfed\n\n```text\n{top.format_help()}```\n"]
+    for name, sub in _subcommands(top):
         parts.append(f"## privfed {name}\n\n```text\n{sub.format_help()}```\n")
     return "\n".join(parts)
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from privfed.cli.common import EXIT_CODES, printed_config, shows_progress, violation
+
+NAME = "audit"
+
 
 def add_audit_options(p: argparse.ArgumentParser) -> None:
     """The flags that make :class:`~privfed.audit.settings.AuditSettings` (shared by ``audit`` and ``sweep``)."""
@@ -25,10 +29,8 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-digits", type=int, default=6, help="digits of the inserted secrets (|R| = 10^digits)")
 
 
-def add_audit_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
-    from privfed.cli_common import EXIT_CODES
-
-    p = sub.add_parser("audit", parents=parents, epilog=EXIT_CODES,
+def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("audit", parents=[common, configured], epilog=EXIT_CODES,
                        help="run an experiment with privacy audits: one-run ε lower bound, membership inference, "
                             "canary exposure, reconstruction; exit 3 on a violation")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<name>-audit, -2, -3... when taken)")
@@ -45,9 +47,8 @@ def settings_from(args: argparse.Namespace):
                          profile=AuditProfile(args.profile), secret_digits=args.secret_digits)
 
 
-def audit_command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     from privfed.audit.settings import audited_config
-    from privfed.cli_common import printed_config, shows_progress, violation
     from privfed.config import load_config
     from privfed.results import unused_run_dir
 

@@ -86,7 +86,8 @@ def print_run(name: str, results: dict, out: Path) -> None:
     if results.get("generations"):
         print(f"\n## What the model answers after round {results['generations'][0]['round']}\n")
         for line in results["generations"]:
-            print(f"- {_short(line['prompt'])} → {_short(line['generated'])}  (reference: {_short(line['reference'])})")
+            print(f"- {_short(line['prompt'])} → {_short(line['generated'])}  "
+                  f"(reference: {_short(line['reference'])})")
     for note in results["notes"]:
         print(f"note: {note}")
     written = "config.yaml, metrics.csv, ledger.jsonl, results.json, rounds.png"

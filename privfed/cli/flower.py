@@ -1,9 +1,10 @@
-"""``privfed flower app | certs | identities | loopback | simulate``: privfed on Flower from the command line.
+"""``privfed flower app | certs | identities | worker | loopback | simulate``: privfed on Flower from the CLI.
 
 ``app`` writes the Flower app folder for a config (what ``flwr run`` ships); ``certs`` makes TLS files for a
-SuperLink; ``identities`` the clients' Ed25519 keys and directory for secagg's consistency check; ``loopback`` runs a whole TLS deployment on this machine (a SuperLink and one SuperNode per client on
-127.0.0.1) and ``simulate`` a Flower simulation (Ray, one virtual SuperNode per client), printing the same tables as
-``privfed run``. Nothing here imports flwr before the config is valid.
+SuperLink; ``identities`` the clients' Ed25519 keys and directory for secagg's consistency check; ``worker`` a
+warm node worker; ``loopback`` runs a whole TLS deployment on this machine (a SuperLink and one SuperNode per
+client on 127.0.0.1) and ``simulate`` a Flower simulation (Ray, one virtual SuperNode per client), printing the
+same tables as ``privfed run``. Nothing here imports flwr before the config is valid.
 """
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from privfed.cli.common import EXIT_CODES, print_run, printed_config, violation
 from privfed.errors import ConfigError, PrivfedError
 
+NAME = "flower"
 
-def add_flower_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
-    """``privfed flower ...``; ``common``: every command's options, ``configured``: a config's (privfed.cli_common)."""
-    from privfed.cli_common import EXIT_CODES
 
+def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
+    """``privfed flower ...``; ``common``: every command's options, ``configured``: a config's (privfed.cli.common)."""
     flower = sub.add_parser("flower", help="run privfed on Flower: app folders, TLS files, a loopback deployment, "
                                            "a Flower simulation")
     commands = flower.add_subparsers(dest="flower_command", required=True)
 
     def audit_options(p: argparse.ArgumentParser) -> None:
-        from privfed.audit_cli import add_audit_options
+        from privfed.cli.audit import add_audit_options
 
         p.add_argument("--audit", action="store_true", help="an audit run (privfed audit over Flower): the audited "
                                                             "client's node, started with node-config audit=true, "
@@ -42,14 +44,15 @@ def add_flower_parser(sub, common: argparse.ArgumentParser, configured: argparse
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
     certs.add_argument("--overwrite", action="store_true", help="replace an existing CA (nodes that trust the old "
                                                                 "one must get the new ca.pem)")
-    identities = commands.add_parser("identities", parents=[common], help="an Ed25519 identity key per client and the directory of "
-                                                        "their public keys (aggregation.consistency_check)")
+    identities = commands.add_parser("identities", parents=[common],
+                                     help="an Ed25519 identity key per client and the directory of their public keys "
+                                          "(aggregation.consistency_check)")
     identities.add_argument("folder", type=Path)
     identities.add_argument("--clients", type=int, required=True, help="how many clients (ids 0..N-1)")
     identities.add_argument("--overwrite", action="store_true", help="replace existing keys and directory")
-    worker = commands.add_parser("worker", parents=[common], help="a warm node worker for a SuperNode started with --isolation "
-                                                "process: one process serves all its messages (the model stays "
-                                                "loaded), restarted if it dies")
+    worker = commands.add_parser("worker", parents=[common],
+                                 help="a warm node worker for a SuperNode started with --isolation process: one "
+                                      "process serves all its messages (the model stays loaded), restarted if it dies")
     worker.add_argument("--runtime-api", default="127.0.0.1:9094", help="the SuperNode's Runtime API, on this "
                                                                         "machine (flower-supernode --port; default "
                                                                         "127.0.0.1:9094)")
@@ -90,7 +93,7 @@ def _num_nodes(cfg) -> int:
     return cfg.partition.num_clients
 
 
-def flower_command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     if args.flower_command == "certs":
         _require_flower()
         from privfed.engines.flower.certificates import make_tls_files
@@ -132,8 +135,6 @@ def flower_command(args: argparse.Namespace) -> int:
         from privfed.audit.settings import audited_config
 
         cfg = audited_config(cfg, audit)  # what the server and every node train
-    from privfed.cli_common import printed_config
-
     if printed_config(args, cfg):
         return 0
     _require_flower()
@@ -164,7 +165,7 @@ def _audit_settings(args: argparse.Namespace):
     if not hasattr(args, "audit"):  # simulate: the virtual nodes have no node config to agree to an audit
         return None
     from privfed.audit.settings import AuditSettings
-    from privfed.audit_cli import settings_from
+    from privfed.cli.audit import settings_from
 
     settings = settings_from(args)
     if not args.audit:
@@ -175,7 +176,6 @@ def _audit_settings(args: argparse.Namespace):
 
 
 def _run_locally(cfg, args: argparse.Namespace, audit=None) -> int:
-    from privfed.cli_common import print_run, violation
     from privfed.config import Aggregation
     from privfed.config import AttackKind as Attack
     from privfed.engines.flower.app_folder import write_app_folder

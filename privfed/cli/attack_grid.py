@@ -10,13 +10,18 @@ import enum
 import sys
 from pathlib import Path
 
+from privfed.cli.common import EXIT_CODES, config_options, printed_config, shows_progress
 
-def add_attack_grid_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
+NAME = "attack-grid"
+TINY_GRID = "the built-in tiny grid, ~10 minutes on 2 CPU cores"
+
+
+def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
+    """``configured`` is replaced by the grid's own config options (its default is the built-in tiny grid)."""
     from privfed.attacks.grid import GridSettings
-    from privfed.cli_common import EXIT_CODES
 
     d = GridSettings()
-    p = sub.add_parser("attack-grid", parents=parents, epilog=EXIT_CODES,
+    p = sub.add_parser("attack-grid", parents=[common, config_options(TINY_GRID)], epilog=EXIT_CODES,
                        help="poisoning attacks x defences x {plain, secagg, grouped secagg} x {no DP, ε}: clean "
                             "quality, attack success, survival, persistence")
     p.add_argument("--demo", action="store_true", help="use the demo's MiniLM/LoRA config instead (minutes a cell)")
@@ -52,7 +57,7 @@ def _choices(flag: str, text: str, kind: type[enum.Enum]) -> tuple:
     return tuple(allowed[p] for p in dict.fromkeys(picked))
 
 
-def attack_grid_command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     from privfed.attacks.grid import GridAggregation, GridDefence, GridSettings, default_workers, run_grid
     from privfed.config import AttackKind, load_config
     from privfed.runners.sweep import parse_epsilons
@@ -77,8 +82,6 @@ def attack_grid_command(args: argparse.Namespace) -> int:
         base = load_config(args.config, args.overrides)  # no --config: the demo
     else:
         base = attack_grid_config(args.overrides)
-    from privfed.cli_common import printed_config, shows_progress
-
     if printed_config(args, base):
         return 0
     out = args.out or Path("runs") / f"{base.name}-attack-grid"

@@ -1,0 +1,6 @@
+"""``python -m privfed.cli``: the ``privfed`` command."""
+import sys
+
+from privfed.cli import main
+
+sys.exit(main())
