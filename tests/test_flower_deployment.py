@@ -107,7 +107,11 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             assert row["aggregation"]["dropouts_recovered"] == 1
             # the two survivors' sum is not the in-process sum of three; the model stays sane
             assert abs(row["eval_loss"] - expected["secagg"]["rounds"][1]["eval_loss"]) < 0.5
-            assert last["clients_aggregated"] == 3 and last["aggregation"]["nodes_left"] == {}
+            # the new worker serves node 2 once its SuperNode lets go of the killed worker's task: Flower (1.42)
+            # releases it when the task's token expires, checked only on some Runtime API calls, which took more
+            # than round 3's timeout in 1 of 3 slow-tier runs (2026-12-07); then node 2 is round 3's one dropout
+            assert last["clients_aggregated"] == 3 or set(last["aggregation"]["nodes_left"]) == {"2"}, last
+            assert set(last["aggregation"]["nodes_left"]) <= {"2"}
             assert deployment.worker_log(2).count(READY) == 2  # the supervisor started a new worker
             assert deployment.worker_log(0).count(READY) == 1  # one process served node 0's every message
 
