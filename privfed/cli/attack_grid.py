@@ -10,7 +10,7 @@ import enum
 import sys
 from pathlib import Path
 
-from privfed.cli.common import EXIT_CODES, config_options, printed_config, shows_progress
+from privfed.cli.common import EXIT_CODES, config_options, printed_config, reusing_output_options, shows_progress
 
 NAME = "attack-grid"
 TINY_GRID = "the built-in tiny grid, ~10 minutes on 2 CPU cores"
@@ -39,10 +39,7 @@ def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.Argume
                    help="cells start from the model of an honest run of this many rounds (default: 10 for the "
                         "built-in tiny grid, whose random model must first learn; 0 otherwise)")
     p.add_argument("--workers", type=int, default=0, help="cells run in parallel (0 = min(2, CPU cores))")
-    p.add_argument("--out", type=Path, help="output directory (default: runs/<name>-attack-grid); a grid run "
-                                            "again there reuses its finished cells")
-    p.add_argument("--overwrite", action="store_true", help="start over cells in --out whose config changed "
-                                                            "(otherwise refused)")
+    reusing_output_options(p, "runs/<name>-attack-grid", "its finished cells")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -40,6 +40,15 @@ def config_options(default: str = "the built-in demo") -> argparse.ArgumentParse
     return parent
 
 
+def reusing_output_options(parser: argparse.ArgumentParser, default: str, reused: str) -> None:
+    """``--out`` and ``--overwrite`` of a command that reuses its output directory (sweep, attack grid): run again
+    there, it reuses what it finished (``reused``) and refuses, before anything runs, what another config made."""
+    parser.add_argument("--out", type=Path, help=f"output directory (default: {default}); run again there, it "
+                                                 f"reuses {reused}")
+    parser.add_argument("--overwrite", action="store_true", help="start over what --out holds of another config "
+                                                                 "(otherwise refused)")
+
+
 def configure_logging(args: argparse.Namespace) -> None:
     """Log level from ``-v``/``-q`` (warnings by default). A process whose logging is already set up (a notebook,
     a test calling :func:`privfed.cli.main`) keeps its handlers; only an explicit flag changes its level."""

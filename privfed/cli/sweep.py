@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from privfed.cli.audit import add_audit_options, settings_from
-from privfed.cli.common import EXIT_CODES, printed_config, shows_progress, violation
+from privfed.cli.common import EXIT_CODES, printed_config, reusing_output_options, shows_progress, violation
 from privfed.errors import ConfigError
 
 NAME = "sweep"
@@ -27,10 +27,7 @@ def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.Argume
     sweep.add_argument("--validation-fraction", type=float, default=None,
                        help="with --tune: share of each client's training examples held out for selection (0.1)")
     sweep.add_argument("--workers", type=int, default=1, help="runs at once, one torch thread each (default 1)")
-    sweep.add_argument("--out", type=Path, help="output directory (default: runs/<name>-sweep); a sweep run again "
-                                                "there reuses its finished runs and resumes interrupted ones")
-    sweep.add_argument("--overwrite", action="store_true", help="start over runs in --out whose config changed "
-                                                                "(otherwise refused)")
+    reusing_output_options(sweep, "runs/<name>-sweep", "its finished runs and resumes interrupted ones")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.add_argument("--audit", action="store_true", help="audit every run too (privfed audit): ε_lb beside ε, "
                                                             "membership AUC beside quality, and the ε_lb plot")
