@@ -27,16 +27,22 @@ for arg in "$@"; do
     *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --docs, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
-# A stock Debian/Ubuntu Python is "externally managed" (PEP 668): pip refuses to install into it. Say what to do
-# instead of pip's error: privfed goes into a virtual environment.
-if "$PY" -c 'import os, sys, sysconfig
-sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
-  echo "install.sh: $PY is managed by the system (PEP 668). Create and activate a virtual environment, then run" \
-       "install.sh again: python3 -m venv .venv && . .venv/bin/activate && ./install.sh $*" >&2
-  exit 2
-fi
 # torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
-"$PY" -m pip install -q torch==2.13.0
+# A stock Debian/Ubuntu Python is "externally managed" (PEP 668) and pip refuses to install into it (unless told
+# otherwise): then say what to do instead of pip's error — privfed goes into a virtual environment.
+log=$(mktemp)
+if ! "$PY" -m pip install -q torch==2.13.0 2>"$log"; then
+  cat "$log" >&2
+  if grep -q "externally-managed-environment" "$log"; then
+    echo "install.sh: $PY is managed by the system (PEP 668). Create and activate a virtual environment, then run" \
+         "install.sh again: python3 -m venv .venv && . .venv/bin/activate && ./install.sh $*" >&2
+    rm -f "$log"
+    exit 2
+  fi
+  rm -f "$log"
+  exit 1
+fi
+rm -f "$log"
 spec="."
 if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 "$PY" -m pip install -q -e "$spec"
