@@ -27,10 +27,11 @@ def command(args: argparse.Namespace) -> int:
     from privfed import config as cfgmod
     from privfed.results import RunDirectory, unused_run_dir
 
+    trackers = ()
     if args.report_to:  # checked before anything runs; the trackers' module imports torch, so only when asked
         from privfed.observe.tracking import parse_trackers
 
-        parse_trackers(args.report_to)
+        trackers = parse_trackers(args.report_to)
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume", "takes the config saved in DIR; drop --config/--set")
@@ -44,9 +45,8 @@ def command(args: argparse.Namespace) -> int:
     if printed_config(args, cfg):
         return 0
     from privfed.engines.inprocess import run  # torch, transformers, Opacus: only once the config is valid
-    from privfed.observe.tracking import parse_trackers, tracking_callbacks
+    from privfed.observe.tracking import tracking_callbacks
 
-    trackers = parse_trackers(args.report_to) if args.report_to else ()
     results = run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=shows_progress(args),
                   callbacks=tracking_callbacks(trackers, cfg, out))
     print_run(cfg.name, results, out)
