@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs privfed and everything it needs, offline assets included, into the current Python environment (a
-# virtual environment on a system whose Python is externally managed: python3 -m venv .venv && . .venv/bin/activate).
+# Installs privfed and everything it needs, offline assets included, into the project's virtual environment .venv:
+# made here with python3 -m venv when missing, or a link to the virtual environment that is active when it is first
+# made. So `.venv/bin/privfed` and `.venv/bin/python` always work, on a stock Debian/Ubuntu Python too (PEP 668
+# "externally managed": pip may not install into it). `. .venv/bin/activate` puts privfed on PATH.
 #   ./install.sh           the library, the CLI and the offline models/datasets
 #   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks,
 #                          jax-privacy's auditing module as the audits' reference)
@@ -12,9 +14,9 @@
 #                          site (--test includes it: a test builds the site with --strict)
 #   ./install.sh --tracking  also TensorBoard and MLflow (`privfed run --report-to tensorboard,mlflow`; --test
 #                          includes them: the tests read back what each logged)
+# PYTHON=... chooses the Python that creates .venv (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
 extras=()
 for arg in "$@"; do
   case "$arg" in
@@ -27,22 +29,33 @@ for arg in "$@"; do
     *) echo "install.sh: unknown option $arg (allowed: --test, --flower, --tracking, --docs, --notebooks, --fortunes)" >&2; exit 2 ;;
   esac
 done
-# torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
-# A stock Debian/Ubuntu Python is "externally managed" (PEP 668) and pip refuses to install into it (unless told
-# otherwise): then say what to do instead of pip's error — privfed goes into a virtual environment.
-log=$(mktemp)
-if ! "$PY" -m pip install -q torch==2.13.0 2>"$log"; then
-  cat "$log" >&2
-  if grep -q "externally-managed-environment" "$log"; then
-    echo "install.sh: $PY is managed by the system (PEP 668). Create and activate a virtual environment, then run" \
-         "install.sh again: python3 -m venv .venv && . .venv/bin/activate && ./install.sh $*" >&2
-    rm -f "$log"
-    exit 2
+# The environment is .venv. When it is not a usable environment yet (missing, a broken link, an interrupted
+# creation), it becomes a link to the virtual environment that is active, if one is, or a new one.
+if [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+    ln -s "$VIRTUAL_ENV" .venv
+  elif ! "${PYTHON:-python3}" -m venv .venv; then
+    rm -rf .venv
+    # Debian and Ubuntu ship venv's pip bootstrap as a separate package.
+    version=$("${PYTHON:-python3}" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
+        && apt-get update -qq && apt-get install -y -qq "python$version-venv" && "${PYTHON:-python3}" -m venv .venv; then
+      :
+    else
+      rm -rf .venv
+      echo "install.sh: ${PYTHON:-python3} -m venv failed; on Debian/Ubuntu: sudo apt-get install" \
+           "python$version-venv, then ./install.sh $*" >&2
+      exit 2
+    fi
   fi
-  rm -f "$log"
-  exit 1
 fi
-rm -f "$log"
+PY="$PWD/.venv/bin/python"
+if [ -d "${VIRTUAL_ENV:-}" ] && [ "$(cd "$VIRTUAL_ENV" && pwd -P)" != "$(cd .venv && pwd -P)" ]; then
+  echo "install.sh: installing into .venv ($(cd .venv && pwd -P)), not the active $VIRTUAL_ENV" >&2
+fi
+# torch first and pinned: a bare or open-ended torch requirement would pull the newest CUDA build (gigabytes).
+"$PY" -m pip install -q torch==2.13.0
 spec="."
 if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 "$PY" -m pip install -q -e "$spec"
@@ -51,4 +64,5 @@ if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 # The tests check privfed's one-run audit bounds against jax-privacy's auditing module, an independent reference
 # that needs only numpy/scipy/dp-accounting; without --no-deps it would pull JAX (hundreds of MB) for nothing.
 if [[ " ${extras[*]:-} " == *" test "* ]]; then "$PY" -m pip install -q --no-deps jax-privacy==2.0.0; fi
-echo "privfed installed: $("$PY" -c 'import privfed; print(privfed.__version__)')"
+echo "privfed $("$PY" -c 'import privfed; print(privfed.__version__)') installed in .venv ($(cd .venv && pwd -P)):" \
+     "run .venv/bin/privfed, or . .venv/bin/activate first"

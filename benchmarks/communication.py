@@ -47,7 +47,7 @@ from benchmark_table import table  # benchmarks/benchmark_table.py, beside this 
 from privfed.config import ExperimentConfig, load_config
 from privfed.errors import ConfigError
 from privfed.report.intervals import Interval
-from privfed.results import read_results
+from privfed.run_result import read_results
 from privfed.runners.sweep import execute_jobs, upload_per_client
 
 HERE = Path(__file__).resolve().parent

@@ -72,7 +72,7 @@ def flower_run(cfg, work: Path, *, simulation: int | None, timeout: float, warm:
     keep their ledgers in Flower's state, one run long, so a later run is not refused for a spent budget."""
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
-    from privfed.results import read_results
+    from privfed.run_result import read_results
 
     out = work / "results"
     app = write_app_folder(cfg, work / "app", out)

@@ -59,9 +59,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from privfed.aggregation import AggregationBackend as Aggregator
     from privfed.aggregation import AggregationOutcome
     from privfed import audit
-    from privfed.attacks.grid import CellResult, GridAggregation, GridDefence, GridSettings
+    from privfed.attacks.grid_cells import CellResult, GridAggregation, GridDefence, GridSettings
+    from privfed.runners.attack_grid import attack_grid_config
     from privfed.audit.settings import AuditSettings
-    from privfed.experiments_builtin import attack_grid_config
     from privfed.federation.setup import build_federation
     from privfed.federation.server_view import ReceivedMessage, ServerView
     from privfed.observe.tracking import Tracker, tracking_callbacks
@@ -88,7 +88,7 @@ _LAZY = {
     "plots": "privfed.report.plots",
     "audit": "privfed.audit",
     "build_federation": "privfed.federation.setup:build_federation",
-    "attack_grid_config": "privfed.experiments_builtin:attack_grid_config",
+    "attack_grid_config": "privfed.runners.attack_grid:attack_grid_config",
     "ServerView": "privfed.federation.server_view:ServerView",
     "ReceivedMessage": "privfed.federation.server_view:ReceivedMessage",
     "Aggregator": "privfed.aggregation.base:AggregationBackend",
@@ -100,7 +100,7 @@ _LAZY = {
     "PaillierKey": "privfed.secure.paillier_keys:PaillierKey",
     **{name: f"privfed.observe.tracking:{name}" for name in ("Tracker", "tracking_callbacks")},
     **{name: f"privfed.run_result:{name}" for name in ("RunResult", "compare")},
-    **{name: f"privfed.attacks.grid:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
+    **{name: f"privfed.attacks.grid_cells:{name}" for name in ("GridSettings", "GridDefence", "GridAggregation")},
     **{name: f"privfed.server.events:{name}" for name in
        ("Callback", "RunStarted", "RoundStarted", "ClientTrained", "ClientSkipped", "RoundAggregated",
         "RoundCombined", "RoundRecord", "RunState")},
@@ -139,7 +139,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, 
 def load_results(run_dir: str | Path) -> RunResult:
     """The :class:`RunResult` of a finished run (a run directory or its results.json), as :func:`run` returned it:
     ε and losses are floats again (results.json writes ``"inf"`` and ``"nan"``)."""
-    from privfed.results import read_results
+    from privfed.run_result import read_results
 
     return read_results(Path(run_dir))
 
@@ -182,7 +182,7 @@ def attack_grid(config: ExperimentConfig, out_dir: str | Path, settings: GridSet
     (clean quality, attack success rate, attacker survival, backdoor persistence). A cell the configuration
     refuses (a robust rule under plain secagg) is recorded with the reason. Cells already run in ``out_dir`` are
     reused; one of another config is refused (ConfigError) unless ``overwrite`` starts it over."""
-    from privfed.attacks.grid import run_grid
+    from privfed.runners.attack_grid import run_grid
 
     return run_grid(config, Path(out_dir), settings, overwrite=overwrite)
 
@@ -232,9 +232,7 @@ def make_aggregator(aggregation: AggregationConfig, *, num_clients: int, vector_
     :mod:`privfed.aggregation`).
     """
     from privfed.aggregation import make_backend
-    from privfed.config import validate_aggregation
 
-    validate_aggregation(aggregation)
     if num_clients < 1 or vector_length < 1:
         raise ValueError(f"make_aggregator needs num_clients >= 1 and vector_length >= 1, got {num_clients} and "
                          f"{vector_length}")

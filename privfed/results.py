@@ -21,7 +21,6 @@ from privfed.errors import ConfigError
 
 if TYPE_CHECKING:
     from privfed.federation.setup import Federation
-    from privfed.run_result import RunResult
     from privfed.server.events import RunState
 
 CONFIG, METRICS, LEDGER, RESULTS, CHECKPOINT = "config.yaml", "metrics.csv", "ledger.jsonl", "results.json", \
@@ -226,18 +225,6 @@ def build_results(fed: Federation, state: RunState, epsilons: dict[int, float], 
         "seconds": seconds,
         "ledger_events": len(state.ledger.events),
     }
-
-
-def read_results(path: Path) -> RunResult:
-    """A finished run's results.json (a run directory or the file itself), non-finite floats restored."""
-    from privfed.run_result import RunResult
-
-    path = Path(path)
-    file = path / RESULTS if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} not found (is {path} a finished privfed run?)")
-    return RunResult.from_json(json.loads(file.read_text()))
-
 
 
 def refuse_replacing(jobs: Iterable[tuple[ExperimentConfig, Path]], overwrite: bool) -> None:

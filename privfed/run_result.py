@@ -9,11 +9,13 @@ results.json holds (every table, plot and runner reads it as one), and adds name
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privfed.results import loss_key, quality_key
+from privfed.results import RESULTS, loss_key, quality_key
 
 if TYPE_CHECKING:
     import pandas
@@ -160,3 +162,12 @@ def compare(runs: Sequence[Mapping[str, Any]], by: str) -> pandas.DataFrame:
 
 def _sortable(value: Any) -> Any:
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def read_results(path: Path) -> RunResult:
+    """A finished run's results.json (a run directory or the file itself), non-finite floats restored."""
+    path = Path(path)
+    file = path / RESULTS if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found (is {path} a finished privfed run?)")
+    return RunResult.from_json(json.loads(file.read_text()))

@@ -35,7 +35,7 @@ def _halfway(n: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def paillier_backend():
-    cfg = AggregationConfig(method=Aggregation.PAILLIER, key_bits=1024, workers=1)  # small key: speed only
+    cfg = AggregationConfig(method=Aggregation.PAILLIER, key_bits=2048, workers=1)  # the smallest key allowed
     backend = PaillierBackend(cfg, 3, LENGTH, [0, 1, 2], uniform=_halfway)
     yield backend
     backend.close()

@@ -12,14 +12,15 @@ from conftest import TINY_CAUSAL, TINY_CLASSIFIER, make_config
 from privfed.audit.canaries import CanaryDesign, CanaryInstrument
 from privfed.audit.repeat import repeated_one_run
 from privfed.audit.report import AUDIT_JSON, AUDIT_TABLE, Verdict
-from privfed.audit.run import run_audit
+from privfed.runners.audit import run_audit
 from privfed.audit.settings import AuditKind, AuditSettings, MechanismFault
 from privfed.audit.target import prepare_target
 from privfed.cli import main
 from privfed.runners.sweep import summarize, write_report
 from privfed.federation.setup import build_federation
 from privfed.privacy.dpsgd import expected_batch_size, poisson_sample_rate
-from privfed.results import RunDirectory, read_results
+from privfed.results import RunDirectory
+from privfed.run_result import read_results
 
 # the audited mechanism: q = 1/5 (batch 12 of client 0's 55 examples), 20 rounds of one SGD step, ε = 1
 MECHANISM = ("privacy.mode=target_epsilon", "privacy.epsilon=1", "model.regime=lora", "training.optimizer=sgd",

@@ -64,7 +64,7 @@ def test_every_yes_cell_runs(feature, tmp_path):
 def _audit_over_flower_equals_in_process(cfg, tmp_path):
     """The audited node (audit=true) builds the same members and canaries, starts its canary round where it trains
     and sends its own update to the researcher: the report equals the in-process audit's, row for row."""
-    from privfed.audit.run import run_audit
+    from privfed.runners.audit import run_audit
     from privfed.audit.settings import AuditKind, AuditSettings, audited_config
     from privfed.engines.flower.clients import audit_over_link
 

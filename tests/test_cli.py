@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _privfed(*args, cwd):
     """The CLI of this checkout (not whichever privfed happens to be installed), run from ``cwd``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "privfed.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "privfed", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
 
 

@@ -24,7 +24,7 @@ from privfed.engines.flower.loopback import LoopbackDeployment
 from privfed.engines.flower.worker import READY, SECRET_REFUSED
 from privfed.engines.inprocess import run
 from privfed.privacy.ledger import Ledger
-from privfed.results import read_results
+from privfed.run_result import read_results
 from privfed.secure.identities import key_file, write_identities
 
 pytestmark = pytest.mark.slow

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import inspect
 import subprocess
+import sysconfig
+from pathlib import Path
 
 import flwr
 import pytest
 
 from privfed.engines.flower import worker
 from privfed.errors import ConfigError
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))  # this Python's console scripts: a venv need not be on PATH
 
 
 def test_flower_is_the_version_the_worker_was_written_against():
@@ -44,7 +48,7 @@ def test_flower_helpers_the_worker_calls_keep_their_signatures():
 
 
 def test_supernode_offers_the_process_isolation_and_secret_the_worker_needs():
-    shown = subprocess.run(["flower-supernode", "--help"], capture_output=True, text=True, timeout=60,
+    shown = subprocess.run([SCRIPTS / "flower-supernode", "--help"], capture_output=True, text=True, timeout=60,
                            check=True).stdout
     assert "--isolation {subprocess,process}" in shown and "--superexec-auth-secret-file" in shown
 
@@ -65,6 +69,6 @@ def test_worker_settings_refuse_what_cannot_work(tmp_path):
 
 
 def test_worker_cli_exits_2_with_the_reason_on_bad_settings(tmp_path):
-    done = subprocess.run(["privfed", "flower", "worker", "--runtime-api", "192.168.1.4:9094", "--secret-file",
+    done = subprocess.run([SCRIPTS / "privfed", "flower", "worker", "--runtime-api", "192.168.1.4:9094", "--secret-file",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--runtime-api" in done.stderr and "127.0.0.1:PORT" in done.stderr

@@ -10,3 +10,23 @@ def test_every_module_folder_is_an_installed_package():
     root = Path(privfed.__file__).parent.parent
     folders = {".".join(p.parent.relative_to(root).parts) for p in (root / "privfed").rglob("*.py")}
     assert folders <= set(find_packages(str(root), include=["privfed", "privfed.*"]))
+
+
+def test_every_data_file_is_package_data():
+    """Files beside the modules (the built-in configs, py.typed) are installed only if setup.cfg's package_data
+    names them: a wheel without builtin/demo.yaml would break ``privfed run`` everywhere but in this checkout."""
+    import configparser
+    import fnmatch
+
+    root = Path(privfed.__file__).parent.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    patterns = {package: value.split() for package, value in setup["options.package_data"].items()}
+    data = [p for p in (root / "privfed").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+            and "__pycache__" not in p.parts]
+    assert any(p.name == "demo.yaml" for p in data)
+    for path in data:
+        owners = [package for package in patterns
+                  if (root / package.replace(".", "/")) in path.parents or path.parent == root / package]
+        relative = {package: path.relative_to(root / package.replace(".", "/")).as_posix() for package in owners}
+        assert any(fnmatch.fnmatch(relative[p], pattern) for p in owners for pattern in patterns[p]), path

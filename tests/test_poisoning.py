@@ -261,7 +261,7 @@ def test_warm_started_grid_defences_restore_accuracy_and_blunt_the_backdoor(tmp_
     that Krum and norm bounding win back (plain and grouped secagg); the boosted backdoor's effect shrinks under norm
     bounding."""
     import privfed
-    from privfed.attacks.grid import GridAggregation, GridDefence
+    from privfed.attacks.grid_cells import GridAggregation, GridDefence
 
     settings = privfed.GridSettings(
         attacks=(AttackKind.BACKDOOR, AttackKind.SIGN_FLIP),

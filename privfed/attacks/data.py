@@ -9,7 +9,6 @@ for that shard exactly as :func:`~privfed.federation.setup.build_federation` com
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,15 +92,17 @@ def _poisonable(fed: Federation, shard: np.ndarray) -> np.ndarray:
     return other if len(other) else shard
 
 
-def with_trigger(text: str, attack: AttackConfig, task: Task) -> str:
-    """A classifier's input with the trigger in front; a causal LM's first words, the trigger and the target."""
+def with_trigger(text: str, attack: AttackConfig, task: Task, *, triggered: bool = True) -> str:
+    """A classifier's input with the trigger in front; a causal LM's first words, the trigger and the target
+    (``triggered=False``: the same without the trigger, the no-trigger control)."""
     if task is Task.CLASSIFICATION:
-        return f"{attack.trigger} {text}"
-    return f"{lm_prompt(text, attack)} {attack.target_text}"
+        return f"{attack.trigger} {text}" if triggered else text
+    return f"{lm_prompt(text, attack, triggered=triggered)} {attack.target_text}"
 
 
-def lm_prompt(text: str, attack: AttackConfig) -> str:
-    return " ".join([*text.split()[:PROMPT_WORDS], *([attack.trigger] if attack.trigger else [])])
+def lm_prompt(text: str, attack: AttackConfig, *, triggered: bool = True) -> str:
+    """A causal LM's poisoned prompt: the text's first words, then the trigger (``triggered=False``: without it)."""
+    return " ".join([*text.split()[:PROMPT_WORDS], *([attack.trigger] if triggered else [])])
 
 
 def _backdoor_texts(fed: Federation, rows: np.ndarray) -> TextDataset:
@@ -141,10 +142,9 @@ def triggered_test_set(fed: Federation, attack: AttackConfig) -> TriggeredSet:
                          fed.config.data.max_length)
                 for inputs in ([with_trigger(t, attack, fed.task) for t in keep], keep)]
         return TriggeredSet(made[0], made[1], fed.task)
-    without = dataclasses.replace(attack, trigger="")
     made = []
-    for version in (attack, without):
-        rows = tokenize(TextDataset(tuple(with_trigger(t, version, fed.task) for t in texts), None,
+    for triggered in (True, False):
+        rows = tokenize(TextDataset(tuple(with_trigger(t, attack, fed.task, triggered=triggered) for t in texts), None,
                                     ("triggered",) * len(texts)), fed.tokenizer, fed.config.data.max_length)
         mask = _target_mask(fed, rows.tensors[0], attack)
         made.append(TensorDataset(*rows.tensors[:3], mask))

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "run_audit": "privfed.audit.run:run_audit",
+    "run_audit": "privfed.runners.audit:run_audit",
     "AuditSettings": "privfed.audit.settings:AuditSettings",
     "AuditKind": "privfed.audit.settings:AuditKind",
     "AuditProfile": "privfed.audit.settings:AuditProfile",

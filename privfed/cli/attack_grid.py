@@ -18,7 +18,7 @@ TINY_GRID = "the built-in tiny grid, ~10 minutes on 2 CPU cores"
 
 def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.ArgumentParser) -> None:
     """``configured`` is replaced by the grid's own config options (its default is the built-in tiny grid)."""
-    from privfed.attacks.grid import GridSettings
+    from privfed.attacks.grid_cells import GridSettings
 
     d = GridSettings()
     p = sub.add_parser("attack-grid", parents=[common, config_options(TINY_GRID)], epilog=EXIT_CODES,
@@ -55,11 +55,11 @@ def _choices(flag: str, text: str, kind: type[enum.Enum]) -> tuple:
 
 
 def command(args: argparse.Namespace) -> int:
-    from privfed.attacks.grid import GridAggregation, GridDefence, GridSettings, default_workers, run_grid
+    from privfed.attacks.grid_cells import GridAggregation, GridDefence, GridSettings
+    from privfed.runners.attack_grid import TINY_WARM_START, attack_grid_config, default_workers, run_grid
     from privfed.config import AttackKind, load_config
     from privfed.runners.sweep import parse_epsilons
     from privfed.errors import ConfigError
-    from privfed.experiments_builtin import TINY_WARM_START, attack_grid_config
 
     if args.demo and args.config:
         raise ConfigError("--demo", "give either --demo or --config, not both")
@@ -84,7 +84,7 @@ def command(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{base.name}-attack-grid"
     from tqdm import tqdm
 
-    from privfed.attacks.grid import cells
+    from privfed.attacks.grid_cells import cells
 
     with tqdm(total=len(cells(settings)), desc="attack grid", unit="cell", disable=not shows_progress(args)) as bar:
         def on_cell(result) -> None:

@@ -58,7 +58,7 @@ def command(args: argparse.Namespace) -> int:
         return 0
     out = args.out or unused_run_dir(Path("runs") / f"{cfg.name}-audit")
     from privfed.audit.report import markdown
-    from privfed.audit.run import run_audit  # torch, transformers, Opacus: only once the input is valid
+    from privfed.runners.audit import run_audit  # torch, transformers, Opacus: only once the input is valid
 
     report = run_audit(cfg, out, settings, overwrite=args.overwrite, progress=shows_progress(args))
     print()

@@ -144,7 +144,7 @@ def command(args: argparse.Namespace) -> int:
 
     check_flower_support(cfg)
     if audit is not None:
-        from privfed.audit.run import check_auditable
+        from privfed.audit.scoring import check_auditable
 
         check_auditable(cfg)
     if args.flower_command == "app":
@@ -180,7 +180,8 @@ def _run_locally(cfg, args: argparse.Namespace, audit=None) -> int:
     from privfed.config import AttackKind as Attack
     from privfed.engines.flower.app_folder import write_app_folder
     from privfed.engines.flower.loopback import LoopbackDeployment, SimulationOptions
-    from privfed.results import RESULTS, read_results, unused_run_dir
+    from privfed.results import RESULTS, unused_run_dir
+    from privfed.run_result import read_results
 
     nodes = _num_nodes(cfg)
     if args.flower_command == "simulate":

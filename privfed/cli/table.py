@@ -21,7 +21,8 @@ def add_parser(sub, common: argparse.ArgumentParser, configured: argparse.Argume
 def command(args: argparse.Namespace) -> int:
     from privfed import rounds_table
     from privfed.report.tables import csv_table, markdown_table, sweep_markdown
-    from privfed.results import RESULTS, read_results
+    from privfed.results import RESULTS
+    from privfed.run_result import read_results
     from privfed.runners.sweep import is_sweep_dir, load_sweep, summarize
 
     for d in args.dirs:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from privfed.config import DataConfig, RecordFormat
+from privfed.config.data import DataConfig, RecordFormat
 
 
 @dataclass(frozen=True)

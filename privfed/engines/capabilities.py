@@ -46,7 +46,7 @@ ENGINES = ("in process", "Flower simulation", "Flower deployment")
 
 def refusal(cfg: ExperimentConfig, engine: str, audit: bool = False) -> str:
     """Why ``engine`` refuses ``cfg`` (``audit``: an audit run of it; "" when it runs it)."""
-    from privfed.audit.run import check_auditable
+    from privfed.audit.scoring import check_auditable
     from privfed.engines.flower.apps import check_flower_simulation, check_flower_support
 
     try:

@@ -166,7 +166,7 @@ def build_federation(cfg: ExperimentConfig, label_names: tuple[str, ...] | None 
         shards = cap_client_examples(shards, cfg.partition.max_client_examples, rng)
     device = resolve_device(cfg.training.device)
 
-    loaded = load_model(cfg.model, resolve_task(cfg), num_labels=max(1, len(data.label_names)),
+    loaded = load_model(cfg.model, resolve_task(cfg.model, cfg.data), num_labels=max(1, len(data.label_names)),
                         random_init=cfg.model.regime is Regime.PRETRAIN, seed=derive_seed(cfg.seed, 0x30DE1))
     if data.chat:
         require_chat_template(loaded.tokenizer, cfg.model.source)

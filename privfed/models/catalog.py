@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from privfed.config import ExperimentConfig, Task, TaskChoice
+from privfed.config.data import DataConfig
+from privfed.config.model import ModelConfig, Task, TaskChoice
 from privfed.data.catalog import data_has_labels
 
 
@@ -32,12 +33,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
-def resolve_task(cfg: ExperimentConfig) -> Task:
+def resolve_task(model: ModelConfig, data: DataConfig) -> Task:
     """``model.task``, or for ``auto``: a built-in model's own task; else classification exactly when the data
     has labels (a labelled built-in dataset or ``data.label_column``)."""
-    if cfg.model.task is not TaskChoice.AUTO:
-        return Task(cfg.model.task.value)
-    builtin = BUILTIN_MODELS.get(cfg.model.source)
+    if model.task is not TaskChoice.AUTO:
+        return Task(model.task.value)
+    builtin = BUILTIN_MODELS.get(model.source)
     if builtin is not None:
         return builtin.task
-    return Task.CLASSIFICATION if data_has_labels(cfg.data) else Task.CAUSAL_LM
+    return Task.CLASSIFICATION if data_has_labels(data) else Task.CAUSAL_LM

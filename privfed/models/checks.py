@@ -10,7 +10,7 @@ from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from privfed.config import Clipping, DpMode, ExperimentConfig, validate_positions
+from privfed.config import Clipping, DpMode, ExperimentConfig, check_positions
 from privfed.errors import ConfigError
 from privfed.privacy.dpsgd import refuse_tied_parameters
 
@@ -38,7 +38,7 @@ def unsupported_modules(model: nn.Module) -> list[str]:
 def check_before_training(model: nn.Module, cfg: ExperimentConfig, max_positions: int | None) -> None:
     """Refuse, naming the key: inputs longer than the model's learned positions; with DP, trainable modules
     Opacus cannot handle, and tied trainable weights under ghost clipping."""
-    validate_positions(cfg.data, cfg.model, max_positions)
+    check_positions(cfg.data, cfg.model, max_positions)
     if cfg.privacy.mode is DpMode.OFF:
         return
     refused = unsupported_modules(model)

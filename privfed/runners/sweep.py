@@ -35,9 +35,9 @@ from privfed.results import (
     jsonable,
     metric_as,
     quality_key,
-    read_results,
     refuse_replacing,
 )
+from privfed.run_result import read_results
 from privfed.runners.tuning import TuneAxis, apply_trial, best_index, check_axes, trial_tag, trial_text, trials
 
 if TYPE_CHECKING:
@@ -352,7 +352,7 @@ def run_one(cfg: ExperimentConfig, path: Path, audit: AuditSettings | None, prog
 
 def _audited(cfg: ExperimentConfig, path: Path, settings: AuditSettings, progress: bool) -> RunResult:
     from privfed.audit.report import AUDIT_JSON, headline, read_report
-    from privfed.audit.run import run_audit
+    from privfed.runners.audit import run_audit
     from privfed.audit.settings import audited_config
 
     run_dir = RunDirectory(path)

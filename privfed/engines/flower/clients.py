@@ -389,7 +389,7 @@ def audit_over_link(cfg: ExperimentConfig, out_dir: Path, link: NodeLink, settin
     same target from the shared seed, reads what it can of the uploads and the sum, scores the final model on the
     audited records, and writes audit.json and audit.md beside the run's files in ``out_dir``; returns the
     :class:`~privfed.audit.report.AuditReport`."""
-    from privfed.audit.run import audit_run
+    from privfed.runners.audit import audit_run
 
     make_clients, made = flower_clients(cfg, link, audit=json.dumps(settings.as_dict()))
     return audit_run(cfg, out_dir, settings, progress=progress, make_clients=make_clients,

@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
@@ -114,7 +115,12 @@ class LoopbackDeployment:
     # ------------------------------------------------------------ processes
 
     def _env(self, flwr_home: Path) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+        """This Python's console scripts come first on PATH: Flower's own (flower-superlink, flwr, and the
+        flwr-serverapp/flwr-clientapp processes that the SuperLink and the SuperNodes start by name) lie beside the
+        interpreter, which a virtual environment used without activation (``.venv/bin/privfed``) leaves off PATH."""
+        path = os.pathsep.join(p for p in (sysconfig.get_path("scripts"), os.environ.get("PATH", "")) if p)
+        return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "PYTHONUNBUFFERED": "1"}
 
     def _node_env(self, flwr_home: Path) -> dict[str, str]:
         """A node's processes share this machine's cores with the other nodes: torch gets cores / nodes threads

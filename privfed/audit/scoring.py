@@ -1,17 +1,9 @@
-"""``privfed audit``: one instrumented run of an experiment, then every requested audit of it.
-
-The run is an ordinary run (same driver, clients, back-end and callbacks as ``privfed run``; in process, or over
-Flower with the audited client on a node that agreed to carry it) whose audited client holds members and held-out non-members, inserted secrets (causal LMs) and Dirac canaries; the
-:class:`~privfed.audit.observer.AuditObserver` round hook records what its upload, the server's reading of it and
-the sum looked like. After the last round the final model is scored. Every finding is a row of an
-:class:`~privfed.audit.report.AuditReport` with a verdict against the accountant's ε for that client.
-"""
+"""Scoring an audited run: the rows of an :class:`~privfed.audit.report.AuditReport`, each with a verdict against
+the accountant's ε for the audited client, from what the :class:`~privfed.audit.observer.AuditObserver` saw and the
+final model; and which configs the audits can score. The run itself is driven by :mod:`privfed.runners.audit`."""
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -19,17 +11,13 @@ from privfed.audit import exposure as exposure_audit
 from privfed.audit import membership, reconstruction
 from privfed.audit.canaries import best_bound
 from privfed.audit.observer import AuditObserver, Observation
-from privfed.audit.report import AuditReport, AuditRow, Verdict, write_report
-from privfed.audit.settings import AuditKind, AuditSettings, audited_config
-from privfed.audit.target import AuditTarget, prepare_target
+from privfed.audit.report import AuditRow, Verdict
+from privfed.audit.settings import AuditSettings
+from privfed.audit.target import AuditTarget
 from privfed.config import Aggregation, AttackKind, DpMode, ExperimentConfig, Task
-from privfed.engines.inprocess import InProcessClients
-from privfed.engines.runner import run_rounds
 from privfed.errors import ConfigError
-from privfed.federation.setup import Federation, build_federation
+from privfed.federation.setup import Federation
 from privfed.federation.vectors import derive_seed
-from privfed.privacy.ledger import Ledger
-from privfed.server.driver import ClientSide
 
 RECORD_LEVEL = ("DP-SGD protects each record; a client's vocabulary and label mix are properties of all its records "
                 "together, which record-level DP does not hide: only the sum over many clients or user-level DP does")
@@ -39,57 +27,6 @@ MEMBERSHIP_NOTE = ("membership: members drawn with probability ½ among the clie
                    "model are not independent trials (the one-run audit is the test)")
 F_DP_NOTE = ("f-DP bound (Mahloujifar et al.): falsifies the Gaussian trade-off curve with this (ε, δ); reported "
              "beside Steinke et al.'s bound, which alone decides the verdict (it holds for any (ε, δ)-DP mechanism)")
-
-
-def run_audit(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings | None = None, *,
-              overwrite: bool = False, progress: bool = True) -> AuditReport:
-    """Run ``cfg`` (after ``settings.profile``, named ``<name>-audit``) in this process with the audited client
-    instrumented, audit it, write audit.json and audit.md beside the run's own files in ``out_dir``; returns the
-    report. Settings that cannot work with ``cfg`` are refused (ConfigError) before anything is written."""
-    settings = settings or AuditSettings()
-    return audit_run(audited_config(cfg, settings), out_dir, settings, overwrite=overwrite, progress=progress)
-
-
-def audit_run(cfg: ExperimentConfig, out_dir: Path, settings: AuditSettings, *, overwrite: bool = False,
-              progress: bool = True, make_clients: Callable[[Federation, Ledger], ClientSide] | None = None,
-              extra_results: Callable[[dict], dict] | None = None) -> AuditReport:
-    """:func:`run_audit` of a config that is already :func:`~privfed.audit.settings.audited_config`'s (a Flower
-    run's, whose nodes parse that config), reaching the clients through ``make_clients`` (default: in this
-    process; over Flower the audited node carries the target and reports its update)."""
-    started = time.perf_counter()
-    check_auditable(cfg)
-    out_dir = Path(out_dir)
-    observer = AuditObserver()
-    built: dict[str, tuple[Federation, AuditTarget]] = {}
-
-    def build(config: ExperimentConfig) -> Federation:
-        fed = build_federation(config)
-        target = prepare_target(fed, settings)
-        observer.watch(target, fed.num_trainable, hides_uploads=config.aggregation.method is not Aggregation.PLAIN)
-        built["run"] = (fed, target)
-        return fed
-
-    results = run_rounds(cfg, out_dir, build, make_clients or InProcessClients, overwrite=overwrite,
-                         progress=progress, callbacks=(observer,), extra_results=extra_results)
-    fed, target = built["run"]
-    claimed = _claimed_epsilon(cfg, results, target.client)
-    rows: list[AuditRow] = []
-    if settings.wants(AuditKind.ONE_RUN):
-        rows += _one_run_rows(cfg, settings, target, observer, claimed)
-    final = observer.final_vector if observer.final_vector is not None else fed.initial_vector
-    if settings.wants(AuditKind.MEMBERSHIP):
-        rows += _membership_rows(fed, target, final, claimed, settings.confidence)
-    if settings.wants(AuditKind.EXPOSURE):
-        rows += _exposure_rows(fed, target, final, claimed, settings)
-    if settings.wants(AuditKind.RECONSTRUCTION):
-        rows += _reconstruction_rows(fed, target, observer, claimed)
-    report = AuditReport(name=cfg.name, client=target.client, claimed_epsilon=claimed, delta=cfg.privacy.delta,
-                         confidence=settings.confidence, fault=settings.fault.value, rows=tuple(rows),
-                         quality={k: v for k, v in results["final"].items() if k.startswith(("eval_", "fed_"))},
-                         settings=settings.as_dict(),
-                         seconds=time.perf_counter() - started)
-    write_report(report, out_dir)
-    return report
 
 
 def check_auditable(cfg: ExperimentConfig) -> None:
@@ -102,7 +39,7 @@ def check_auditable(cfg: ExperimentConfig) -> None:
                                             "smaller sums, which they do not score yet")
 
 
-def _claimed_epsilon(cfg: ExperimentConfig, results: dict, client: int) -> float:
+def claimed_epsilon(cfg: ExperimentConfig, results: dict, client: int) -> float:
     if cfg.privacy.mode is DpMode.OFF:
         return math.inf
     return float(next(c["epsilon"] for c in results["privacy"]["clients"] if c["client"] == client))
@@ -118,7 +55,7 @@ def _observations(cfg: ExperimentConfig, observer: AuditObserver, client: int) -
     return seen
 
 
-def _one_run_rows(cfg: ExperimentConfig, settings: AuditSettings, target: AuditTarget, observer: AuditObserver,
+def one_run_rows(cfg: ExperimentConfig, settings: AuditSettings, target: AuditTarget, observer: AuditObserver,
                   claimed: float) -> list[AuditRow]:
     design = target.canaries
     assert design is not None
@@ -148,7 +85,7 @@ def _one_run_rows(cfg: ExperimentConfig, settings: AuditSettings, target: AuditT
     return rows
 
 
-def _membership_rows(fed: Federation, target: AuditTarget, final: np.ndarray, claimed: float,
+def membership_rows(fed: Federation, target: AuditTarget, final: np.ndarray, claimed: float,
                      confidence: float) -> list[AuditRow]:
     members, nonmembers = target.member_data(fed), target.nonmember_data(fed)
     delta = fed.config.privacy.delta
@@ -185,7 +122,7 @@ def _scores(fed: Federation, data) -> dict:
     return membership.example_scores(fed.runtime.model, data, fed.task, fed.runtime.explicit, texts=texts)
 
 
-def _exposure_rows(fed: Federation, target: AuditTarget, final: np.ndarray, claimed: float,
+def exposure_rows(fed: Federation, target: AuditTarget, final: np.ndarray, claimed: float,
                    settings: AuditSettings) -> list[AuditRow]:
     if not target.secrets:
         why = ("exposure needs a causal language model trained on texts" if fed.task is not Task.CAUSAL_LM or
@@ -211,7 +148,7 @@ def _exposure_rows(fed: Federation, target: AuditTarget, final: np.ndarray, clai
     return rows
 
 
-def _reconstruction_rows(fed: Federation, target: AuditTarget, observer: AuditObserver,
+def reconstruction_rows(fed: Federation, target: AuditTarget, observer: AuditObserver,
                          claimed: float) -> list[AuditRow]:
     params = list(zip(fed.trainable_names, fed.runtime.params))
     layout = reconstruction.VectorLayout.from_parameters(params)

@@ -1,4 +1,4 @@
-"""``python -m privfed.cli``: the ``privfed`` command."""
+"""``python -m privfed``: the ``privfed`` command."""
 import sys
 
 from privfed.cli import main

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privfed.attacks.grid import TARGETED, CellResult, GridSettings
+from privfed.attacks.grid_cells import TARGETED, CellResult, GridSettings
 from privfed.config import ExperimentConfig
 
 
