@@ -8,9 +8,10 @@ import stat
 import msgpack
 import numpy as np
 import pytest
-from test_cli import _privfed, _tiny_config
+from test_cli import _tiny_config
 
 from privfed.aggregation.paillier import PaillierBackend
+from privfed.cli import main
 from privfed.config import Aggregation, AggregationConfig
 from privfed.engines.inprocess import run
 from privfed.errors import ConfigError
@@ -102,20 +103,20 @@ def test_an_overflowing_configuration_fails_before_any_key_or_training():
         PaillierBackend(cfg, max_clients=2 ** 12, vector_length=10, client_ids=list(range(2 ** 12)))
 
 
-def test_a_key_file_is_used_as_is(tiny_classifier, tmp_path):
-    proc = _privfed("keygen", str(tmp_path / "clients.key"), "--bits", "2048", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "aggregation.key_file=" in proc.stdout and "2030" in proc.stdout
+def test_a_key_file_is_used_as_is(tiny_classifier, tmp_path, capsys):
+    # the CLI in this process: a subprocess would spend seconds importing what this one has (test_cli runs it so)
+    assert main(["keygen", str(tmp_path / "clients.key"), "--bits", "2048"]) == 0
+    shown = capsys.readouterr()
+    assert "aggregation.key_file=" in shown.out and "2030" in shown.out
     assert stat.S_IMODE(os.stat(tmp_path / "clients.key").st_mode) == 0o600
     key = PaillierKey.load(tmp_path / "clients.key")
     res = run(tiny_classifier(*PAILLIER_2048, f"aggregation.key_file={tmp_path / 'clients.key'}",
                               SMALL, "training.rounds=1"), tmp_path / "r", progress=False)
     assert res["rounds"][0]["aggregation"]["key"] == {"source": "key_file", "fingerprint": key.fingerprint}
-    again = _privfed("keygen", str(tmp_path / "clients.key"), cwd=tmp_path)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert main(["keygen", str(tmp_path / "clients.key")]) == 2 and "--overwrite" in capsys.readouterr().err
 
 
-def test_wrong_or_missing_keys_are_clear_errors_before_training(tiny_classifier, tmp_path):
+def test_wrong_or_missing_keys_are_clear_errors_before_training(tiny_classifier, tmp_path, capsys):
     key = PaillierKey.generate(2048)
     key.public().save(tmp_path / "public.key")
     key.save(tmp_path / "pair.key")
@@ -130,9 +131,10 @@ def test_wrong_or_missing_keys_are_clear_errors_before_training(tiny_classifier,
     with pytest.raises(ConfigError, match="aggregation.key_bits=2048"):
         run(tiny_classifier("aggregation=paillier", f"aggregation.key_file={tmp_path / 'pair.key'}"),
             tmp_path / "x", progress=False)
-    proc = _privfed("run", "--config", str(_tiny_config(tmp_path)), "--set", "aggregation=paillier",
-                    "--set", f"aggregation.key_file={tmp_path / 'missing.key'}", cwd=tmp_path)
-    assert proc.returncode == 2 and "aggregation.key_file" in proc.stderr and "privfed keygen" in proc.stderr
+    assert main(["run", "--config", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "cli"), "--set",
+                 "aggregation=paillier", "--set", f"aggregation.key_file={tmp_path / 'missing.key'}"]) == 2
+    shown = capsys.readouterr().err
+    assert "aggregation.key_file" in shown and "privfed keygen" in shown and not (tmp_path / "cli").exists()
 
 
 @pytest.mark.parametrize("override, key", [
