@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privfed.attacks.grid_cells import TARGETED, CellResult, GridSettings
+from privfed.attacks.grid_cells import TARGETED, CellResult, GridAggregation, GridSettings
 from privfed.config import ExperimentConfig
 
 
@@ -34,7 +34,8 @@ def _value(r: CellResult, key: str, beside: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     other = r.metrics.get(beside) if beside else None
-    return f"{value:.2f}" + (f" ({other:.2f})" if isinstance(other, (int, float)) else "")
+    shown = isinstance(other, (int, float)) and not math.isnan(other)  # e.g. no honest input shares the sum
+    return f"{value:.2f}" + (f" ({other:.2f})" if shown else "")
 
 
 def _pivot(results: list[CellResult], epsilon: float, key: str, attacks: list, beside: str = "") -> list[str]:
@@ -56,8 +57,9 @@ def markdown(results: list[CellResult], base: ExperimentConfig, settings: GridSe
              (f"{len(results)} cells ({sum(r.status == 'ran' for r in results)} ran, "
              f"{sum(r.status == 'refused' for r in results)} refused, "
              f"{sum(r.status == 'failed' for r in results)} failed) in {seconds / 60:.1f} min; "
-             f"{base.partition.num_clients} clients, {base.training.rounds} rounds, grouped secagg in "
-             f"{settings.groups} groups (the server learns {settings.groups} group sums a round, not one)."), ""]
+             f"{base.partition.num_clients} clients, {base.training.rounds} rounds"
+             + (f", grouped secagg in {settings.groups} groups (the server learns {settings.groups} group sums a "
+                "round, not one)" if GridAggregation.GROUPED_SECAGG in settings.aggregations else "") + "."), ""]
     for epsilon in settings.epsilons:
         lines += [f"## {_eps(epsilon)}: {clean} of the final model", ""]
         lines += _pivot(results, epsilon, "clean", attacks) + [""]
