@@ -31,3 +31,13 @@ def test_every_relative_link_resolves():
             if not (md.parent / link).exists():
                 broken.append(f"{md.relative_to(ROOT)}: {link}")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_the_readme_maps_every_documentation_page():
+    """The README's documentation map is the way into the docs from GitHub: a page it does not link is lost there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = {(ROOT / m.group(1).split("#")[0]).resolve() for m in LINK.finditer(readme) if m.group(1)}
+    pages = [p for p in _committed_markdown() if p.is_relative_to(ROOT / "docs")]
+    assert len(pages) >= 15
+    missing = [str(p.relative_to(ROOT)) for p in pages if p.resolve() not in linked]
+    assert not missing, f"README does not link {missing}"
