@@ -104,3 +104,10 @@ def test_layers(lower, upper, allowed):
                       if _within(m, lower) and not _within(m, upper) and m not in allowed
                       for t in targets if _within(t, upper) and t not in allowed)
     assert not crossing, crossing
+
+
+def test_the_config_reads_only_itself_the_errors_and_the_catalogs():
+    allowed = ("privfed.config", "privfed.errors", "privfed.data.catalog", "privfed.models.catalog")
+    reads = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() if _within(m, "privfed.config")
+                   for t in targets if not any(_within(t, a) for a in allowed))
+    assert not reads, reads
