@@ -34,12 +34,18 @@ UNREGISTERED_NODE = 305  # the exit code flower-supernode logs when the SuperLin
 FAST_TIMEOUTS = ("flower.stage_timeout=60", "flower.train_timeout=90", "flower.connect_timeout=120")
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.2)
+        time.sleep(poll)
+
+
+def rounds_written(run_dir) -> int:
+    """Rounds in the run's metrics.csv, which the ServerApp rewrites after every committed round."""
+    path = run_dir / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
 def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a_killed_node(tmp_path):
@@ -89,13 +95,20 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
 
             # 3. secagg with the consistency check (each node signs with its own identity file): round 1 as in
             #    process (within the quantisation step); in round 2 the worker of SuperNode 2 is killed while it
-            #    trains for its masked input: the round completes without it, and in round 3 a new worker serves it
+            #    trains for its masked input: the round completes without it, and in round 3 a new worker serves it.
+            #    The SuperNode logs the request before its worker can claim it; the worker and its supervisor are
+            #    frozen at once (a worker answers a tiny model's request in well under a second) and the worker is
+            #    killed: had it not claimed the request yet, a new worker would have answered it, so the supervisor
+            #    resumes (and starts one) only once round 2 is committed
             app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
             trains_before = deployment.node_log(2).count("Receiving: train message")
             name = deployment.start_run(app)
             wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2, 400,
-                       "SuperNode 2 receiving round 2's masked-input request")
+                       "SuperNode 2 receiving round 2's masked-input request", poll=0.01)
+            deployment.pause_worker(2)
             deployment.kill_worker(2)
+            wait_until(lambda: rounds_written(tmp_path / "secagg") >= 2, 400, "round 2 completing without node 2")
+            deployment.resume_worker(2)
             outcome = deployment.wait_run(name, timeout=600)
             assert outcome.completed, outcome.log.read_text()[-3000:]
             first, row, last = read_results(tmp_path / "secagg")["rounds"]
@@ -112,7 +125,8 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             # than round 3's timeout in 1 of 3 slow-tier runs (2026-12-07); then node 2 is round 3's one dropout
             assert last["clients_aggregated"] == 3 or set(last["aggregation"]["nodes_left"]) == {"2"}, last
             assert set(last["aggregation"]["nodes_left"]) <= {"2"}
-            assert deployment.worker_log(2).count(READY) == 2  # the supervisor started a new worker
+            wait_until(lambda: deployment.worker_log(2).count(READY) >= 2, 120, "the supervisor starting a new worker")
+            assert deployment.worker_log(2).count(READY) == 2
             assert deployment.worker_log(0).count(READY) == 1  # one process served node 0's every message
 
             # 4. a worker whose secret is not its SuperNode's is refused, with the reason

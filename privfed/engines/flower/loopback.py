@@ -260,6 +260,23 @@ class LoopbackDeployment:
         for child in supervisor.children():
             child.kill()
 
+    def pause_worker(self, i: int) -> None:
+        """Freeze SuperNode ``i``'s worker and its supervisor (SIGSTOP): the node's messages wait, unanswered, and
+        no new worker can start until :meth:`resume_worker`. Pausing first makes a crash land on a chosen message
+        whatever the worker was doing: a worker killed just before it claimed the message would otherwise be
+        replaced by one that answers it."""
+        supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
+        supervisor.suspend()
+        for child in supervisor.children():
+            child.suspend()
+
+    def resume_worker(self, i: int) -> None:
+        """Undo :meth:`pause_worker`: the supervisor (and its worker, if not killed meanwhile) go on."""
+        supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
+        for child in supervisor.children():
+            child.resume()
+        supervisor.resume()
+
     # ------------------------------------------------------------ runs
 
     def start_run(self, app_folder: Path, run_config: str = "") -> str:
