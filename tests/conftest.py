@@ -6,6 +6,14 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `pytest -n N` (pytest-xdist): the N workers share the machine's cores, so torch in each of them, and in every
+# process a test starts (CLI runs, notebook kernels, Flower nodes), gets its share instead of all of them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from privfed.config import ExperimentConfig, apply_overrides, from_dict
 

@@ -30,7 +30,7 @@ def _tiny_config(tmp_path, **privacy):
     return path
 
 
-def test_run_writes_every_artefact_and_prints_the_summary(tmp_path, monkeypatch):
+def test_run_writes_every_artefact_and_prints_the_summary(tmp_path, monkeypatch, capsys):
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "run"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -52,12 +52,14 @@ def test_run_writes_every_artefact_and_prints_the_summary(tmp_path, monkeypatch)
 
     _tracked_as_recorded(res, out / "tensorboard", tracking)
 
-    table = _privfed("table", str(out), cwd=tmp_path)
-    assert table.returncode == 0 and "tiny-bert" in table.stdout
+    # the end-to-end process above; the rest in this process (a process costs seconds of imports)
+    capsys.readouterr()
+    assert main(["table", str(out)]) == 0 and "tiny-bert" in capsys.readouterr().out
 
     before = (out / "results.json").read_bytes()
-    again = _privfed("run", "--config", str(cfg), "--out", str(out), cwd=tmp_path)
-    assert again.returncode == 2 and "already holds a privfed run" in again.stderr and "--overwrite" in again.stderr
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a privfed run" in err and "--overwrite" in err
     assert (out / "results.json").read_bytes() == before  # the earlier run is untouched
 
 
@@ -107,7 +109,7 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
-def test_sweep_with_secagg_and_distributed_dp_writes_tables_and_plot(tmp_path):
+def test_sweep_with_secagg_and_distributed_dp_writes_tables_and_plot(tmp_path, capsys):
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "sweep"
     proc = _privfed("sweep", "--config", str(cfg), "--epsilons", "2,inf", "--out", str(out), "--no-progress",
@@ -121,8 +123,9 @@ def test_sweep_with_secagg_and_distributed_dp_writes_tables_and_plot(tmp_path):
     assert (out / "seeds.csv").read_text().count("\n") == 3
     png = (out / "privacy_utility.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    again = _privfed("table", str(out), "--csv", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("tiny-bert-eps") == 2 * 2  # every run: Markdown and CSV
+    capsys.readouterr()
+    assert main(["table", str(out), "--csv"]) == 0
+    assert capsys.readouterr().out.count("tiny-bert-eps") == 2 * 2  # every run: Markdown and CSV
 
 
 @pytest.mark.parametrize("args, flag", [
