@@ -1,4 +1,5 @@
-"""Real-model runs (minutes on 2 cores): ``python3 -m pytest -m slow``."""
+"""Real-model runs (minutes on 2 cores): ``python3 -m pytest -m slow``. The plain demo's quality is checked where
+the quickstart notebook, as written, runs it (tests/test_notebooks.py)."""
 import json
 import math
 import subprocess
@@ -9,12 +10,6 @@ import pytest
 import privfed
 
 pytestmark = pytest.mark.slow
-
-
-def test_demo_reaches_085_accuracy_within_epsilon_8(tmp_path):
-    res = privfed.run(privfed.load_config(), tmp_path, progress=False)
-    assert res["final"]["epsilon"] <= 8.0
-    assert res["final"]["eval_accuracy"] >= 0.85
 
 
 def test_smollm2_converts_once_and_lora_lowers_perplexity(tmp_path):
