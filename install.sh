@@ -4,8 +4,8 @@
 # made. So `.venv/bin/privfed` and `.venv/bin/python` always work, on a stock Debian/Ubuntu Python too (PEP 668
 # "externally managed": pip may not install into it). `. .venv/bin/activate` puts privfed on PATH.
 #   ./install.sh           the library, the CLI and the offline models/datasets
-#   ./install.sh --test    the same plus the test tools (pytest, hypothesis, nbclient + ipykernel for the notebooks,
-#                          jax-privacy's auditing module as the audits' reference)
+#   ./install.sh --test    the same plus the test tools (pytest and pytest-xdist, hypothesis, nbclient + ipykernel
+#                          for the notebooks, jax-privacy's auditing module as the audits' reference)
 #   ./install.sh --notebooks  the same plus JupyterLab, to open notebooks/ (`jupyter lab notebooks/`)
 #   ./install.sh --fortunes  also Debian's fortunes (an optional natural-client corpus; needs root and apt)
 #   ./install.sh --flower  also Flower (flwr[simulation], with Ray): privfed's ServerApp/ClientApp, `privfed flower`

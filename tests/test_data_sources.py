@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -67,7 +66,10 @@ def write_csv(path, rows):
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
-def test_each_file_format_round_trips(tmp_path, suffix):
+def test_each_file_format_round_trips(tmp_path, suffix, monkeypatch):
+    temp = tmp_path / "temp"  # this test's own temporary directory: other tests (pytest -n) load files meanwhile
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     path = tmp_path / f"corpus{suffix}"
     if suffix == ".jsonl":
         write_jsonl(path, ROWS)
@@ -82,11 +84,7 @@ def test_each_file_format_round_trips(tmp_path, suffix):
     assert data.examples == TEXTS and data.labels is None and not data.chat
     assert data.groups == ("corpus",) * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no cache files beside the data
-    assert not list(_temp_caches())  # the throw-away datasets cache is gone
-
-
-def _temp_caches():
-    return Path(tempfile.gettempdir()).glob("privfed-datasets-*")
+    assert not list(temp.iterdir())  # the throw-away datasets cache is gone
 
 
 def test_folder_of_files_groups_by_relative_path(tmp_path):

@@ -1,13 +1,13 @@
 """privfed on a real Flower deployment: a SuperLink and 3 SuperNodes on free 127.0.0.1 ports with TLS (a CA made on
 the fly) and SuperNode authentication (registered keys only), each SuperNode served by privfed's warm worker
-(``--isolation process``, one long-lived process per node, authenticated with its own secret). Slow: the workers import torch, and a killed worker's task expires only after
-Flower's heartbeat timeout.
+(``--isolation process``, one long-lived process per node, authenticated with its own secret). Slow: the workers
+import torch, and a killed worker's task expires only after Flower's heartbeat timeout.
 
 One deployment serves three runs: a plain run equal to the in-process run, a second run of the same config that
-the nodes' ledgers refuse (their budget is spent), and a secagg run in which one node's worker is killed while it
-trains for its masked input: the round survives without that node, its supervisor starts a new worker, and the node
-takes part in the next round. A worker with a stale secret is refused with the reason. Every process group is
-killed at the end, and checked.
+the nodes' ledgers refuse (their budget is spent), and a secagg run in which one node's worker crashes as its
+masked-input request arrives: the round survives without that node, its supervisor starts a new worker, and the node
+takes part in the next round. A worker with a stale secret is refused with the reason. Every process group is killed
+at the end, and checked.
 """
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
                         "training.rounds=1", *FAST_TIMEOUTS)
     secagg = make_config(TINY_CLASSIFIER, "privacy.mode=fixed_noise", "privacy.noise_multiplier=1.0",
                          "model.regime=lora", "training.rounds=3", "aggregation=secagg",
-                         "aggregation.consistency_check=true", *FAST_TIMEOUTS)
+                         "aggregation.consistency_check=true", *FAST_TIMEOUTS,
+                         "training.local_steps=20",  # training takes a node most of a second: see round 2 below
+                         "flower.train_timeout=30")  # how long round 2 waits for the crashed node
     expected = {"plain": run(plain, tmp_path / "inproc-plain", progress=False),
                 "secagg": run(secagg, tmp_path / "inproc-secagg", progress=False)}
     ledgers = [tmp_path / f"node-{i}" / "ledger.jsonl" for i in range(3)]
@@ -94,21 +96,27 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             assert all(len(Ledger.read(p).dp_sgd()) == 1 for p in ledgers)
 
             # 3. secagg with the consistency check (each node signs with its own identity file): round 1 as in
-            #    process (within the quantisation step); in round 2 the worker of SuperNode 2 is killed while it
-            #    trains for its masked input: the round completes without it, and in round 3 a new worker serves it.
-            #    The SuperNode logs the request before its worker can claim it; the worker and its supervisor are
-            #    frozen at once (a worker answers a tiny model's request in well under a second) and the worker is
-            #    killed: had it not claimed the request yet, a new worker would have answered it, so the supervisor
-            #    resumes (and starts one) only once round 2 is committed
+            #    process (within the quantisation step); in round 2 the worker of SuperNode 2 crashes the moment its
+            #    masked-input request arrives: the round completes without the node, its supervisor starts a new
+            #    worker, and in round 3 the node takes part again. The SuperNode logs the request before any worker
+            #    can claim it; the worker is frozen within milliseconds (answering takes it most of a second: it
+            #    claims the request within 50 ms, then trains 20 steps) and killed, its supervisor frozen with it
+            #    until round 2 is committed, so that no new worker answers the request in time, whether the killed
+            #    one had claimed it or not
             app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
             trains_before = deployment.node_log(2).count("Receiving: train message")
+            supervisor, worker = deployment.worker_pids(2)
+            assert worker is not None, deployment.worker_log(2)[-3000:]
             name = deployment.start_run(app)
-            wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2, 400,
-                       "SuperNode 2 receiving round 2's masked-input request", poll=0.01)
-            deployment.pause_worker(2)
-            deployment.kill_worker(2)
-            wait_until(lambda: rounds_written(tmp_path / "secagg") >= 2, 400, "round 2 completing without node 2")
-            deployment.resume_worker(2)
+            run_ended = deployment.processes[name].poll
+            wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2
+                       or run_ended() is not None, 400, "SuperNode 2 receiving round 2's masked-input request",
+                       poll=0.01)
+            if run_ended() is None:
+                deployment.crash_paused(supervisor, worker)
+                wait_until(lambda: rounds_written(tmp_path / "secagg") >= 2 or run_ended() is not None, 400,
+                           "round 2 completing without node 2")
+                deployment.resume_supervisor(supervisor)
             outcome = deployment.wait_run(name, timeout=600)
             assert outcome.completed, outcome.log.read_text()[-3000:]
             first, row, last = read_results(tmp_path / "secagg")["rounds"]

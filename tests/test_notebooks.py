@@ -16,6 +16,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from privfed.config import load_config
+from privfed.results import RunDirectory
 from privfed.run_result import read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +45,9 @@ SMALL_PARAMETERS = {
 def _demo_quality(workdir: Path) -> None:
     """As written, the quickstart runs the built-in demo (``privfed run``): the slow tier's check that the demo
     reaches 0.85 accuracy within ε = 8 reads its results instead of training the demo a second time."""
-    final = read_results(workdir / "runs" / "quickstart")["final"]
+    run_dir = workdir / "runs" / "quickstart"
+    assert RunDirectory(run_dir).config() == load_config()  # the demo, unchanged
+    final = read_results(run_dir)["final"]
     assert final["epsilon"] <= 8.0 and final["eval_accuracy"] >= 0.85, final
 
 

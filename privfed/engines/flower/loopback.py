@@ -253,29 +253,27 @@ class LoopbackDeployment:
         processes = [self.processes[name] for name in (f"supernode-{i}", f"worker-{i}") if name in self.processes]
         self._kill([p for p in processes if p.poll() is None], signal.SIGKILL, grace=5.0)
 
-    def kill_worker(self, i: int) -> None:
-        """The process serving SuperNode ``i``'s messages (not its supervisor), at once: a worker that crashes
-        mid-message. The supervisor starts a new one; the SuperNode stays."""
+    def worker_pids(self, i: int) -> tuple[int, int | None]:
+        """SuperNode ``i``'s worker supervisor and the worker it runs now (None between workers)."""
         supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
-        for child in supervisor.children():
-            child.kill()
+        children = supervisor.children()
+        return supervisor.pid, children[0].pid if children else None
 
-    def pause_worker(self, i: int) -> None:
-        """Freeze SuperNode ``i``'s worker and its supervisor (SIGSTOP): the node's messages wait, unanswered, and
-        no new worker can start until :meth:`resume_worker`. Pausing first makes a crash land on a chosen message
-        whatever the worker was doing: a worker killed just before it claimed the message would otherwise be
-        replaced by one that answers it."""
-        supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
-        supervisor.suspend()
-        for child in supervisor.children():
-            child.suspend()
+    @staticmethod
+    def crash_paused(supervisor: int, worker: int) -> None:
+        """Freeze a worker and its supervisor, the worker first (SIGSTOP, pids from :meth:`worker_pids`, so that
+        nothing is looked up between the call and the signal), then kill the worker: the message its SuperNode holds
+        goes unanswered, whether the worker had claimed it or not, and no new worker starts until
+        :meth:`resume_supervisor`. (A worker killed just before it claimed a message would otherwise be replaced by
+        one that answers it.)"""
+        os.kill(worker, signal.SIGSTOP)
+        os.kill(supervisor, signal.SIGSTOP)
+        os.kill(worker, signal.SIGKILL)
 
-    def resume_worker(self, i: int) -> None:
-        """Undo :meth:`pause_worker`: the supervisor (and its worker, if not killed meanwhile) go on."""
-        supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
-        for child in supervisor.children():
-            child.resume()
-        supervisor.resume()
+    @staticmethod
+    def resume_supervisor(supervisor: int) -> None:
+        """Undo :meth:`crash_paused`'s freeze: the supervisor reaps the killed worker and starts a new one."""
+        os.kill(supervisor, signal.SIGCONT)
 
     # ------------------------------------------------------------ runs
 
