@@ -105,8 +105,7 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
             #    one had claimed it or not
             app = write_app_folder(secagg, tmp_path / "app-secagg", tmp_path / "secagg")
             trains_before = deployment.node_log(2).count("Receiving: train message")
-            supervisor, worker = deployment.worker_pids(2)
-            assert worker is not None, deployment.worker_log(2)[-3000:]
+            supervisor, worker = deployment.worker_processes(2)
             name = deployment.start_run(app)
             run_ended = deployment.processes[name].poll
             wait_until(lambda: deployment.node_log(2).count("Receiving: train message") >= trains_before + 2
@@ -114,9 +113,11 @@ def test_loopback_tls_deployment_matches_in_process_keeps_budgets_and_survives_a
                        poll=0.01)
             if run_ended() is None:
                 deployment.crash_paused(supervisor, worker)
-                wait_until(lambda: rounds_written(tmp_path / "secagg") >= 2 or run_ended() is not None, 400,
-                           "round 2 completing without node 2")
-                deployment.resume_supervisor(supervisor)
+                try:
+                    wait_until(lambda: rounds_written(tmp_path / "secagg") >= 2 or run_ended() is not None, 400,
+                               "round 2 completing without node 2")
+                finally:
+                    deployment.resume_supervisor(supervisor)
             outcome = deployment.wait_run(name, timeout=600)
             assert outcome.completed, outcome.log.read_text()[-3000:]
             first, row, last = read_results(tmp_path / "secagg")["rounds"]

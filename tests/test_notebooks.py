@@ -52,6 +52,7 @@ def _demo_quality(workdir: Path) -> None:
 
 
 AS_WRITTEN_CHECKS = {"01_quickstart": _demo_quality}  # what a notebook's run directory must show, as written
+
 # plots each notebook shows inline: catches a backend that silently draws nothing
 FIGURES = {"01_quickstart": 1, "02_privacy_vs_utility": 1, "03_secure_aggregation_inside": 2, "04_paillier": 0,
            "05_federated_language_model": 2, "06_privacy_audits": 1}

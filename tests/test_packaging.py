@@ -1,5 +1,6 @@
 """Every folder of privfed that holds Python modules is a package that setup.cfg's ``find:`` installs; CI runs the
 README's Quick start."""
+import re
 from pathlib import Path
 
 from setuptools import find_packages
@@ -36,7 +37,8 @@ def test_ci_runs_the_quick_start_commands_of_the_readme():
     """The README's two Quick start commands are what a new user runs; .ci/run must run its test command as written
     (a flag added to one and not the other, -n auto say, would let the two drift apart)."""
     root = Path(privfed.__file__).parent.parent
-    block = (root / "README.md").read_text().split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    section = re.split(r"^## Quick start$", (root / "README.md").read_text(), maxsplit=1, flags=re.M)[-1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [re.sub(r"\s+#.*$", "", line).strip() for line in block.strip().splitlines()]  # no shell comments
     assert len(commands) == 2 and commands[0].startswith("./install.sh") and "pytest" in commands[1], commands
     assert commands[1] in (root / ".ci" / "run").read_text().splitlines()

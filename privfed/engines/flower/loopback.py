@@ -253,27 +253,30 @@ class LoopbackDeployment:
         processes = [self.processes[name] for name in (f"supernode-{i}", f"worker-{i}") if name in self.processes]
         self._kill([p for p in processes if p.poll() is None], signal.SIGKILL, grace=5.0)
 
-    def worker_pids(self, i: int) -> tuple[int, int | None]:
-        """SuperNode ``i``'s worker supervisor and the worker it runs now (None between workers)."""
+    def worker_processes(self, i: int) -> tuple[psutil.Process, psutil.Process]:
+        """SuperNode ``i``'s worker supervisor and the one worker it runs now."""
         supervisor = psutil.Process(self.processes[f"worker-{i}"].pid)
         children = supervisor.children()
-        return supervisor.pid, children[0].pid if children else None
+        if len(children) != 1:
+            raise DeploymentError(f"SuperNode {i}'s worker supervisor runs {len(children)} workers, not 1; see "
+                                  f"{self.logs / f'worker-{i}.log'}")
+        return supervisor, children[0]
 
     @staticmethod
-    def crash_paused(supervisor: int, worker: int) -> None:
-        """Freeze a worker and its supervisor, the worker first (SIGSTOP, pids from :meth:`worker_pids`, so that
-        nothing is looked up between the call and the signal), then kill the worker: the message its SuperNode holds
-        goes unanswered, whether the worker had claimed it or not, and no new worker starts until
-        :meth:`resume_supervisor`. (A worker killed just before it claimed a message would otherwise be replaced by
-        one that answers it.)"""
-        os.kill(worker, signal.SIGSTOP)
-        os.kill(supervisor, signal.SIGSTOP)
-        os.kill(worker, signal.SIGKILL)
+    def crash_paused(supervisor: psutil.Process, worker: psutil.Process) -> None:
+        """Freeze a worker and its supervisor, the worker first (processes from :meth:`worker_processes`: nothing is
+        looked up between the call and the signals, and psutil refuses to signal a pid that another process took
+        meanwhile), then kill the worker: the message its SuperNode holds goes unanswered, whether the worker had
+        claimed it or not, and no new worker starts until :meth:`resume_supervisor`. (A worker killed just before it
+        claimed a message would otherwise be replaced by one that answers it.)"""
+        worker.suspend()
+        supervisor.suspend()
+        worker.kill()
 
     @staticmethod
-    def resume_supervisor(supervisor: int) -> None:
+    def resume_supervisor(supervisor: psutil.Process) -> None:
         """Undo :meth:`crash_paused`'s freeze: the supervisor reaps the killed worker and starts a new one."""
-        os.kill(supervisor, signal.SIGCONT)
+        supervisor.resume()
 
     # ------------------------------------------------------------ runs
 
@@ -350,6 +353,8 @@ class LoopbackDeployment:
         for group in groups:
             try:
                 os.killpg(group, sig)
+                if sig != signal.SIGKILL:  # a stopped process acts on the signal only once continued (as shells do)
+                    os.killpg(group, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
         psutil.wait_procs(tree, timeout=grace)
