@@ -2,7 +2,8 @@
 
 The worker leans on Flower's task-level helpers and Runtime API messages, which are not a public API: these tests
 fail loudly when a Flower upgrade moves or reshapes what the worker calls. Its behaviour on a real SuperNode (many
-messages in one process, a worker killed as its masked-input request arrives, a stale secret) is in the slow ``test_flower_deployment``.
+messages in one process, a worker killed as its masked-input request arrives, a stale secret) is in the slow
+``test_flower_deployment``.
 """
 from __future__ import annotations
 
